@@ -1,0 +1,55 @@
+//! The engine's audio format: mono f32 at 16 kHz, moved in 20 ms frames.
+
+use std::time::Duration;
+
+pub const ENGINE_RATE: u32 = 16_000;
+pub const FRAME_MS: u32 = 20;
+pub const FRAME_SAMPLES: usize = (ENGINE_RATE * FRAME_MS / 1000) as usize;
+pub const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
+
+/// One 20 ms frame of 16 kHz mono audio.
+pub type Frame = [f32; FRAME_SAMPLES];
+
+pub const SILENCE: Frame = [0.0; FRAME_SAMPLES];
+
+/// Splits audio into whole frames, padding the last one with silence.
+pub fn frames(samples: &[f32]) -> Vec<Frame> {
+    samples
+        .chunks(FRAME_SAMPLES)
+        .map(|c| {
+            let mut f = SILENCE;
+            f[..c.len()].copy_from_slice(c);
+            f
+        })
+        .collect()
+}
+
+pub fn ms_to_samples(ms: u32) -> usize {
+    (ENGINE_RATE as usize * ms as usize) / 1000
+}
+
+pub fn samples_to_ms(n: usize) -> f64 {
+    n as f64 * 1000.0 / ENGINE_RATE as f64
+}
+
+/// Root-mean-square level, for tests and diagnostics.
+pub fn rms(samples: &[f32]) -> f32 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    (samples.iter().map(|s| s * s).sum::<f32>() / samples.len() as f32).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_pads_the_tail() {
+        let f = frames(&vec![0.5; FRAME_SAMPLES + 10]);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[1][9], 0.5);
+        assert_eq!(f[1][10], 0.0);
+        assert_eq!(FRAME_SAMPLES, 320);
+    }
+}

@@ -1,0 +1,464 @@
+//! The heart of a call, independent of its transport: caller frames go in, agent
+//! frames come out, both stamped with audio time. It owns the turn machine, the
+//! VAD stream, the conversation history and the reply in progress. A transport's
+//! reactor calls [`Conversation::push_caller`] and [`Conversation::next_frame`]
+//! once per 20 ms tick.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc::error::TryRecvError;
+
+use super::Agent;
+use super::reply::{self, ReplyEvent, ReplyRequest, ReplyStream};
+use super::turn::{Input, Output, State, TurnMachine, TurnPolicy};
+use crate::audio::{ENGINE_RATE, FRAME, Frame, ms_to_samples};
+use crate::config::TurnConfig;
+use crate::engine::{ChatMessage, Engine, EngineError, LlmSession, Speaker, VadStream};
+
+/// Caller audio kept for the start of a turn (onset detection lags the onset).
+const RECENT: Duration = Duration::from_secs(3);
+
+/// How a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnOutcome {
+    Answered,
+    Interrupted,
+    NothingHeard,
+    Failed,
+}
+
+/// Timings of one agent turn. Times named `*_at_ms` are audio time from the start
+/// of the call; durations named `*_ms` are wall-clock compute.
+#[derive(Debug, Clone, Serialize)]
+pub struct TurnRecord {
+    pub index: usize,
+    pub greeting: bool,
+    pub outcome: TurnOutcome,
+    pub speech_onset_at_ms: Option<f64>,
+    pub speech_end_at_ms: Option<f64>,
+    pub first_audio_at_ms: Option<f64>,
+    /// Caller's end of speech to the agent's first audio, on the audio clock.
+    pub response_ms: Option<f64>,
+    /// Wall time from the end of the turn to the first phrase ready to play.
+    pub compute_ms: Option<f64>,
+    pub asr_ms: Option<f64>,
+    pub asr_rtf: Option<f64>,
+    pub llm_first_token_ms: Option<f64>,
+    pub llm_tokens: Option<usize>,
+    pub llm_tokens_per_s: Option<f64>,
+    pub llm_prompt_tokens: Option<usize>,
+    pub llm_reused_tokens: Option<usize>,
+    pub tts_first_audio_ms: Option<f64>,
+    pub tts_rtf: Option<f64>,
+    pub words_heard: usize,
+    pub words_spoken: usize,
+    pub barged_in: bool,
+}
+
+impl TurnRecord {
+    fn new(index: usize, greeting: bool) -> TurnRecord {
+        TurnRecord {
+            index,
+            greeting,
+            outcome: TurnOutcome::Answered,
+            speech_onset_at_ms: None,
+            speech_end_at_ms: None,
+            first_audio_at_ms: None,
+            response_ms: None,
+            compute_ms: None,
+            asr_ms: None,
+            asr_rtf: None,
+            llm_first_token_ms: None,
+            llm_tokens: None,
+            llm_tokens_per_s: None,
+            llm_prompt_tokens: None,
+            llm_reused_tokens: None,
+            tts_first_audio_ms: None,
+            tts_rtf: None,
+            words_heard: 0,
+            words_spoken: 0,
+            barged_in: false,
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A phrase being played: its text and the frames not yet played.
+struct Playing {
+    text: String,
+    frames: VecDeque<Frame>,
+    total: usize,
+}
+
+struct ActiveReply {
+    /// `None` for the greeting, whose audio is all here from the start.
+    stream: Option<ReplyStream>,
+    phrases: VecDeque<Playing>,
+    spoken: Vec<String>,
+    done: bool,
+    started: bool,
+    heard: Option<String>,
+    requested: Instant,
+    synth: Duration,
+    synth_audio: Duration,
+    record: TurnRecord,
+}
+
+impl ActiveReply {
+    /// Text of what the caller actually heard: whole phrases, plus the share of
+    /// the current phrase's words that its played frames represent.
+    fn played_text(&self) -> String {
+        let mut parts = self.spoken.clone();
+        if let Some(p) = self.phrases.front() {
+            let played = p.total - p.frames.len();
+            if played > 0 {
+                let words: Vec<&str> = p.text.split_whitespace().collect();
+                let n = (words.len() * played)
+                    .div_ceil(p.total.max(1))
+                    .min(words.len());
+                if n > 0 {
+                    parts.push(words[..n].join(" "));
+                }
+            }
+        }
+        parts.join(" ")
+    }
+}
+
+pub struct Conversation {
+    engine: Arc<Engine>,
+    agent: Arc<Agent>,
+    call_id: String,
+    vad: Box<dyn VadStream>,
+    speech_prob: f32,
+    turn: TurnMachine,
+    preroll: Duration,
+    recent: VecDeque<f32>,
+    recent_end: Duration,
+    capture: Option<Vec<f32>>,
+    speech_end: Duration,
+    history: Vec<ChatMessage>,
+    llm: Arc<Mutex<Box<dyn LlmSession>>>,
+    reply: Option<ActiveReply>,
+    turns: Vec<TurnRecord>,
+    vad_errors: u64,
+}
+
+impl Conversation {
+    pub async fn start(
+        engine: Arc<Engine>,
+        agent: Arc<Agent>,
+        turn: &TurnConfig,
+        call_id: impl Into<String>,
+    ) -> Result<Conversation, EngineError> {
+        let vad = engine.vad.stream()?;
+        let llm_engine = engine.llm.clone();
+        let prompt = agent.profile.system_prompt.clone();
+        let session = engine
+            .pool
+            .run(move || llm_engine.session(&prompt))
+            .await??;
+        let mut c = Conversation {
+            engine,
+            agent,
+            call_id: call_id.into(),
+            vad,
+            speech_prob: 0.0,
+            turn: TurnMachine::new(TurnPolicy::from(turn)),
+            preroll: Duration::from_millis(turn.preroll_ms as u64),
+            recent: VecDeque::with_capacity(ms_to_samples(RECENT.as_millis() as u32)),
+            recent_end: Duration::ZERO,
+            capture: None,
+            speech_end: Duration::ZERO,
+            history: Vec::new(),
+            llm: Arc::new(Mutex::new(session)),
+            reply: None,
+            turns: Vec::new(),
+            vad_errors: 0,
+        };
+        c.greet();
+        Ok(c)
+    }
+
+    fn greet(&mut self) {
+        if self.agent.greeting.is_empty() {
+            return;
+        }
+        let frames: VecDeque<Frame> = self.agent.greeting.iter().copied().collect();
+        self.reply = Some(ActiveReply {
+            stream: None,
+            phrases: VecDeque::from([Playing {
+                text: self.agent.profile.greeting.clone(),
+                total: frames.len(),
+                frames,
+            }]),
+            spoken: Vec::new(),
+            done: true,
+            started: false,
+            heard: None,
+            requested: Instant::now(),
+            synth: Duration::ZERO,
+            synth_audio: Duration::ZERO,
+            record: TurnRecord::new(0, true),
+        });
+    }
+
+    pub fn state(&self) -> State {
+        self.turn.state()
+    }
+
+    /// Nothing playing, nothing pending, nobody speaking.
+    pub fn is_idle(&self) -> bool {
+        self.reply.is_none() && self.turn.state() == State::Listening
+    }
+
+    pub fn turns(&self) -> &[TurnRecord] {
+        &self.turns
+    }
+
+    pub fn history(&self) -> &[ChatMessage] {
+        &self.history
+    }
+
+    pub fn vad_errors(&self) -> u64 {
+        self.vad_errors
+    }
+
+    /// One 20 ms frame of caller audio starting at audio time `at`.
+    pub fn push_caller(&mut self, frame: &Frame, at: Duration) {
+        self.recent.extend(frame.iter().copied());
+        let cap = ms_to_samples(RECENT.as_millis() as u32);
+        if self.recent.len() > cap {
+            let extra = self.recent.len() - cap;
+            self.recent.drain(..extra);
+        }
+        self.recent_end = at + FRAME;
+        if let Some(c) = self.capture.as_mut() {
+            c.extend_from_slice(frame);
+        }
+        match self.vad.push(frame) {
+            Ok(Some(p)) => self.speech_prob = p,
+            Ok(None) => {}
+            Err(e) => {
+                // A failed window counts as silence; the call goes on.
+                self.vad_errors += 1;
+                self.speech_prob = 0.0;
+                tracing::warn!(call = %self.call_id, error = %e, "VAD failed on a window");
+            }
+        }
+        let out = self.turn.step(Input::Frame {
+            at,
+            speech_prob: self.speech_prob,
+        });
+        match out {
+            None => {}
+            Some(Output::UserStarted { onset }) => {
+                self.capture = Some(self.recent_since(onset.saturating_sub(self.preroll)));
+            }
+            Some(Output::UserFinished {
+                onset,
+                last_speech,
+                forced,
+            }) => {
+                tracing::debug!(call = %self.call_id, ?onset, ?last_speech, forced, "caller turn ended");
+                self.speech_end = last_speech;
+                self.request_reply(onset, last_speech);
+            }
+            Some(Output::UserResumed) => {
+                tracing::debug!(call = %self.call_id, "caller resumed before the reply; reply dropped");
+                self.reply = None;
+            }
+            Some(Output::BargeIn { onset }) => {
+                tracing::info!(call = %self.call_id, turn = self.turns.len(), "barge-in");
+                self.finish_reply(true);
+                self.capture = Some(self.recent_since(onset.saturating_sub(self.preroll)));
+            }
+        }
+    }
+
+    /// Caller audio from audio time `from` to now.
+    fn recent_since(&self, from: Duration) -> Vec<f32> {
+        let back = self.recent_end.saturating_sub(from);
+        let n = (back.as_secs_f64() * ENGINE_RATE as f64) as usize;
+        let n = n.min(self.recent.len());
+        self.recent
+            .iter()
+            .skip(self.recent.len() - n)
+            .copied()
+            .collect()
+    }
+
+    fn request_reply(&mut self, onset: Duration, last_speech: Duration) {
+        let audio = self.capture.clone().unwrap_or_default();
+        let index = self.turns.iter().filter(|t| !t.greeting).count() + 1;
+        let mut record = TurnRecord::new(index, false);
+        record.speech_onset_at_ms = Some(ms(onset));
+        record.speech_end_at_ms = Some(ms(last_speech));
+        let stream = reply::start(
+            self.engine.clone(),
+            self.llm.clone(),
+            ReplyRequest {
+                audio,
+                language: self.agent.profile.language.clone(),
+                voice: self.agent.profile.espeak_voice.clone(),
+                history: self.history.clone(),
+            },
+        );
+        self.reply = Some(ActiveReply {
+            stream: Some(stream),
+            phrases: VecDeque::new(),
+            spoken: Vec::new(),
+            done: false,
+            started: false,
+            heard: None,
+            requested: Instant::now(),
+            synth: Duration::ZERO,
+            synth_audio: Duration::ZERO,
+            record,
+        });
+    }
+
+    /// The agent's frame for audio time `at`, or `None` for silence. With
+    /// `simulated` the audio clock waits for the engine (deterministic results,
+    /// engine time not counted); otherwise whatever is not ready is silence.
+    pub async fn next_frame(&mut self, at: Duration, simulated: bool) -> Option<Frame> {
+        loop {
+            let reply = self.reply.as_mut()?;
+            while reply.phrases.front().is_some_and(|p| p.frames.is_empty()) {
+                if let Some(p) = reply.phrases.pop_front() {
+                    reply.spoken.push(p.text);
+                }
+            }
+            if let Some(frame) = reply.phrases.front_mut().and_then(|p| p.frames.pop_front()) {
+                if !reply.started {
+                    reply.started = true;
+                    reply.record.first_audio_at_ms = Some(ms(at));
+                    if let Some(end) = reply.record.speech_end_at_ms {
+                        reply.record.response_ms = Some(ms(at) - end);
+                    }
+                    if let Some(text) = reply.heard.take() {
+                        self.history.push(ChatMessage {
+                            speaker: Speaker::User,
+                            text,
+                        });
+                    }
+                    self.capture = None;
+                    self.turn.step(Input::AgentStarted);
+                }
+                return Some(frame);
+            }
+            if reply.done {
+                self.finish_reply(false);
+                return None;
+            }
+            let Some(stream) = reply.stream.as_mut() else {
+                reply.done = true;
+                continue;
+            };
+            let event = if simulated {
+                stream.events.recv().await
+            } else {
+                match stream.events.try_recv() {
+                    Ok(ev) => Some(ev),
+                    Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Disconnected) => None,
+                }
+            };
+            match event {
+                Some(ev) => self.handle(ev),
+                None => {
+                    if let Some(r) = self.reply.as_mut() {
+                        r.done = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, event: ReplyEvent) {
+        let Some(reply) = self.reply.as_mut() else {
+            return;
+        };
+        let rec = &mut reply.record;
+        match event {
+            ReplyEvent::Heard { text, asr, audio } => {
+                rec.asr_ms = Some(ms(asr));
+                rec.asr_rtf = Some(asr.as_secs_f64() / audio.as_secs_f64().max(1e-3));
+                rec.words_heard = text.split_whitespace().count();
+                reply.heard = Some(text);
+            }
+            ReplyEvent::Phrase { text, audio, synth } => {
+                if rec.tts_first_audio_ms.is_none() {
+                    rec.tts_first_audio_ms = Some(ms(synth));
+                    rec.compute_ms = Some(ms(reply.requested.elapsed()));
+                }
+                reply.synth += synth;
+                reply.synth_audio += FRAME * audio.len() as u32;
+                rec.tts_rtf =
+                    Some(reply.synth.as_secs_f64() / reply.synth_audio.as_secs_f64().max(1e-3));
+                reply.phrases.push_back(Playing {
+                    text,
+                    total: audio.len(),
+                    frames: audio.into(),
+                });
+            }
+            ReplyEvent::Generated(stats) => {
+                rec.llm_first_token_ms = stats.first_token.map(ms);
+                rec.llm_tokens = Some(stats.tokens);
+                rec.llm_tokens_per_s = Some(stats.tokens_per_second());
+                rec.llm_prompt_tokens = Some(stats.prompt_tokens);
+                rec.llm_reused_tokens = Some(stats.reused_tokens);
+            }
+            ReplyEvent::Done => reply.done = true,
+            ReplyEvent::NothingHeard { asr } => {
+                rec.asr_ms = Some(ms(asr));
+                rec.outcome = TurnOutcome::NothingHeard;
+                self.abandon();
+            }
+            ReplyEvent::Failed(error) => {
+                tracing::warn!(call = %self.call_id, turn = rec.index, %error, "reply failed");
+                rec.outcome = TurnOutcome::Failed;
+                self.abandon();
+            }
+        }
+    }
+
+    /// The reply ends before any audio: back to listening.
+    fn abandon(&mut self) {
+        if let Some(r) = self.reply.take() {
+            self.turns.push(r.record);
+        }
+        self.capture = None;
+        self.turn.step(Input::ReplyAbandoned);
+    }
+
+    /// Ends the reply in progress, keeping in the history only what was played.
+    fn finish_reply(&mut self, interrupted: bool) {
+        let Some(mut r) = self.reply.take() else {
+            return;
+        };
+        let played = r.played_text();
+        r.record.words_spoken = played.split_whitespace().count();
+        r.record.barged_in = interrupted;
+        if interrupted {
+            r.record.outcome = TurnOutcome::Interrupted;
+        }
+        if r.started && !played.is_empty() {
+            self.history.push(ChatMessage {
+                speaker: Speaker::Assistant,
+                text: played,
+            });
+        }
+        self.turns.push(r.record);
+        if !interrupted {
+            self.turn.step(Input::AgentFinished);
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! One call: the agent it talks to, the conversation core and the turn machine.
+
+pub mod conversation;
+pub mod reply;
+pub mod turn;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::audio::{ENGINE_RATE, Frame, frames};
+use crate::codec::resample::resample;
+use crate::config::AgentProfile;
+use crate::engine::{Engine, EngineError};
+
+/// An agent profile made ready for calls: its greeting synthesized once and its
+/// system prompt evaluated once, so that a call starts speaking at once.
+pub struct Agent {
+    pub name: String,
+    pub profile: AgentProfile,
+    pub greeting: Vec<Frame>,
+    pub prepared_in: Duration,
+}
+
+impl Agent {
+    pub async fn prepare(
+        engine: &Arc<Engine>,
+        name: &str,
+        profile: &AgentProfile,
+    ) -> Result<Agent, EngineError> {
+        let t = Instant::now();
+        let greeting = if profile.greeting.trim().is_empty() {
+            Vec::new()
+        } else {
+            let tts = engine.tts.clone();
+            let text = profile.greeting.clone();
+            let voice = profile.espeak_voice.clone();
+            let audio = engine
+                .pool
+                .run(move || -> Result<Vec<f32>, EngineError> {
+                    let raw = tts.synthesize(&text, voice.as_deref())?;
+                    resample(&raw, tts.sample_rate(), ENGINE_RATE)
+                        .map_err(|e| EngineError::Tts(e.to_string()))
+                })
+                .await??;
+            frames(&audio)
+        };
+        // Evaluates the system prompt into the shared prefix cache.
+        let llm = engine.llm.clone();
+        let prompt = profile.system_prompt.clone();
+        engine
+            .pool
+            .run(move || llm.session(&prompt).map(drop))
+            .await??;
+        Ok(Agent {
+            name: name.to_string(),
+            profile: profile.clone(),
+            greeting,
+            prepared_in: t.elapsed(),
+        })
+    }
+}

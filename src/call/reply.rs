@@ -1,0 +1,195 @@
+//! One reply, streamed: ASR on the caller's utterance, then the LLM's pieces cut
+//! into phrases, each phrase synthesized while the next is still being written.
+//! Every stage talks to the next over a bounded channel; dropping the
+//! [`ReplyStream`] cancels all of them (the LLM stops at its next token, TTS at its
+//! next phrase).
+
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::audio::{ENGINE_RATE, Frame, frames};
+use crate::codec::resample::resample;
+use crate::engine::phrase::PhraseCutter;
+use crate::engine::{ChatMessage, Engine, EngineError, GenerationStats, LlmSession, Speaker};
+
+/// Bound of every queue between stages.
+pub const QUEUE: usize = 8;
+
+#[derive(Debug)]
+pub enum ReplyEvent {
+    /// What the caller said (kept in memory for the conversation, never logged).
+    Heard {
+        text: String,
+        asr: Duration,
+        audio: Duration,
+    },
+    /// A phrase ready to play.
+    Phrase {
+        text: String,
+        audio: Vec<Frame>,
+        synth: Duration,
+    },
+    /// The LLM finished (or was stopped).
+    Generated(GenerationStats),
+    /// Nothing intelligible was said: no reply.
+    NothingHeard {
+        asr: Duration,
+    },
+    Failed(String),
+    /// No more phrases will come.
+    Done,
+}
+
+pub struct ReplyRequest {
+    pub audio: Vec<f32>,
+    pub language: String,
+    pub voice: Option<String>,
+    pub history: Vec<ChatMessage>,
+}
+
+/// The receiving end of a reply in progress; dropping it cancels the reply.
+pub struct ReplyStream {
+    pub events: mpsc::Receiver<ReplyEvent>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ReplyStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn start(
+    engine: Arc<Engine>,
+    llm: Arc<Mutex<Box<dyn LlmSession>>>,
+    req: ReplyRequest,
+) -> ReplyStream {
+    let (tx, events) = mpsc::channel(QUEUE);
+    let task = tokio::spawn(async move {
+        if let Err(e) = run(&engine, llm, req, &tx).await {
+            let _ = tx.send(ReplyEvent::Failed(e.to_string())).await;
+        }
+    });
+    ReplyStream { events, task }
+}
+
+/// The receiver is gone: the reply was cancelled.
+struct Cancelled;
+
+impl From<Cancelled> for EngineError {
+    fn from(_: Cancelled) -> Self {
+        EngineError::Worker("reply cancelled".into())
+    }
+}
+
+async fn send(tx: &mpsc::Sender<ReplyEvent>, ev: ReplyEvent) -> Result<(), Cancelled> {
+    tx.send(ev).await.map_err(|_| Cancelled)
+}
+
+async fn run(
+    engine: &Arc<Engine>,
+    llm: Arc<Mutex<Box<dyn LlmSession>>>,
+    req: ReplyRequest,
+    tx: &mpsc::Sender<ReplyEvent>,
+) -> Result<(), EngineError> {
+    let ReplyRequest {
+        audio,
+        language,
+        voice,
+        mut history,
+    } = req;
+    let audio_len = Duration::from_secs_f64(audio.len() as f64 / ENGINE_RATE as f64);
+    let t = Instant::now();
+    let asr = engine.asr.clone();
+    let text = engine
+        .pool
+        .run(move || asr.transcribe(&audio, &language))
+        .await??;
+    let asr_time = t.elapsed();
+    if text.is_empty() {
+        send(tx, ReplyEvent::NothingHeard { asr: asr_time }).await?;
+        return Ok(());
+    }
+    send(
+        tx,
+        ReplyEvent::Heard {
+            text: text.clone(),
+            asr: asr_time,
+            audio: audio_len,
+        },
+    )
+    .await?;
+    history.push(ChatMessage {
+        speaker: Speaker::User,
+        text,
+    });
+
+    let (piece_tx, mut pieces) = mpsc::channel::<String>(QUEUE);
+    let (phrase_tx, mut phrases) = mpsc::channel::<String>(QUEUE);
+
+    let generate = engine.pool.run_stepwise(move |pool| {
+        let mut session = llm.lock().unwrap_or_else(|p| p.into_inner());
+        session.reply(&history, pool, &mut |piece| {
+            if piece_tx.blocking_send(piece.to_string()).is_err() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+    });
+
+    let cut = async move {
+        let mut cutter = PhraseCutter::default();
+        while let Some(piece) = pieces.recv().await {
+            for phrase in cutter.push(&piece) {
+                if phrase_tx.send(phrase).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if let Some(rest) = cutter.finish() {
+            let _ = phrase_tx.send(rest).await;
+        }
+    };
+
+    let speak = async {
+        while let Some(phrase) = phrases.recv().await {
+            let t = Instant::now();
+            let tts = engine.tts.clone();
+            let voice = voice.clone();
+            let text = phrase.clone();
+            let audio = engine
+                .pool
+                .run(move || -> Result<Vec<f32>, EngineError> {
+                    let raw = tts.synthesize(&text, voice.as_deref())?;
+                    resample(&raw, tts.sample_rate(), ENGINE_RATE)
+                        .map_err(|e| EngineError::Tts(e.to_string()))
+                })
+                .await??;
+            if audio.is_empty() {
+                continue;
+            }
+            send(
+                tx,
+                ReplyEvent::Phrase {
+                    text: phrase,
+                    audio: frames(&audio),
+                    synth: t.elapsed(),
+                },
+            )
+            .await?;
+        }
+        Ok::<(), EngineError>(())
+    };
+
+    let (generated, (), spoken) = tokio::join!(generate, cut, speak);
+    spoken?;
+    let stats = generated??;
+    send(tx, ReplyEvent::Generated(stats)).await?;
+    send(tx, ReplyEvent::Done).await?;
+    Ok(())
+}

@@ -1,0 +1,569 @@
+//! One typed configuration: embedded defaults, then an optional TOML file, then
+//! `IZWI_<SECTION>_<KEY>` environment overrides. Every value is checked once here
+//! so that the rest of the program can trust it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("setting `{setting}`: {message}")]
+    Invalid { setting: String, message: String },
+    #[error("environment variable {var} does not name a setting (known sections: {known})")]
+    UnknownEnv { var: String, known: String },
+}
+
+fn invalid(setting: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub models: ModelsConfig,
+    pub engine: EngineConfig,
+    pub turn: TurnConfig,
+    pub dialplan: DialplanConfig,
+    pub agents: BTreeMap<String, AgentProfile>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Which set of models to load: `small` (CI, English) or `default` (multilingual ASR).
+    pub profile: String,
+    /// Where fetched and verified model files live.
+    pub dir: PathBuf,
+    /// A local folder holding model files under their manifest names (checked first).
+    pub mirror: Option<PathBuf>,
+    /// A manifest file replacing the embedded one.
+    pub manifest: Option<PathBuf>,
+    /// PyPI simple index (PEP 691 JSON) used for wheel sources.
+    pub pypi_index: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Engine jobs (ASR, LLM, TTS) that may run at once across all calls.
+    pub workers: usize,
+    pub asr_threads: usize,
+    pub llm_threads: usize,
+    pub tts_threads: usize,
+    pub vad_threads: usize,
+    /// LLM context size in tokens, per call.
+    pub llm_context: u32,
+    pub llm_max_reply_tokens: u32,
+    /// 0 means greedy decoding.
+    pub llm_temperature: f32,
+    pub llm_seed: u32,
+    /// ONNX Runtime shared library; empty means `ORT_DYLIB_PATH` or the model store.
+    pub onnxruntime: Option<PathBuf>,
+    /// The espeak-ng program used to phonemize text for Piper voices.
+    pub espeak: PathBuf,
+    /// Shorter Whisper encoder windows for short utterances (faster, slightly less accurate).
+    pub asr_fit_audio_context: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// Speech probability at or above which a frame counts as speech.
+    pub vad_threshold: f32,
+    /// Probability below which speech is considered to have stopped.
+    pub vad_release: f32,
+    /// Speech must last this long to open a caller turn (filters clicks).
+    pub min_speech_ms: u32,
+    /// Silence after speech that ends the caller's turn.
+    pub endpoint_silence_ms: u32,
+    /// A caller turn longer than this is cut and answered.
+    pub max_utterance_ms: u32,
+    /// Audio kept from before speech onset, so the first syllable reaches ASR.
+    pub preroll_ms: u32,
+    pub barge_in: bool,
+    /// Caller speech over the agent must last this long to interrupt it.
+    pub barge_in_min_ms: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialplanConfig {
+    pub default_agent: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentProfile {
+    /// Whisper language code (`en`, `sn`, `sw`, …) or `auto`.
+    pub language: String,
+    pub system_prompt: String,
+    /// Played as soon as a call is answered; synthesized once and cached.
+    pub greeting: String,
+    /// espeak-ng voice used for phonemes; empty means the voice model's own.
+    #[serde(default)]
+    pub espeak_voice: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `izwi=debug,warn`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut agents = BTreeMap::new();
+        agents.insert(
+            "english".to_string(),
+            AgentProfile {
+                language: "en".into(),
+                system_prompt:
+                    "You are Izwi, a friendly phone assistant. Answer in one or two short \
+                                spoken sentences. Do not use lists, markdown or emojis."
+                        .into(),
+                greeting: "Hello, this is Izwi. How can I help you today?".into(),
+                espeak_voice: None,
+            },
+        );
+        Config {
+            models: ModelsConfig::default(),
+            engine: EngineConfig::default(),
+            turn: TurnConfig::default(),
+            dialplan: DialplanConfig::default(),
+            agents,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        let shared = PathBuf::from("../shared/models");
+        ModelsConfig {
+            profile: "default".into(),
+            dir: PathBuf::from("models/cache"),
+            mirror: shared.is_dir().then_some(shared),
+            manifest: None,
+            pypi_index: "https://pypi.org/simple".into(),
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        EngineConfig {
+            workers: cores,
+            asr_threads: cores,
+            llm_threads: cores,
+            tts_threads: 1,
+            vad_threads: 1,
+            llm_context: 2048,
+            llm_max_reply_tokens: 80,
+            llm_temperature: 0.0,
+            llm_seed: 1234,
+            onnxruntime: None,
+            espeak: PathBuf::from("espeak-ng"),
+            asr_fit_audio_context: true,
+        }
+    }
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            vad_threshold: 0.5,
+            vad_release: 0.35,
+            min_speech_ms: 90,
+            endpoint_silence_ms: 500,
+            max_utterance_ms: 20_000,
+            preroll_ms: 200,
+            barge_in: true,
+            barge_in_min_ms: 150,
+        }
+    }
+}
+
+impl Default for DialplanConfig {
+    fn default() -> Self {
+        DialplanConfig {
+            default_agent: "english".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// Sections whose scalar keys may be overridden from the environment.
+const ENV_SECTIONS: &[&str] = &["models", "engine", "turn", "dialplan", "log"];
+
+/// Environment variables that belong to Izwi but are not settings.
+const ENV_NOT_SETTINGS: &[&str] = &["IZWI_CONFIG"];
+
+impl Config {
+    /// Defaults, then `path` (if any), then `IZWI_*` variables from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree =
+            toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Invalid {
+                setting: "<defaults>".into(),
+                message: e.to_string(),
+            })?;
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let file: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            merge(&mut tree, file);
+        }
+        for (var, value) in env {
+            apply_env(&mut tree, &var, &value)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let setting = e.path().to_string();
+            ConfigError::Invalid {
+                setting,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The agent a call gets when nothing routes it elsewhere.
+    pub fn default_agent(&self) -> (&str, &AgentProfile) {
+        let name = self.dialplan.default_agent.as_str();
+        // validate() guarantees the default agent exists.
+        (name, &self.agents[name])
+    }
+
+    pub fn agent(&self, name: &str) -> Option<&AgentProfile> {
+        self.agents.get(name)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let e = &self.engine;
+        for (name, v) in [
+            ("engine.workers", e.workers),
+            ("engine.asr_threads", e.asr_threads),
+            ("engine.llm_threads", e.llm_threads),
+            ("engine.tts_threads", e.tts_threads),
+            ("engine.vad_threads", e.vad_threads),
+        ] {
+            if v == 0 || v > 256 {
+                return Err(invalid(name, format!("must be between 1 and 256, got {v}")));
+            }
+        }
+        if !(256..=131_072).contains(&e.llm_context) {
+            return Err(invalid(
+                "engine.llm_context",
+                "must be between 256 and 131072 tokens",
+            ));
+        }
+        if e.llm_max_reply_tokens == 0 || e.llm_max_reply_tokens >= e.llm_context / 2 {
+            return Err(invalid(
+                "engine.llm_max_reply_tokens",
+                "must be at least 1 and under half of engine.llm_context",
+            ));
+        }
+        if !(0.0..=2.0).contains(&e.llm_temperature) {
+            return Err(invalid("engine.llm_temperature", "must be between 0 and 2"));
+        }
+        let t = &self.turn;
+        for (name, v) in [
+            ("turn.vad_threshold", t.vad_threshold),
+            ("turn.vad_release", t.vad_release),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(
+                    name,
+                    format!("must be a probability between 0 and 1, got {v}"),
+                ));
+            }
+        }
+        if t.vad_release > t.vad_threshold {
+            return Err(invalid(
+                "turn.vad_release",
+                "must not exceed turn.vad_threshold",
+            ));
+        }
+        if !(20..=5_000).contains(&t.endpoint_silence_ms) {
+            return Err(invalid(
+                "turn.endpoint_silence_ms",
+                "must be between 20 and 5000 ms",
+            ));
+        }
+        if t.min_speech_ms > 2_000 {
+            return Err(invalid("turn.min_speech_ms", "must be at most 2000 ms"));
+        }
+        if !(1_000..=120_000).contains(&t.max_utterance_ms) {
+            return Err(invalid(
+                "turn.max_utterance_ms",
+                "must be between 1000 and 120000 ms",
+            ));
+        }
+        if t.preroll_ms > 2_000 {
+            return Err(invalid("turn.preroll_ms", "must be at most 2000 ms"));
+        }
+        if !(20..=5_000).contains(&t.barge_in_min_ms) {
+            return Err(invalid(
+                "turn.barge_in_min_ms",
+                "must be between 20 and 5000 ms",
+            ));
+        }
+        if !matches!(self.models.profile.as_str(), "small" | "default") {
+            return Err(invalid(
+                "models.profile",
+                format!(
+                    "unknown profile `{}` (expected `small` or `default`)",
+                    self.models.profile
+                ),
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be `text` or `json`"));
+        }
+        if self.agents.is_empty() {
+            return Err(invalid("agents", "at least one agent profile is required"));
+        }
+        if !self.agents.contains_key(&self.dialplan.default_agent) {
+            return Err(invalid(
+                "dialplan.default_agent",
+                format!(
+                    "no agent named `{}` (agents: {})",
+                    self.dialplan.default_agent,
+                    self.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        for (name, agent) in &self.agents {
+            if agent.language.trim().is_empty() {
+                return Err(invalid(
+                    &format!("agents.{name}.language"),
+                    "must not be empty",
+                ));
+            }
+            if agent.system_prompt.trim().is_empty() {
+                return Err(invalid(
+                    &format!("agents.{name}.system_prompt"),
+                    "must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Recursively overlays `over` onto `base`; tables merge, anything else replaces.
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn apply_env(tree: &mut toml::Value, var: &str, value: &str) -> Result<(), ConfigError> {
+    let Some(rest) = var.strip_prefix("IZWI_") else {
+        return Ok(());
+    };
+    if ENV_NOT_SETTINGS.contains(&var) {
+        return Ok(());
+    }
+    // The documented name of the model mirror predates the section naming.
+    let (section, key) = if rest == "MODEL_MIRROR" {
+        ("models", "mirror".to_string())
+    } else {
+        let lower = rest.to_ascii_lowercase();
+        let Some(section) = ENV_SECTIONS
+            .iter()
+            .copied()
+            .find(|s| lower.starts_with(&format!("{s}_")))
+        else {
+            return Err(ConfigError::UnknownEnv {
+                var: var.to_string(),
+                known: ENV_SECTIONS.join(", "),
+            });
+        };
+        (section, lower[section.len() + 1..].to_string())
+    };
+    let setting = format!("{section}.{key}");
+    let table = tree
+        .as_table_mut()
+        .and_then(|t| t.get_mut(section))
+        .and_then(|s| s.as_table_mut())
+        .ok_or_else(|| invalid(&setting, "section missing from defaults"))?;
+    let parsed = match table.get(&key) {
+        Some(toml::Value::Integer(_)) => value
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| invalid(&setting, format!("{var}={value:?} is not an integer")))?,
+        Some(toml::Value::Float(_)) => value
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| invalid(&setting, format!("{var}={value:?} is not a number")))?,
+        Some(toml::Value::Boolean(_)) => match value.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => toml::Value::Boolean(true),
+            "0" | "false" | "no" | "off" => toml::Value::Boolean(false),
+            _ => {
+                return Err(invalid(
+                    &setting,
+                    format!("{var}={value:?} is not true/false"),
+                ));
+            }
+        },
+        Some(toml::Value::String(_)) | None => {
+            if !known_key(section, &key) {
+                return Err(invalid(&setting, format!("{var} names no setting")));
+            }
+            toml::Value::String(value.to_string())
+        }
+        Some(_) => return Err(invalid(&setting, "cannot be set from the environment")),
+    };
+    table.insert(key, parsed);
+    Ok(())
+}
+
+/// Optional settings are absent from the defaults tree; they are still settable.
+fn known_key(section: &str, key: &str) -> bool {
+    matches!(
+        (section, key),
+        (
+            "models",
+            "profile" | "dir" | "mirror" | "manifest" | "pypi_index"
+        ) | ("engine", "onnxruntime" | "espeak")
+            | ("dialplan", "default_agent")
+            | ("log", "level" | "format")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.turn.endpoint_silence_ms, 500);
+        assert_eq!(c.default_agent().0, "english");
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("izwi.toml");
+        std::fs::write(
+            &path,
+            "[turn]\nendpoint_silence_ms = 700\n[agents.shona]\nlanguage = \"sn\"\nsystem_prompt = \"x\"\ngreeting = \"Mhoro\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("IZWI_TURN_BARGE_IN_MIN_MS", "200"),
+                ("IZWI_ENGINE_LLM_TEMPERATURE", "0.5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.turn.endpoint_silence_ms, 700);
+        assert_eq!(c.turn.barge_in_min_ms, 200);
+        assert_eq!(c.engine.llm_temperature, 0.5);
+        assert_eq!(c.agent("shona").unwrap().greeting, "Mhoro");
+        assert!(
+            c.agent("english").is_some(),
+            "file agents add to the defaults"
+        );
+    }
+
+    #[test]
+    fn bad_env_value_names_the_setting() {
+        let err =
+            Config::load(None, env(&[("IZWI_TURN_ENDPOINT_SILENCE_MS", "soon")])).unwrap_err();
+        assert!(
+            err.to_string().contains("turn.endpoint_silence_ms"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("IZWI_TURN_ENDPOINT_SILENCE_MS", "1")])).unwrap_err();
+        assert!(
+            err.to_string().contains("turn.endpoint_silence_ms"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("IZWI_NOPE_X", "1")])).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownEnv { .. }), "{err}");
+        let err = Config::load(None, env(&[("IZWI_TURN_NOPE", "1")])).unwrap_err();
+        assert!(err.to_string().contains("turn.nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_file_value_names_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("izwi.toml");
+        std::fs::write(&path, "[engine]\nworkers = \"many\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("engine.workers"), "{err}");
+        std::fs::write(&path, "[engine]\nworkerz = 2\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("workerz"), "{err}");
+        std::fs::write(&path, "[dialplan]\ndefault_agent = \"ghost\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("dialplan.default_agent"), "{err}");
+    }
+
+    #[test]
+    fn model_mirror_variable() {
+        let c = Config::load(None, env(&[("IZWI_MODEL_MIRROR", "/srv/models")])).unwrap();
+        assert_eq!(c.models.mirror.as_deref(), Some(Path::new("/srv/models")));
+    }
+
+    #[test]
+    fn unrelated_variables_are_ignored() {
+        let c = Config::load(None, env(&[("HOME", "/root"), ("IZWI_CONFIG", "x.toml")])).unwrap();
+        assert_eq!(c, Config::load(None, env(&[])).unwrap());
+    }
+}

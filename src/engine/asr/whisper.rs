@@ -1,0 +1,117 @@
+//! Whisper through whisper.cpp (whisper-rs). One model per process; decoder
+//! states are pooled so a call does not pay for allocating one per utterance.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
+
+use super::clean_transcript;
+use crate::engine::{Asr, EngineError};
+
+/// whisper.cpp refuses input under one second.
+const MIN_SAMPLES: usize = 16_000 + 1_600;
+/// The encoder's full window (30 s) in its frames, 50 per second.
+const FULL_AUDIO_CTX: usize = 1500;
+
+pub struct WhisperAsr {
+    ctx: Arc<WhisperContext>,
+    states: Mutex<Vec<WhisperState>>,
+    threads: usize,
+    fit_audio_context: bool,
+    multilingual: bool,
+}
+
+impl WhisperAsr {
+    pub fn load(
+        path: &Path,
+        threads: usize,
+        fit_audio_context: bool,
+    ) -> Result<WhisperAsr, EngineError> {
+        crate::engine::llm::native_logs_to_tracing();
+        let path_str = path.to_str().ok_or_else(|| {
+            EngineError::Asr(format!("model path {} is not UTF-8", path.display()))
+        })?;
+        let ctx = WhisperContext::new_with_params(path_str, WhisperContextParameters::default())
+            .map_err(|e| EngineError::Asr(format!("cannot load {}: {e}", path.display())))?;
+        let multilingual = ctx.is_multilingual();
+        Ok(WhisperAsr {
+            ctx: Arc::new(ctx),
+            states: Mutex::new(Vec::new()),
+            threads,
+            fit_audio_context,
+            multilingual,
+        })
+    }
+
+    fn take_state(&self) -> Result<WhisperState, EngineError> {
+        if let Some(s) = self.states.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(s);
+        }
+        self.ctx
+            .create_state()
+            .map_err(|e| EngineError::Asr(format!("cannot create decoder state: {e}")))
+    }
+}
+
+impl Asr for WhisperAsr {
+    fn transcribe(&self, audio: &[f32], language: &str) -> Result<String, EngineError> {
+        let mut padded;
+        let mut input = audio;
+        if audio.len() < MIN_SAMPLES {
+            padded = audio.to_vec();
+            padded.resize(MIN_SAMPLES, 0.0);
+            input = &padded;
+        }
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        params.set_n_threads(self.threads as i32);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_special(false);
+        params.set_print_timestamps(false);
+        params.set_no_context(true);
+        params.set_single_segment(true);
+        params.set_no_timestamps(true);
+        params.set_suppress_blank(true);
+        params.set_suppress_nst(true);
+        // English-only models know one language whatever the agent asks for.
+        let lang = match (self.multilingual, language) {
+            (false, _) => Some("en"),
+            (true, "auto") => None,
+            (true, l) => Some(l),
+        };
+        params.set_language(lang);
+        params.set_detect_language(self.multilingual && language == "auto");
+        if self.fit_audio_context {
+            // The encoder cost grows with its window; a phone utterance rarely needs 30 s.
+            let frames = input.len().div_ceil(320) + 64;
+            params.set_audio_ctx(frames.min(FULL_AUDIO_CTX) as i32);
+        }
+        let mut state = self.take_state()?;
+        let result = state.full(params, input);
+        if let Err(e) = result {
+            return Err(EngineError::Asr(e.to_string()));
+        }
+        let mut text = String::new();
+        for segment in state.as_iter() {
+            if let Ok(s) = segment.to_str_lossy() {
+                text.push_str(&s);
+            }
+        }
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(state);
+        Ok(clean_transcript(&text))
+    }
+}
+
+impl std::fmt::Debug for WhisperAsr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhisperAsr")
+            .field("threads", &self.threads)
+            .finish()
+    }
+}

@@ -1,0 +1,338 @@
+//! llama.cpp through llama-cpp-2. The model is loaded once for the process; each
+//! call gets its own small context. The system prompt is evaluated once per prompt
+//! text, its KV state saved, and restored into every new call's context; within a
+//! call, each turn evaluates only the tokens that differ from what the cache holds.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::session::SeqState;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::config::EngineConfig;
+use crate::engine::{
+    ChatMessage, EngineError, EnginePool, GenerationStats, Llm, LlmSession, Speaker,
+};
+
+const SEQ: i32 = 0;
+
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    if let Some(b) = BACKEND.get() {
+        return Ok(b);
+    }
+    let b = LlamaBackend::init().map_err(|e| EngineError::Llm(format!("backend: {e}")))?;
+    Ok(BACKEND.get_or_init(|| b))
+}
+
+/// Creating contexts concurrently from one model is unsound in llama.cpp.
+static NEW_CONTEXT: Mutex<()> = Mutex::new(());
+
+struct Prefix {
+    tokens: Vec<LlamaToken>,
+    state: SeqState,
+}
+
+/// What every session needs of the loaded model.
+#[derive(Clone)]
+struct Shared {
+    model: &'static LlamaModel,
+    template: LlamaChatTemplate,
+    settings: EngineConfig,
+}
+
+pub struct LlamaLlm {
+    shared: Shared,
+    prefixes: Mutex<HashMap<String, Arc<Prefix>>>,
+}
+
+impl LlamaLlm {
+    pub fn load(path: &Path, settings: &EngineConfig) -> Result<LlamaLlm, EngineError> {
+        super::native_logs_to_tracing();
+        let backend = backend()?;
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+            .map_err(|e| EngineError::Llm(format!("cannot load {}: {e}", path.display())))?;
+        // Loaded once and shared for the life of the process; calls borrow it.
+        let model: &'static LlamaModel = Box::leak(Box::new(model));
+        let template = model.chat_template(None).map_err(|e| {
+            EngineError::Llm(format!(
+                "{} has no usable chat template: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(LlamaLlm {
+            shared: Shared {
+                model,
+                template,
+                settings: settings.clone(),
+            },
+            prefixes: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+impl Shared {
+    fn new_context(&self) -> Result<LlamaContext<'static>, EngineError> {
+        let threads = self.settings.llm_threads as i32;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(self.settings.llm_context))
+            .with_n_batch(512)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let _guard = NEW_CONTEXT.lock().unwrap_or_else(|p| p.into_inner());
+        self.model
+            .new_context(backend()?, params)
+            .map_err(|e| EngineError::Llm(format!("cannot create context: {e}")))
+    }
+
+    fn render(
+        &self,
+        system: &str,
+        history: &[ChatMessage],
+        add_assistant: bool,
+    ) -> Result<Vec<LlamaToken>, EngineError> {
+        let mut chat = Vec::with_capacity(history.len() + 1);
+        let msg = |role: &str, text: &str| {
+            LlamaChatMessage::new(role.to_string(), text.to_string())
+                .map_err(|e| EngineError::Llm(format!("chat message: {e}")))
+        };
+        chat.push(msg("system", system)?);
+        for m in history {
+            let role = match m.speaker {
+                Speaker::User => "user",
+                Speaker::Assistant => "assistant",
+            };
+            chat.push(msg(role, &m.text)?);
+        }
+        let text = self
+            .model
+            .apply_chat_template(&self.template, &chat, add_assistant)
+            .map_err(|e| EngineError::Llm(format!("chat template: {e}")))?;
+        Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
+    }
+}
+
+impl LlamaLlm {
+    /// The evaluated system prompt, computed on first use and shared afterwards.
+    fn prefix(&self, system: &str) -> Result<Arc<Prefix>, EngineError> {
+        if let Some(p) = self
+            .prefixes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(system)
+        {
+            return Ok(p.clone());
+        }
+        let tokens = self.shared.render(system, &[], false)?;
+        let mut ctx = self.shared.new_context()?;
+        decode_tokens(&mut ctx, &tokens, 0, None)?;
+        let state = ctx
+            .state_seq_get(SEQ, Default::default())
+            .map_err(|e| EngineError::Llm(format!("saving system prompt state: {e}")))?;
+        let prefix = Arc::new(Prefix { tokens, state });
+        self.prefixes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(system.to_string(), prefix.clone());
+        Ok(prefix)
+    }
+}
+
+/// Evaluates `tokens` at positions from `start`, in batches, taking an engine slot per batch.
+fn decode_tokens(
+    ctx: &mut LlamaContext<'static>,
+    tokens: &[LlamaToken],
+    start: usize,
+    pool: Option<&EnginePool>,
+) -> Result<(), EngineError> {
+    let n_batch = ctx.n_batch() as usize;
+    let mut batch = LlamaBatch::new(n_batch, 1);
+    let mut done = 0;
+    while done < tokens.len() {
+        let end = (done + n_batch).min(tokens.len());
+        batch.clear();
+        for (i, t) in tokens[done..end].iter().enumerate() {
+            let pos = start + done + i;
+            let last = done + i + 1 == tokens.len();
+            batch
+                .add(*t, pos as i32, &[SEQ], last)
+                .map_err(|e| EngineError::Llm(format!("batch: {e}")))?;
+        }
+        let _permit = pool.map(EnginePool::acquire);
+        ctx.decode(&mut batch)
+            .map_err(|e| EngineError::Llm(format!("decode: {e}")))?;
+        done = end;
+    }
+    Ok(())
+}
+
+impl Llm for LlamaLlm {
+    fn session(&self, system_prompt: &str) -> Result<Box<dyn LlmSession>, EngineError> {
+        let prefix = self.prefix(system_prompt)?;
+        let mut ctx = self.shared.new_context()?;
+        ctx.state_seq_set(&prefix.state, SEQ)
+            .map_err(|e| EngineError::Llm(format!("restoring system prompt state: {e}")))?;
+        Ok(Box::new(LlamaSession {
+            shared: self.shared.clone(),
+            system: system_prompt.to_string(),
+            evaluated: prefix.tokens.clone(),
+            ctx,
+        }))
+    }
+}
+
+pub struct LlamaSession {
+    shared: Shared,
+    system: String,
+    /// Tokens whose keys and values are in the context, in order from position 0.
+    evaluated: Vec<LlamaToken>,
+    ctx: LlamaContext<'static>,
+}
+
+impl LlamaSession {
+    fn sampler(&self) -> LlamaSampler {
+        let s = &self.shared.settings;
+        let penalties = LlamaSampler::penalties(self.shared.model.n_vocab(), 64, 1.15, 0.0, 0.0);
+        if s.llm_temperature <= 0.0 {
+            LlamaSampler::chain_simple([penalties, LlamaSampler::greedy()])
+        } else {
+            LlamaSampler::chain_simple([
+                penalties,
+                LlamaSampler::top_k(40),
+                LlamaSampler::top_p(0.9, 1),
+                LlamaSampler::temp(s.llm_temperature),
+                LlamaSampler::dist(s.llm_seed),
+            ])
+        }
+    }
+}
+
+impl LlmSession for LlamaSession {
+    fn reply(
+        &mut self,
+        history: &[ChatMessage],
+        pool: &EnginePool,
+        on_piece: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<GenerationStats, EngineError> {
+        let started = Instant::now();
+        let n_ctx = self.ctx.n_ctx() as usize;
+        let max_new = self.shared.settings.llm_max_reply_tokens as usize;
+        // Oldest exchanges go first when the conversation outgrows the context.
+        let mut skip = 0;
+        let prompt = loop {
+            let tokens = self.shared.render(&self.system, &history[skip..], true)?;
+            if tokens.len() + max_new < n_ctx || skip + 1 >= history.len() {
+                break tokens;
+            }
+            skip += 1;
+        };
+        if prompt.len() + max_new >= n_ctx {
+            return Err(EngineError::Llm(format!(
+                "the caller's turn alone ({} tokens) does not fit the context of {n_ctx}",
+                prompt.len()
+            )));
+        }
+        let mut common = self
+            .evaluated
+            .iter()
+            .zip(&prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // At least one token must be decoded to get fresh logits.
+        common = common.min(prompt.len() - 1);
+        self.ctx
+            .clear_kv_cache_seq(Some(SEQ as u32), Some(common as u32), None)
+            .map_err(|e| EngineError::Llm(format!("trimming cache: {e}")))?;
+        self.evaluated.truncate(common);
+        decode_tokens(&mut self.ctx, &prompt[common..], common, Some(pool))?;
+        self.evaluated.extend_from_slice(&prompt[common..]);
+
+        let mut stats = GenerationStats {
+            prompt_tokens: prompt.len(),
+            reused_tokens: common,
+            ..Default::default()
+        };
+        let mut sampler = self.sampler();
+        let vocab = self.shared.model.vocab();
+        let mut pending = Vec::<u8>::new();
+        let mut batch = LlamaBatch::new(1, 1);
+        let decode_start = Instant::now();
+        for _ in 0..max_new {
+            let token = sampler.sample(&self.ctx, -1);
+            sampler.accept(token);
+            if vocab.is_eog(token) {
+                break;
+            }
+            stats.tokens += 1;
+            pending.extend(vocab.token_to_piece(token, false, None));
+            let text = take_utf8(&mut pending);
+            if !text.is_empty() {
+                stats.first_token.get_or_insert_with(|| started.elapsed());
+                if on_piece(&text).is_break() {
+                    break;
+                }
+            }
+            batch.clear();
+            batch
+                .add(token, self.evaluated.len() as i32, &[SEQ], true)
+                .map_err(|e| EngineError::Llm(format!("batch: {e}")))?;
+            {
+                let _permit = pool.acquire();
+                self.ctx
+                    .decode(&mut batch)
+                    .map_err(|e| EngineError::Llm(format!("decode: {e}")))?;
+            }
+            self.evaluated.push(token);
+        }
+        stats.decode_time = decode_start.elapsed();
+        Ok(stats)
+    }
+}
+
+/// Splits off the longest valid UTF-8 prefix; a token may end inside a character.
+fn take_utf8(bytes: &mut Vec<u8>) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => {
+            let s = s.to_string();
+            bytes.clear();
+            s
+        }
+        Err(e) if e.error_len().is_none() => {
+            let valid = e.valid_up_to();
+            let s = String::from_utf8_lossy(&bytes[..valid]).into_owned();
+            bytes.drain(..valid);
+            s
+        }
+        Err(_) => {
+            let s = String::from_utf8_lossy(bytes).into_owned();
+            bytes.clear();
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_utf8;
+
+    #[test]
+    fn split_characters_wait_for_their_rest() {
+        let mut b = "ok ".as_bytes().to_vec();
+        b.extend_from_slice(&"é".as_bytes()[..1]);
+        assert_eq!(take_utf8(&mut b), "ok ");
+        b.extend_from_slice(&"é".as_bytes()[1..]);
+        assert_eq!(take_utf8(&mut b), "é");
+        assert!(b.is_empty());
+    }
+}

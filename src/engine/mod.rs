@@ -1,0 +1,175 @@
+//! The speech engine: one trait per stage, one file per backend, models loaded
+//! once and shared by every call.
+
+pub mod asr;
+pub mod llm;
+pub mod onnx;
+pub mod phrase;
+pub mod pool;
+pub mod tts;
+pub mod vad;
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, EngineConfig};
+use crate::models::{ModelError, ModelStore, Role};
+
+pub use pool::EnginePool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("ONNX Runtime: {0}")]
+    Onnx(String),
+    #[error("voice activity detection: {0}")]
+    Vad(String),
+    #[error("speech recognition: {0}")]
+    Asr(String),
+    #[error("language model: {0}")]
+    Llm(String),
+    #[error("speech synthesis: {0}")]
+    Tts(String),
+    #[error("engine worker stopped: {0}")]
+    Worker(String),
+}
+
+/// Streaming voice activity detection for one call.
+pub trait VadStream: Send {
+    /// Feeds 16 kHz audio; returns the speech probability of the newest
+    /// window completed by this input, if one was.
+    fn push(&mut self, samples: &[f32]) -> Result<Option<f32>, EngineError>;
+}
+
+pub trait Vad: Send + Sync {
+    fn stream(&self) -> Result<Box<dyn VadStream>, EngineError>;
+}
+
+pub trait Asr: Send + Sync {
+    /// Transcribes one utterance of 16 kHz audio; `language` is a Whisper code or `auto`.
+    fn transcribe(&self, audio: &[f32], language: &str) -> Result<String, EngineError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub speaker: Speaker,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    /// Prompt tokens already in the KV cache from earlier turns.
+    pub reused_tokens: usize,
+    pub first_token: Option<Duration>,
+    pub tokens: usize,
+    pub decode_time: Duration,
+}
+
+impl GenerationStats {
+    pub fn tokens_per_second(&self) -> f64 {
+        if self.decode_time.is_zero() {
+            0.0
+        } else {
+            self.tokens as f64 / self.decode_time.as_secs_f64()
+        }
+    }
+}
+
+/// One call's conversation with the language model; keeps its KV cache between turns.
+pub trait LlmSession: Send {
+    /// Streams the assistant's next reply to `history` (which ends with the
+    /// caller's words) piece by piece until done or `on_piece` breaks.
+    fn reply(
+        &mut self,
+        history: &[ChatMessage],
+        pool: &EnginePool,
+        on_piece: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<GenerationStats, EngineError>;
+}
+
+pub trait Llm: Send + Sync {
+    /// A session whose system prompt is already evaluated (computed once per prompt, then reused).
+    fn session(&self, system_prompt: &str) -> Result<Box<dyn LlmSession>, EngineError>;
+}
+
+pub trait Tts: Send + Sync {
+    fn sample_rate(&self) -> u32;
+    /// Synthesizes one phrase; `voice` overrides the phonemizer voice.
+    fn synthesize(&self, text: &str, voice: Option<&str>) -> Result<Vec<f32>, EngineError>;
+}
+
+/// The loaded models and the pool their work runs on.
+pub struct Engine {
+    pub vad: Arc<dyn Vad>,
+    pub asr: Arc<dyn Asr>,
+    pub llm: Arc<dyn Llm>,
+    pub tts: Arc<dyn Tts>,
+    pub pool: EnginePool,
+    pub settings: EngineConfig,
+}
+
+/// How long each model took to load, for the start-up log.
+#[derive(Debug, Default)]
+pub struct LoadTimes {
+    pub vad: Duration,
+    pub asr: Duration,
+    pub llm: Duration,
+    pub tts: Duration,
+}
+
+impl Engine {
+    /// Verifies and loads every model of the configured profile.
+    pub fn load(config: &Config) -> Result<(Engine, LoadTimes), EngineError> {
+        let store = ModelStore::from_config(&config.models)?;
+        let e = &config.engine;
+        onnx::init(e.onnxruntime.clone(), &store)?;
+        let mut times = LoadTimes::default();
+
+        let t = Instant::now();
+        let vad =
+            vad::silero::SileroVad::load(&store.require(Role::Vad)?, e.vad_threads, e.workers)?;
+        times.vad = t.elapsed();
+
+        let t = Instant::now();
+        let asr = asr::whisper::WhisperAsr::load(
+            &store.require(Role::Asr)?,
+            e.asr_threads,
+            e.asr_fit_audio_context,
+        )?;
+        times.asr = t.elapsed();
+
+        let t = Instant::now();
+        let llm = llm::llama::LlamaLlm::load(&store.require(Role::Llm)?, e)?;
+        times.llm = t.elapsed();
+
+        let t = Instant::now();
+        let tts = tts::piper::PiperTts::load(
+            &store.require(Role::Tts)?,
+            &store.require(Role::TtsConfig)?,
+            e.tts_threads,
+            e.espeak.clone(),
+        )?;
+        times.tts = t.elapsed();
+
+        Ok((
+            Engine {
+                vad: Arc::new(vad),
+                asr: Arc::new(asr),
+                llm: Arc::new(llm),
+                tts: Arc::new(tts),
+                pool: EnginePool::new(e.workers),
+                settings: e.clone(),
+            },
+            times,
+        ))
+    }
+}

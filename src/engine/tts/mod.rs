@@ -1,0 +1,4 @@
+//! Speech synthesis backends.
+
+pub mod espeak;
+pub mod piper;

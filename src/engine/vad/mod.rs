@@ -1,0 +1,3 @@
+//! Voice activity detection backends.
+
+pub mod silero;

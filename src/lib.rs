@@ -1,0 +1,9 @@
+//! Izwi: a self-hosted telephony voice agent.
+
+pub mod audio;
+pub mod call;
+pub mod codec;
+pub mod config;
+pub mod engine;
+pub mod models;
+pub mod talk;
