@@ -8,7 +8,7 @@ use crate::audio::{ENGINE_RATE, FRAME, SILENCE, frames};
 use crate::call::Agent;
 use crate::call::conversation::{Conversation, TurnRecord};
 use crate::config::TurnConfig;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{ChatMessage, Engine, EngineError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Clock {
@@ -22,6 +22,8 @@ pub struct TalkOutcome {
     /// The agent's side at 16 kHz, sample-aligned with the caller's.
     pub agent_audio: Vec<f32>,
     pub turns: Vec<TurnRecord>,
+    /// The conversation as the agent remembers it (in memory only).
+    pub history: Vec<ChatMessage>,
     pub caller_seconds: f64,
 }
 
@@ -67,6 +69,7 @@ pub async fn talk(
     Ok(TalkOutcome {
         agent_audio: out,
         turns: conv.turns().to_vec(),
+        history: conv.history().to_vec(),
         caller_seconds: caller.len() as f64 / ENGINE_RATE as f64,
     })
 }

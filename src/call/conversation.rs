@@ -55,6 +55,9 @@ pub struct TurnRecord {
     pub tts_first_audio_ms: Option<f64>,
     pub tts_rtf: Option<f64>,
     pub words_heard: usize,
+    /// Words in every phrase synthesized for this turn.
+    pub words_generated: usize,
+    /// Words the caller actually heard (all of them unless interrupted).
     pub words_spoken: usize,
     pub barged_in: bool,
 }
@@ -80,6 +83,7 @@ impl TurnRecord {
             tts_first_audio_ms: None,
             tts_rtf: None,
             words_heard: 0,
+            words_generated: 0,
             words_spoken: 0,
             barged_in: false,
         }
@@ -192,6 +196,8 @@ impl Conversation {
             return;
         }
         let frames: VecDeque<Frame> = self.agent.greeting.iter().copied().collect();
+        let mut record = TurnRecord::new(0, true);
+        record.words_generated = self.agent.profile.greeting.split_whitespace().count();
         self.reply = Some(ActiveReply {
             stream: None,
             phrases: VecDeque::from([Playing {
@@ -206,7 +212,7 @@ impl Conversation {
             requested: Instant::now(),
             synth: Duration::ZERO,
             synth_audio: Duration::ZERO,
-            record: TurnRecord::new(0, true),
+            record,
         });
     }
 
@@ -399,6 +405,7 @@ impl Conversation {
                     rec.tts_first_audio_ms = Some(ms(synth));
                     rec.compute_ms = Some(ms(reply.requested.elapsed()));
                 }
+                rec.words_generated += text.split_whitespace().count();
                 reply.synth += synth;
                 reply.synth_audio += FRAME * audio.len() as u32;
                 rec.tts_rtf =

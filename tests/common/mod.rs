@@ -1,0 +1,100 @@
+//! Shared set-up for the tests that run the real models (profile `small`).
+//! A missing model or tool fails the test with the command that provides it.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use izwi::audio::ENGINE_RATE;
+use izwi::codec::{resample::resample, wav};
+use izwi::config::Config;
+use izwi::engine::Engine;
+
+/// The configuration tests run with: the small profile unless the environment says otherwise.
+pub fn config() -> Config {
+    let mut c = Config::load(None, std::env::vars()).expect("configuration");
+    if std::env::var_os("IZWI_MODELS_PROFILE").is_none() {
+        c.models.profile = "small".into();
+    }
+    c
+}
+
+/// Models are loaded once per test binary, as in the server.
+pub fn engine() -> Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let (engine, _) = Engine::load(&config()).unwrap_or_else(|e| {
+                panic!("cannot load the small models: {e}\n(run `make test`, or `izwi models fetch --profile small`)")
+            });
+            Arc::new(engine)
+        })
+        .clone()
+}
+
+/// Speech from espeak-ng (a different voice from the agent's), at 16 kHz.
+pub fn espeak(text: &str) -> Vec<f32> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.wav");
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(&path)
+        .arg(text)
+        .status()
+        .expect("espeak-ng must be installed (scripts/setup.sh installs it)");
+    assert!(status.success(), "espeak-ng failed");
+    let (audio, rate) = wav::read_mono(&path).unwrap();
+    resample(&audio, rate, ENGINE_RATE).unwrap()
+}
+
+pub fn seconds(s: f64) -> usize {
+    (s * ENGINE_RATE as f64) as usize
+}
+
+/// Places each clip at its start time (seconds) in silence of `total` seconds.
+pub fn compose(total: f64, clips: &[(f64, &[f32])]) -> Vec<f32> {
+    let mut out = vec![0.0; seconds(total)];
+    for (at, clip) in clips {
+        let start = seconds(*at);
+        assert!(start + clip.len() <= out.len(), "clip past the end");
+        for (o, c) in out[start..].iter_mut().zip(clip.iter()) {
+            *o += c;
+        }
+    }
+    out
+}
+
+/// Start of the first sample louder than a whisper, in seconds from the clip's start.
+pub fn onset(clip: &[f32]) -> f64 {
+    let i = clip
+        .iter()
+        .position(|s| s.abs() > 0.02)
+        .expect("clip is silent");
+    i as f64 / ENGINE_RATE as f64
+}
+
+pub fn duration(clip: &[f32]) -> f64 {
+    clip.len() as f64 / ENGINE_RATE as f64
+}
+
+pub fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect()
+}
+
+pub fn izwi_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_izwi"))
+}
+
+/// The loudest 20 ms frame in `[from, to)` seconds of `audio`.
+pub fn peak_rms(audio: &[f32], from: f64, to: f64) -> f32 {
+    let (a, b) = (seconds(from).min(audio.len()), seconds(to).min(audio.len()));
+    audio[a..b]
+        .chunks(320)
+        .map(izwi::audio::rms)
+        .fold(0.0, f32::max)
+}
