@@ -58,10 +58,16 @@ pub struct ModelsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
-    /// Engine jobs (ASR, LLM, TTS) that may run at once across all calls.
-    pub workers: usize,
+    /// CPU threads that engine work of all calls may use at once (default: the
+    /// machine's cores). Each job below takes as many as it runs threads.
+    pub cpu_threads: usize,
+    /// Threads of one utterance's speech recognition (on the critical path).
     pub asr_threads: usize,
+    /// Threads of one LLM generation step.
     pub llm_threads: usize,
+    /// Threads of the LLM's prompt evaluation.
+    pub llm_batch_threads: usize,
+    /// Threads of one phrase's synthesis.
     pub tts_threads: usize,
     pub vad_threads: usize,
     /// LLM context size in tokens, per call.
@@ -169,9 +175,11 @@ impl Default for EngineConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         EngineConfig {
-            workers: cores,
+            cpu_threads: cores,
             asr_threads: cores,
-            llm_threads: cores,
+            // Generation steps run beside the synthesis of the previous phrase.
+            llm_threads: 1,
+            llm_batch_threads: cores,
             tts_threads: 1,
             vad_threads: 1,
             llm_context: 2048,
@@ -273,9 +281,10 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let e = &self.engine;
         for (name, v) in [
-            ("engine.workers", e.workers),
+            ("engine.cpu_threads", e.cpu_threads),
             ("engine.asr_threads", e.asr_threads),
             ("engine.llm_threads", e.llm_threads),
+            ("engine.llm_batch_threads", e.llm_batch_threads),
             ("engine.tts_threads", e.tts_threads),
             ("engine.vad_threads", e.vad_threads),
         ] {
@@ -544,9 +553,9 @@ mod tests {
     fn bad_file_value_names_the_setting() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("izwi.toml");
-        std::fs::write(&path, "[engine]\nworkers = \"many\"\n").unwrap();
+        std::fs::write(&path, "[engine]\ncpu_threads = \"many\"\n").unwrap();
         let err = Config::load(Some(&path), env(&[])).unwrap_err();
-        assert!(err.to_string().contains("engine.workers"), "{err}");
+        assert!(err.to_string().contains("engine.cpu_threads"), "{err}");
         std::fs::write(&path, "[engine]\nworkerz = 2\n").unwrap();
         let err = Config::load(Some(&path), env(&[])).unwrap_err();
         assert!(err.to_string().contains("workerz"), "{err}");

@@ -1,6 +1,7 @@
 //! Izwi: a self-hosted telephony voice agent.
 
 pub mod audio;
+pub mod bench;
 pub mod call;
 pub mod codec;
 pub mod config;

@@ -30,6 +30,8 @@ enum Command {
     Serve,
     /// Play a recorded caller into an agent and record its answers.
     Talk(TalkArgs),
+    /// Measure the latency budget: spoken questions through the whole engine.
+    Bench(BenchArgs),
     /// Transcribe a WAV file with the configured speech recognizer (to check what Izwi hears).
     Transcribe {
         file: PathBuf,
@@ -61,6 +63,19 @@ struct TalkArgs {
     /// Also print each turn's record as one JSON line.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Use the simulated clock (faster; latency is then endpointing plus engine time).
+    #[arg(long)]
+    fast: bool,
+    /// A text file with one question per line (default: built-in clinic questions).
+    #[arg(long)]
+    questions: Option<PathBuf>,
+    /// Agent profile (default: dialplan.default_agent).
+    #[arg(long)]
+    agent: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +110,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Models { action } => models(&config, action),
         Command::Talk(args) => runtime()?.block_on(talk_cmd(config, args)),
         Command::Serve => runtime()?.block_on(serve(config)),
+        Command::Bench(args) => runtime()?.block_on(bench_cmd(config, args)),
         Command::Transcribe { file, language } => transcribe(&config, &file, &language),
     }
 }
@@ -242,16 +258,53 @@ async fn load_engine(config: &Config) -> Result<Arc<Engine>> {
     Ok(Arc::new(engine))
 }
 
-async fn talk_cmd(config: Config, args: TalkArgs) -> Result<()> {
-    let (name, profile) = match &args.agent {
-        Some(n) => (
-            n.as_str(),
+fn pick_agent<'a>(config: &'a Config, name: Option<&'a str>) -> Result<(&'a str, &'a izwi::config::AgentProfile)> {
+    match name {
+        Some(n) => Ok((
+            n,
             config
                 .agent(n)
                 .with_context(|| format!("no agent named `{n}` in the configuration"))?,
-        ),
-        None => config.default_agent(),
+        )),
+        None => Ok(config.default_agent()),
+    }
+}
+
+async fn bench_cmd(config: Config, args: BenchArgs) -> Result<()> {
+    let (name, profile) = pick_agent(&config, args.agent.as_deref())?;
+    let questions: Vec<String> = match &args.questions {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        None => izwi::bench::QUESTIONS.iter().map(|q| q.to_string()).collect(),
     };
+    if questions.is_empty() {
+        bail!("no questions to ask");
+    }
+    let engine = load_engine(&config).await?;
+    // The greeting would only delay each question; the latency of interest is the reply's.
+    let mut quiet = profile.clone();
+    quiet.greeting.clear();
+    let agent = Arc::new(Agent::prepare(&engine, name, &quiet).await?);
+    let clock = if args.fast { Clock::Simulated } else { Clock::RealTime };
+    let records = izwi::bench::run(engine.clone(), agent, &config.turn, &questions, clock).await?;
+    print!("{}", talk::report(&records));
+    println!(
+        "profile {}, {} engine workers, endpoint silence {} ms",
+        config.models.profile,
+        engine.pool.size(),
+        config.turn.endpoint_silence_ms
+    );
+    print!("{}", izwi::bench::summary(&records, clock));
+    Ok(())
+}
+
+async fn talk_cmd(config: Config, args: TalkArgs) -> Result<()> {
+    let (name, profile) = pick_agent(&config, args.agent.as_deref())?;
     let (audio, rate) = wav::read_mono(&args.input)?;
     let audio = resample(&audio, rate, izwi::audio::ENGINE_RATE)?;
     let engine = load_engine(&config).await?;

@@ -163,12 +163,7 @@ impl Conversation {
         call_id: impl Into<String>,
     ) -> Result<Conversation, EngineError> {
         let vad = engine.vad.stream()?;
-        let llm_engine = engine.llm.clone();
-        let prompt = agent.profile.system_prompt.clone();
-        let session = engine
-            .pool
-            .run(move || llm_engine.session(&prompt))
-            .await??;
+        let session = engine.llm_session(agent.profile.system_prompt.clone()).await?;
         let mut c = Conversation {
             engine,
             agent,
@@ -467,5 +462,46 @@ impl Conversation {
         if !interrupted {
             self.turn.step(Input::AgentFinished);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::SILENCE;
+
+    fn reply(spoken: &[&str], current: Option<(&str, usize, usize)>) -> ActiveReply {
+        let mut phrases = VecDeque::new();
+        if let Some((text, total, left)) = current {
+            phrases.push_back(Playing {
+                text: text.into(),
+                frames: std::iter::repeat_n(SILENCE, left).collect(),
+                total,
+            });
+        }
+        ActiveReply {
+            stream: None,
+            phrases,
+            spoken: spoken.iter().map(|s| s.to_string()).collect(),
+            done: false,
+            started: true,
+            heard: None,
+            requested: Instant::now(),
+            synth: Duration::ZERO,
+            synth_audio: Duration::ZERO,
+            record: TurnRecord::new(1, false),
+        }
+    }
+
+    #[test]
+    fn played_text_is_whole_phrases_plus_the_heard_share_of_the_current_one() {
+        let r = reply(&["We open at eight."], Some(("On Saturday we close at noon.", 100, 50)));
+        assert_eq!(r.played_text(), "We open at eight. On Saturday we");
+        let r = reply(&["We open at eight."], Some(("On Saturday we close at noon.", 100, 100)));
+        assert_eq!(r.played_text(), "We open at eight.", "nothing of an unstarted phrase");
+        let r = reply(&[], Some(("Hello there.", 10, 9)));
+        assert_eq!(r.played_text(), "Hello", "a started word counts as heard");
+        let r = reply(&["One.", "Two three."], None);
+        assert_eq!(r.played_text(), "One. Two three.");
     }
 }

@@ -7,8 +7,7 @@ pub mod turn;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::audio::{ENGINE_RATE, Frame, frames};
-use crate::codec::resample::resample;
+use crate::audio::{Frame, frames};
 use crate::config::AgentProfile;
 use crate::engine::{Engine, EngineError};
 
@@ -31,26 +30,13 @@ impl Agent {
         let greeting = if profile.greeting.trim().is_empty() {
             Vec::new()
         } else {
-            let tts = engine.tts.clone();
-            let text = profile.greeting.clone();
-            let voice = profile.espeak_voice.clone();
             let audio = engine
-                .pool
-                .run(move || -> Result<Vec<f32>, EngineError> {
-                    let raw = tts.synthesize(&text, voice.as_deref())?;
-                    resample(&raw, tts.sample_rate(), ENGINE_RATE)
-                        .map_err(|e| EngineError::Tts(e.to_string()))
-                })
-                .await??;
+                .speak(profile.greeting.clone(), profile.espeak_voice.clone())
+                .await?;
             frames(&audio)
         };
         // Evaluates the system prompt into the shared prefix cache.
-        let llm = engine.llm.clone();
-        let prompt = profile.system_prompt.clone();
-        engine
-            .pool
-            .run(move || llm.session(&prompt).map(drop))
-            .await??;
+        engine.llm_session(profile.system_prompt.clone()).await?;
         Ok(Agent {
             name: name.to_string(),
             profile: profile.clone(),

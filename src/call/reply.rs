@@ -12,7 +12,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::audio::{ENGINE_RATE, Frame, frames};
-use crate::codec::resample::resample;
 use crate::engine::phrase::PhraseCutter;
 use crate::engine::{ChatMessage, Engine, EngineError, GenerationStats, LlmSession, Speaker};
 
@@ -104,11 +103,7 @@ async fn run(
     } = req;
     let audio_len = Duration::from_secs_f64(audio.len() as f64 / ENGINE_RATE as f64);
     let t = Instant::now();
-    let asr = engine.asr.clone();
-    let text = engine
-        .pool
-        .run(move || asr.transcribe(&audio, &language))
-        .await??;
+    let text = engine.transcribe(audio, language).await?;
     let asr_time = t.elapsed();
     if text.is_empty() {
         send(tx, ReplyEvent::NothingHeard { asr: asr_time }).await?;
@@ -159,17 +154,7 @@ async fn run(
     let speak = async {
         while let Some(phrase) = phrases.recv().await {
             let t = Instant::now();
-            let tts = engine.tts.clone();
-            let voice = voice.clone();
-            let text = phrase.clone();
-            let audio = engine
-                .pool
-                .run(move || -> Result<Vec<f32>, EngineError> {
-                    let raw = tts.synthesize(&text, voice.as_deref())?;
-                    resample(&raw, tts.sample_rate(), ENGINE_RATE)
-                        .map_err(|e| EngineError::Tts(e.to_string()))
-                })
-                .await??;
+            let audio = engine.speak(phrase.clone(), voice.clone()).await?;
             if audio.is_empty() {
                 continue;
             }

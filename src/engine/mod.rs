@@ -117,6 +117,36 @@ pub struct Engine {
     pub settings: EngineConfig,
 }
 
+impl Engine {
+    /// Speech recognition of one utterance on the pool.
+    pub async fn transcribe(&self, audio: Vec<f32>, language: String) -> Result<String, EngineError> {
+        let asr = self.asr.clone();
+        self.pool
+            .run(self.settings.asr_threads, move || asr.transcribe(&audio, &language))
+            .await?
+    }
+
+    /// One phrase synthesized on the pool, at the engine's 16 kHz.
+    pub async fn speak(&self, text: String, voice: Option<String>) -> Result<Vec<f32>, EngineError> {
+        let tts = self.tts.clone();
+        self.pool
+            .run(self.settings.tts_threads, move || {
+                let raw = tts.synthesize(&text, voice.as_deref())?;
+                crate::codec::resample::resample(&raw, tts.sample_rate(), crate::audio::ENGINE_RATE)
+                    .map_err(|e| EngineError::Tts(e.to_string()))
+            })
+            .await?
+    }
+
+    /// A conversation with the language model, its system prompt already evaluated.
+    pub async fn llm_session(&self, system_prompt: String) -> Result<Box<dyn LlmSession>, EngineError> {
+        let llm = self.llm.clone();
+        self.pool
+            .run(self.settings.llm_batch_threads, move || llm.session(&system_prompt))
+            .await?
+    }
+}
+
 /// How long each model took to load, for the start-up log.
 #[derive(Debug, Default)]
 pub struct LoadTimes {
@@ -136,7 +166,7 @@ impl Engine {
 
         let t = Instant::now();
         let vad =
-            vad::silero::SileroVad::load(&store.require(Role::Vad)?, e.vad_threads, e.workers)?;
+            vad::silero::SileroVad::load(&store.require(Role::Vad)?, e.vad_threads, e.cpu_threads)?;
         times.vad = t.elapsed();
 
         let t = Instant::now();
@@ -166,7 +196,7 @@ impl Engine {
                 asr: Arc::new(asr),
                 llm: Arc::new(llm),
                 tts: Arc::new(tts),
-                pool: EnginePool::new(e.workers),
+                pool: EnginePool::new(e.cpu_threads),
                 settings: e.clone(),
             },
             times,

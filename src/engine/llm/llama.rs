@@ -84,12 +84,11 @@ impl LlamaLlm {
 
 impl Shared {
     fn new_context(&self) -> Result<LlamaContext<'static>, EngineError> {
-        let threads = self.settings.llm_threads as i32;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(self.settings.llm_context))
             .with_n_batch(512)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_n_threads(self.settings.llm_threads as i32)
+            .with_n_threads_batch(self.settings.llm_batch_threads as i32);
         let _guard = NEW_CONTEXT.lock().unwrap_or_else(|p| p.into_inner());
         self.model
             .new_context(backend()?, params)
@@ -154,7 +153,7 @@ fn decode_tokens(
     ctx: &mut LlamaContext<'static>,
     tokens: &[LlamaToken],
     start: usize,
-    pool: Option<&EnginePool>,
+    pool: Option<(&EnginePool, usize)>,
 ) -> Result<(), EngineError> {
     let n_batch = ctx.n_batch() as usize;
     let mut batch = LlamaBatch::new(n_batch, 1);
@@ -169,7 +168,7 @@ fn decode_tokens(
                 .add(*t, pos as i32, &[SEQ], last)
                 .map_err(|e| EngineError::Llm(format!("batch: {e}")))?;
         }
-        let _permit = pool.map(EnginePool::acquire);
+        let _permit = pool.map(|(p, threads)| p.acquire(threads));
         ctx.decode(&mut batch)
             .map_err(|e| EngineError::Llm(format!("decode: {e}")))?;
         done = end;
@@ -255,7 +254,12 @@ impl LlmSession for LlamaSession {
             .clear_kv_cache_seq(Some(SEQ as u32), Some(common as u32), None)
             .map_err(|e| EngineError::Llm(format!("trimming cache: {e}")))?;
         self.evaluated.truncate(common);
-        decode_tokens(&mut self.ctx, &prompt[common..], common, Some(pool))?;
+        decode_tokens(
+            &mut self.ctx,
+            &prompt[common..],
+            common,
+            Some((pool, self.shared.settings.llm_batch_threads)),
+        )?;
         self.evaluated.extend_from_slice(&prompt[common..]);
 
         let mut stats = GenerationStats {
@@ -288,7 +292,7 @@ impl LlmSession for LlamaSession {
                 .add(token, self.evaluated.len() as i32, &[SEQ], true)
                 .map_err(|e| EngineError::Llm(format!("batch: {e}")))?;
             {
-                let _permit = pool.acquire();
+                let _permit = pool.acquire(self.shared.settings.llm_threads);
                 self.ctx
                     .decode(&mut batch)
                     .map_err(|e| EngineError::Llm(format!("decode: {e}")))?;
