@@ -33,7 +33,9 @@ pub async fn run(
 ) -> Result<Vec<TurnRecord>, EngineError> {
     let mut records = Vec::new();
     for q in questions {
-        let speech = engine.speak(q.clone(), agent.profile.espeak_voice.clone()).await?;
+        let speech = engine
+            .speak(q.clone(), agent.profile.espeak_voice.clone())
+            .await?;
         let pad = |s: f64| vec![0.0f32; (s * ENGINE_RATE as f64) as usize];
         let mut caller = pad(LEAD_IN);
         caller.extend_from_slice(&speech);
@@ -70,7 +72,8 @@ pub fn response_ms(t: &TurnRecord, clock: Clock) -> Option<f64> {
 }
 
 pub fn summary(records: &[TurnRecord], clock: Clock) -> String {
-    let col = |f: &dyn Fn(&TurnRecord) -> Option<f64>| records.iter().filter_map(f).collect::<Vec<f64>>();
+    let col =
+        |f: &dyn Fn(&TurnRecord) -> Option<f64>| records.iter().filter_map(f).collect::<Vec<f64>>();
     let fmt = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
     let resp = col(&|t| response_ms(t, clock));
     let asr_rtf = col(&|t| t.asr_rtf);
@@ -79,7 +82,10 @@ pub fn summary(records: &[TurnRecord], clock: Clock) -> String {
     let tps = col(&|t| t.llm_tokens_per_s);
     let tts_first = col(&|t| t.tts_first_audio_ms);
     let tts_rtf = col(&|t| t.tts_rtf);
-    let answered = records.iter().filter(|t| t.first_audio_at_ms.is_some()).count();
+    let answered = records
+        .iter()
+        .filter(|t| t.first_audio_at_ms.is_some())
+        .count();
     let mut s = String::new();
     s.push_str(&format!(
         "turns answered: {answered} of {} ({} clock)\n",

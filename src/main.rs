@@ -258,7 +258,10 @@ async fn load_engine(config: &Config) -> Result<Arc<Engine>> {
     Ok(Arc::new(engine))
 }
 
-fn pick_agent<'a>(config: &'a Config, name: Option<&'a str>) -> Result<(&'a str, &'a izwi::config::AgentProfile)> {
+fn pick_agent<'a>(
+    config: &'a Config,
+    name: Option<&'a str>,
+) -> Result<(&'a str, &'a izwi::config::AgentProfile)> {
     match name {
         Some(n) => Ok((
             n,
@@ -280,7 +283,10 @@ async fn bench_cmd(config: Config, args: BenchArgs) -> Result<()> {
             .filter(|l| !l.is_empty())
             .map(String::from)
             .collect(),
-        None => izwi::bench::QUESTIONS.iter().map(|q| q.to_string()).collect(),
+        None => izwi::bench::QUESTIONS
+            .iter()
+            .map(|q| q.to_string())
+            .collect(),
     };
     if questions.is_empty() {
         bail!("no questions to ask");
@@ -290,7 +296,11 @@ async fn bench_cmd(config: Config, args: BenchArgs) -> Result<()> {
     let mut quiet = profile.clone();
     quiet.greeting.clear();
     let agent = Arc::new(Agent::prepare(&engine, name, &quiet).await?);
-    let clock = if args.fast { Clock::Simulated } else { Clock::RealTime };
+    let clock = if args.fast {
+        Clock::Simulated
+    } else {
+        Clock::RealTime
+    };
     let records = izwi::bench::run(engine.clone(), agent, &config.turn, &questions, clock).await?;
     print!("{}", talk::report(&records));
     println!(

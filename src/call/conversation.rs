@@ -116,6 +116,25 @@ struct ActiveReply {
 }
 
 impl ActiveReply {
+    fn new(
+        stream: Option<ReplyStream>,
+        phrases: VecDeque<Playing>,
+        record: TurnRecord,
+    ) -> ActiveReply {
+        ActiveReply {
+            done: stream.is_none(),
+            stream,
+            phrases,
+            spoken: Vec::new(),
+            started: false,
+            heard: None,
+            requested: Instant::now(),
+            synth: Duration::ZERO,
+            synth_audio: Duration::ZERO,
+            record,
+        }
+    }
+
     /// Text of what the caller actually heard: whole phrases, plus the share of
     /// the current phrase's words that its played frames represent.
     fn played_text(&self) -> String {
@@ -163,7 +182,9 @@ impl Conversation {
         call_id: impl Into<String>,
     ) -> Result<Conversation, EngineError> {
         let vad = engine.vad.stream()?;
-        let session = engine.llm_session(agent.profile.system_prompt.clone()).await?;
+        let session = engine
+            .llm_session(agent.profile.system_prompt.clone())
+            .await?;
         let mut c = Conversation {
             engine,
             agent,
@@ -193,22 +214,12 @@ impl Conversation {
         let frames: VecDeque<Frame> = self.agent.greeting.iter().copied().collect();
         let mut record = TurnRecord::new(0, true);
         record.words_generated = self.agent.profile.greeting.split_whitespace().count();
-        self.reply = Some(ActiveReply {
-            stream: None,
-            phrases: VecDeque::from([Playing {
-                text: self.agent.profile.greeting.clone(),
-                total: frames.len(),
-                frames,
-            }]),
-            spoken: Vec::new(),
-            done: true,
-            started: false,
-            heard: None,
-            requested: Instant::now(),
-            synth: Duration::ZERO,
-            synth_audio: Duration::ZERO,
-            record,
-        });
+        let greeting = Playing {
+            text: self.agent.profile.greeting.clone(),
+            total: frames.len(),
+            frames,
+        };
+        self.reply = Some(ActiveReply::new(None, VecDeque::from([greeting]), record));
     }
 
     pub fn state(&self) -> State {
@@ -312,18 +323,7 @@ impl Conversation {
                 history: self.history.clone(),
             },
         );
-        self.reply = Some(ActiveReply {
-            stream: Some(stream),
-            phrases: VecDeque::new(),
-            spoken: Vec::new(),
-            done: false,
-            started: false,
-            heard: None,
-            requested: Instant::now(),
-            synth: Duration::ZERO,
-            synth_audio: Duration::ZERO,
-            record,
-        });
+        self.reply = Some(ActiveReply::new(Some(stream), VecDeque::new(), record));
     }
 
     /// The agent's frame for audio time `at`, or `None` for silence. With
@@ -479,26 +479,28 @@ mod tests {
                 total,
             });
         }
-        ActiveReply {
-            stream: None,
-            phrases,
-            spoken: spoken.iter().map(|s| s.to_string()).collect(),
-            done: false,
-            started: true,
-            heard: None,
-            requested: Instant::now(),
-            synth: Duration::ZERO,
-            synth_audio: Duration::ZERO,
-            record: TurnRecord::new(1, false),
-        }
+        let mut r = ActiveReply::new(None, phrases, TurnRecord::new(1, false));
+        r.spoken = spoken.iter().map(|s| s.to_string()).collect();
+        r.started = true;
+        r
     }
 
     #[test]
     fn played_text_is_whole_phrases_plus_the_heard_share_of_the_current_one() {
-        let r = reply(&["We open at eight."], Some(("On Saturday we close at noon.", 100, 50)));
+        let r = reply(
+            &["We open at eight."],
+            Some(("On Saturday we close at noon.", 100, 50)),
+        );
         assert_eq!(r.played_text(), "We open at eight. On Saturday we");
-        let r = reply(&["We open at eight."], Some(("On Saturday we close at noon.", 100, 100)));
-        assert_eq!(r.played_text(), "We open at eight.", "nothing of an unstarted phrase");
+        let r = reply(
+            &["We open at eight."],
+            Some(("On Saturday we close at noon.", 100, 100)),
+        );
+        assert_eq!(
+            r.played_text(),
+            "We open at eight.",
+            "nothing of an unstarted phrase"
+        );
         let r = reply(&[], Some(("Hello there.", 10, 9)));
         assert_eq!(r.played_text(), "Hello", "a started word counts as heard");
         let r = reply(&["One.", "Two three."], None);

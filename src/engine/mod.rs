@@ -119,15 +119,25 @@ pub struct Engine {
 
 impl Engine {
     /// Speech recognition of one utterance on the pool.
-    pub async fn transcribe(&self, audio: Vec<f32>, language: String) -> Result<String, EngineError> {
+    pub async fn transcribe(
+        &self,
+        audio: Vec<f32>,
+        language: String,
+    ) -> Result<String, EngineError> {
         let asr = self.asr.clone();
         self.pool
-            .run(self.settings.asr_threads, move || asr.transcribe(&audio, &language))
+            .run(self.settings.asr_threads, move || {
+                asr.transcribe(&audio, &language)
+            })
             .await?
     }
 
     /// One phrase synthesized on the pool, at the engine's 16 kHz.
-    pub async fn speak(&self, text: String, voice: Option<String>) -> Result<Vec<f32>, EngineError> {
+    pub async fn speak(
+        &self,
+        text: String,
+        voice: Option<String>,
+    ) -> Result<Vec<f32>, EngineError> {
         let tts = self.tts.clone();
         self.pool
             .run(self.settings.tts_threads, move || {
@@ -139,10 +149,15 @@ impl Engine {
     }
 
     /// A conversation with the language model, its system prompt already evaluated.
-    pub async fn llm_session(&self, system_prompt: String) -> Result<Box<dyn LlmSession>, EngineError> {
+    pub async fn llm_session(
+        &self,
+        system_prompt: String,
+    ) -> Result<Box<dyn LlmSession>, EngineError> {
         let llm = self.llm.clone();
         self.pool
-            .run(self.settings.llm_batch_threads, move || llm.session(&system_prompt))
+            .run(self.settings.llm_batch_threads, move || {
+                llm.session(&system_prompt)
+            })
             .await?
     }
 }

@@ -56,7 +56,11 @@ impl EnginePool {
         let slots = threads.clamp(1, self.inner.size);
         let mut free = self.inner.free.lock().unwrap_or_else(|p| p.into_inner());
         while *free < slots {
-            free = self.inner.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+            free = self
+                .inner
+                .freed
+                .wait(free)
+                .unwrap_or_else(|p| p.into_inner());
         }
         *free -= slots;
         Permit {
@@ -148,7 +152,11 @@ mod tests {
         for j in jobs {
             j.await.unwrap();
         }
-        assert_eq!(peak.load(Ordering::SeqCst), 2, "never more busy threads than cores");
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            2,
+            "never more busy threads than cores"
+        );
         // A job wider than the pool still runs (alone).
         pool.run(8, || ()).await.unwrap();
     }

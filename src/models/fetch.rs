@@ -249,7 +249,6 @@ fn normalize(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{Manifest, Role};
 
     #[test]
     fn pep503_names() {
@@ -258,27 +257,8 @@ mod tests {
     }
 
     fn store(dir: &Path, mirror: &Path, content: &[u8]) -> (ModelStore, ModelEntry) {
-        let d = copy_hashing(&mut &content[..], None, &mut |_| {}).unwrap();
-        let entry = ModelEntry {
-            id: "t".into(),
-            role: Role::Vad,
-            file: "t.onnx".into(),
-            sha256: d.sha256,
-            size: d.size,
-            license: "MIT".into(),
-            profiles: vec!["small".into()],
-            note: None,
-            sources: vec![Source::Mirror],
-        };
-        let store = ModelStore {
-            dir: dir.to_path_buf(),
-            profile: "small".into(),
-            mirror: Some(mirror.to_path_buf()),
-            pypi_index: "https://127.0.0.1:9/simple".into(),
-            manifest: Manifest {
-                models: vec![entry.clone()],
-            },
-        };
+        let (mut store, entry) = crate::models::store::tests::store_with(dir, content);
+        store.mirror = Some(mirror.to_path_buf());
         (store, entry)
     }
 

