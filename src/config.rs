@@ -199,7 +199,7 @@ impl Default for TurnConfig {
             vad_threshold: 0.5,
             vad_release: 0.35,
             min_speech_ms: 90,
-            endpoint_silence_ms: 500,
+            endpoint_silence_ms: 400,
             max_utterance_ms: 20_000,
             preroll_ms: 200,
             barge_in: true,
@@ -499,7 +499,7 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = Config::load(None, env(&[])).unwrap();
-        assert_eq!(c.turn.endpoint_silence_ms, 500);
+        assert_eq!(c.turn.endpoint_silence_ms, 400);
         assert_eq!(c.default_agent().0, "english");
     }
 
