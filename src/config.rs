@@ -93,8 +93,11 @@ pub struct TurnConfig {
     pub vad_release: f32,
     /// Speech must last this long to open a caller turn (filters clicks).
     pub min_speech_ms: u32,
-    /// Silence after speech that ends the caller's turn.
+    /// Silence after speech that ends the caller's turn (the reply plays from then).
     pub endpoint_silence_ms: u32,
+    /// Silence after which the reply starts being prepared, speculatively: it is
+    /// dropped if the caller speaks again before `endpoint_silence_ms`.
+    pub early_endpoint_ms: u32,
     /// A caller turn longer than this is cut and answered.
     pub max_utterance_ms: u32,
     /// Audio kept from before speech onset, so the first syllable reaches ASR.
@@ -200,6 +203,7 @@ impl Default for TurnConfig {
             vad_release: 0.35,
             min_speech_ms: 90,
             endpoint_silence_ms: 400,
+            early_endpoint_ms: 200,
             max_utterance_ms: 20_000,
             preroll_ms: 200,
             barge_in: true,
@@ -329,6 +333,12 @@ impl Config {
             return Err(invalid(
                 "turn.endpoint_silence_ms",
                 "must be between 20 and 5000 ms",
+            ));
+        }
+        if t.early_endpoint_ms < 20 || t.early_endpoint_ms > t.endpoint_silence_ms {
+            return Err(invalid(
+                "turn.early_endpoint_ms",
+                "must be at least 20 ms and at most turn.endpoint_silence_ms",
             ));
         }
         if t.min_speech_ms > 2_000 {

@@ -108,6 +108,8 @@ struct ActiveReply {
     spoken: Vec<String>,
     done: bool,
     started: bool,
+    /// Audio time before which the reply must not play (the caller may go on).
+    play_from: Duration,
     heard: Option<String>,
     requested: Instant,
     synth: Duration,
@@ -127,6 +129,7 @@ impl ActiveReply {
             phrases,
             spoken: Vec::new(),
             started: false,
+            play_from: Duration::ZERO,
             heard: None,
             requested: Instant::now(),
             synth: Duration::ZERO,
@@ -166,7 +169,6 @@ pub struct Conversation {
     recent: VecDeque<f32>,
     recent_end: Duration,
     capture: Option<Vec<f32>>,
-    speech_end: Duration,
     history: Vec<ChatMessage>,
     llm: Arc<Mutex<Box<dyn LlmSession>>>,
     reply: Option<ActiveReply>,
@@ -196,7 +198,6 @@ impl Conversation {
             recent: VecDeque::with_capacity(ms_to_samples(RECENT.as_millis() as u32)),
             recent_end: Duration::ZERO,
             capture: None,
-            speech_end: Duration::ZERO,
             history: Vec::new(),
             llm: Arc::new(Mutex::new(session)),
             reply: None,
@@ -277,11 +278,14 @@ impl Conversation {
             Some(Output::UserFinished {
                 onset,
                 last_speech,
+                play_from,
                 forced,
             }) => {
                 tracing::debug!(call = %self.call_id, ?onset, ?last_speech, forced, "caller turn ended");
-                self.speech_end = last_speech;
                 self.request_reply(onset, last_speech);
+                if let Some(r) = self.reply.as_mut() {
+                    r.play_from = play_from;
+                }
             }
             Some(Output::UserResumed) => {
                 tracing::debug!(call = %self.call_id, "caller resumed before the reply; reply dropped");
@@ -336,6 +340,10 @@ impl Conversation {
                 if let Some(p) = reply.phrases.pop_front() {
                     reply.spoken.push(p.text);
                 }
+            }
+            let ready = reply.phrases.front().is_some_and(|p| !p.frames.is_empty());
+            if ready && !reply.started && at < reply.play_from {
+                return None;
             }
             if let Some(frame) = reply.phrases.front_mut().and_then(|p| p.frames.pop_front()) {
                 if !reply.started {
@@ -452,7 +460,7 @@ impl Conversation {
         if interrupted {
             r.record.outcome = TurnOutcome::Interrupted;
         }
-        if r.started && !played.is_empty() {
+        if !played.is_empty() {
             self.history.push(ChatMessage {
                 speaker: Speaker::Assistant,
                 text: played,

@@ -14,6 +14,9 @@ pub struct TurnPolicy {
     pub speech_threshold: f32,
     pub speech_release: f32,
     pub min_speech: Duration,
+    /// Silence after which the reply is prepared, speculatively.
+    pub early_endpoint: Duration,
+    /// Silence after which the caller's turn is over and the reply may play.
     pub endpoint_silence: Duration,
     pub max_utterance: Duration,
     pub barge_in: bool,
@@ -27,6 +30,7 @@ impl From<&TurnConfig> for TurnPolicy {
             speech_threshold: c.vad_threshold,
             speech_release: c.vad_release,
             min_speech: ms(c.min_speech_ms),
+            early_endpoint: ms(c.early_endpoint_ms.min(c.endpoint_silence_ms)),
             endpoint_silence: ms(c.endpoint_silence_ms),
             max_utterance: ms(c.max_utterance_ms),
             barge_in: c.barge_in,
@@ -69,10 +73,13 @@ pub enum Input {
 pub enum Output {
     /// The caller started a turn; audio from `onset` belongs to it.
     UserStarted { onset: Duration },
-    /// The caller's turn ended; answer it. `last_speech` is when speech stopped.
+    /// The caller has paused long enough to prepare the answer; it may play
+    /// from `play_from` unless the caller speaks again before (`UserResumed`).
+    /// `last_speech` is when speech stopped.
     UserFinished {
         onset: Duration,
         last_speech: Duration,
+        play_from: Duration,
         forced: bool,
     },
     /// The caller spoke again before the reply began: drop the reply, keep the turn open.
@@ -186,13 +193,19 @@ impl TurnMachine {
                 }
                 let forced = end - self.onset >= self.policy.max_utterance;
                 if forced
-                    || (!self.speaking && end - self.last_speech >= self.policy.endpoint_silence)
+                    || (!self.speaking && end - self.last_speech >= self.policy.early_endpoint)
                 {
                     self.state = State::Thinking;
                     self.hold = forced;
+                    let play_from = if forced {
+                        end
+                    } else {
+                        self.last_speech + self.policy.endpoint_silence
+                    };
                     return Some(Output::UserFinished {
                         onset: self.onset,
                         last_speech: self.last_speech,
+                        play_from,
                         forced,
                     });
                 }
@@ -236,6 +249,7 @@ mod tests {
             speech_threshold: 0.5,
             speech_release: 0.35,
             min_speech: ms(100),
+            early_endpoint: ms(500),
             endpoint_silence: ms(500),
             max_utterance: ms(10_000),
             barge_in: true,
@@ -275,11 +289,38 @@ mod tests {
                 Output::UserFinished {
                     onset: ms(200),
                     last_speech: ms(1200),
+                    play_from: ms(1700),
                     forced: false
                 }
             )]
         );
         assert_eq!(m.state(), State::Thinking);
+    }
+
+    #[test]
+    fn the_reply_is_prepared_early_and_plays_at_the_endpoint() {
+        let mut m = TurnMachine::new(TurnPolicy {
+            early_endpoint: ms(200),
+            ..policy()
+        });
+        let mut t = Duration::ZERO;
+        feed(&mut m, &mut t, 0.9, 1000);
+        let out = feed(&mut m, &mut t, 0.0, 300);
+        assert_eq!(
+            out,
+            vec![(
+                1180,
+                Output::UserFinished {
+                    onset: Duration::ZERO,
+                    last_speech: ms(1000),
+                    play_from: ms(1500),
+                    forced: false
+                }
+            )]
+        );
+        // Speech again before the reply plays: the turn goes on.
+        let out = feed(&mut m, &mut t, 0.9, 200);
+        assert_eq!(out[0].1, Output::UserResumed);
     }
 
     #[test]
