@@ -36,6 +36,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub turn: TurnConfig,
     pub dialplan: DialplanConfig,
+    pub sip: SipConfig,
     pub agents: BTreeMap<String, AgentProfile>,
     pub log: LogConfig,
 }
@@ -111,6 +112,51 @@ pub struct TurnConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DialplanConfig {
     pub default_agent: String,
+    /// Answer every call with an echo of the caller instead of the engine: a
+    /// capacity test of the telephony side that needs no models.
+    pub echo: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    pub enabled: bool,
+    /// Address and port of the SIP listener (UDP).
+    pub listen: String,
+    /// Address put in Contact, Via and SDP; empty means the listen address
+    /// (or 127.0.0.1 when listening on all addresses). Set it behind NAT.
+    pub advertise: String,
+    /// RTP ports, one per call, from this inclusive range.
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// Codecs in order of preference: pcmu, pcma.
+    pub codecs: Vec<String>,
+    /// No RTP from the caller for this long ends the call.
+    pub rtp_timeout_secs: u32,
+    pub max_call_secs: u32,
+    pub max_calls: usize,
+    /// Packets the jitter buffer holds before playout (20 ms each).
+    pub jitter_packets: usize,
+    /// Ring (180) for this long before answering; 0 answers at once.
+    pub ring_ms: u32,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            enabled: true,
+            listen: "0.0.0.0:5060".into(),
+            advertise: String::new(),
+            rtp_port_min: 20_000,
+            rtp_port_max: 20_999,
+            codecs: vec!["pcmu".into(), "pcma".into()],
+            rtp_timeout_secs: 30,
+            max_call_secs: 3600,
+            max_calls: 100,
+            jitter_packets: 3,
+            ring_ms: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -155,6 +201,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             turn: TurnConfig::default(),
             dialplan: DialplanConfig::default(),
+            sip: SipConfig::default(),
             agents,
             log: LogConfig::default(),
         }
@@ -216,6 +263,7 @@ impl Default for DialplanConfig {
     fn default() -> Self {
         DialplanConfig {
             default_agent: "english".into(),
+            echo: false,
         }
     }
 }
@@ -230,7 +278,7 @@ impl Default for LogConfig {
 }
 
 /// Sections whose scalar keys may be overridden from the environment.
-const ENV_SECTIONS: &[&str] = &["models", "engine", "turn", "dialplan", "log"];
+const ENV_SECTIONS: &[&str] = &["models", "engine", "turn", "dialplan", "sip", "log"];
 
 /// Environment variables that belong to Izwi but are not settings.
 const ENV_NOT_SETTINGS: &[&str] = &["IZWI_CONFIG"];
@@ -371,6 +419,48 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be `text` or `json`"));
         }
+        let sip = &self.sip;
+        if sip.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "sip.listen",
+                format!("`{}` is not an address:port", sip.listen),
+            ));
+        }
+        if !sip.advertise.is_empty() && sip.advertise.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                "sip.advertise",
+                format!("`{}` is not an IP address", sip.advertise),
+            ));
+        }
+        if sip.rtp_port_min < 1024 || sip.rtp_port_min > sip.rtp_port_max {
+            return Err(invalid(
+                "sip.rtp_port_min",
+                "must be at least 1024 and not above sip.rtp_port_max",
+            ));
+        }
+        if sip.codecs.is_empty() {
+            return Err(invalid("sip.codecs", "at least one codec is required"));
+        }
+        for c in &sip.codecs {
+            if !matches!(c.to_ascii_lowercase().as_str(), "pcmu" | "pcma") {
+                return Err(invalid(
+                    "sip.codecs",
+                    format!("unknown codec `{c}` (known: pcmu, pcma)"),
+                ));
+            }
+        }
+        if sip.rtp_timeout_secs == 0 || sip.max_call_secs == 0 || sip.max_calls == 0 {
+            return Err(invalid(
+                "sip",
+                "rtp_timeout_secs, max_call_secs and max_calls must be positive",
+            ));
+        }
+        if sip.ring_ms > 60_000 {
+            return Err(invalid("sip.ring_ms", "must be at most 60000 ms"));
+        }
+        if !(1..=50).contains(&sip.jitter_packets) {
+            return Err(invalid("sip.jitter_packets", "must be between 1 and 50"));
+        }
         if self.agents.is_empty() {
             return Err(invalid("agents", "at least one agent profile is required"));
         }
@@ -476,6 +566,13 @@ fn apply_env(tree: &mut toml::Value, var: &str, value: &str) -> Result<(), Confi
             }
             toml::Value::String(value.to_string())
         }
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            value
+                .split(',')
+                .map(|v| toml::Value::String(v.trim().to_string()))
+                .filter(|v| v.as_str() != Some(""))
+                .collect(),
+        ),
         Some(_) => return Err(invalid(&setting, "cannot be set from the environment")),
     };
     table.insert(key, parsed);
@@ -491,6 +588,7 @@ fn known_key(section: &str, key: &str) -> bool {
             "profile" | "dir" | "mirror" | "manifest" | "pypi_index"
         ) | ("engine", "onnxruntime" | "espeak")
             | ("dialplan", "default_agent")
+            | ("sip", "listen" | "advertise")
             | ("log", "level" | "format")
     )
 }
@@ -572,6 +670,24 @@ mod tests {
         std::fs::write(&path, "[dialplan]\ndefault_agent = \"ghost\"\n").unwrap();
         let err = Config::load(Some(&path), env(&[])).unwrap_err();
         assert!(err.to_string().contains("dialplan.default_agent"), "{err}");
+    }
+
+    #[test]
+    fn sip_settings_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("IZWI_SIP_LISTEN", "127.0.0.1:5080"),
+                ("IZWI_SIP_CODECS", "pcma, pcmu"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.sip.listen, "127.0.0.1:5080");
+        assert_eq!(c.sip.codecs, vec!["pcma", "pcmu"]);
+        let err = Config::load(None, env(&[("IZWI_SIP_CODECS", "g729")])).unwrap_err();
+        assert!(err.to_string().contains("sip.codecs"), "{err}");
+        let err = Config::load(None, env(&[("IZWI_SIP_LISTEN", "nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("sip.listen"), "{err}");
     }
 
     #[test]

@@ -7,4 +7,6 @@ pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod models;
+pub mod rtp;
+pub mod sip;
 pub mod talk;

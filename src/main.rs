@@ -132,8 +132,10 @@ fn init_logging(config: &Config) -> Result<()> {
     };
     let filter = EnvFilter::try_new(&level)
         .with_context(|| format!("setting `log.level`: invalid filter {:?}", config.log.level))?;
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = if config.log.format == "json" {
         builder.json().try_init()
@@ -355,29 +357,48 @@ fn transcribe(config: &Config, file: &std::path::Path, language: &str) -> Result
 }
 
 async fn serve(config: Config) -> Result<()> {
-    let engine = load_engine(&config).await?;
-    let mut agents = Vec::new();
-    for (name, profile) in &config.agents {
-        let agent = Agent::prepare(&engine, name, profile)
-            .await
-            .with_context(|| format!("preparing agent `{name}`"))?;
-        tracing::info!(
-            agent = %name,
-            language = %profile.language,
-            greeting_ms = agent.greeting.len() as u64 * izwi::audio::FRAME_MS as u64,
-            prepared_ms = agent.prepared_in.as_millis() as u64,
-            "agent ready"
-        );
-        agents.push(Arc::new(agent));
+    use izwi::sip::endpoint::{CallContext, Endpoint};
+    // The echo agent needs no models: a capacity test of the telephony side alone.
+    let (engine, agent) = if config.dialplan.echo {
+        tracing::info!("echo agent: calls hear themselves; no models loaded");
+        (None, None)
+    } else {
+        let engine = load_engine(&config).await?;
+        let mut default_agent = None;
+        for (name, profile) in &config.agents {
+            let agent = Agent::prepare(&engine, name, profile)
+                .await
+                .with_context(|| format!("preparing agent `{name}`"))?;
+            tracing::info!(
+                agent = %name,
+                language = %profile.language,
+                greeting_ms = agent.greeting.len() as u64 * izwi::audio::FRAME_MS as u64,
+                prepared_ms = agent.prepared_in.as_millis() as u64,
+                "agent ready"
+            );
+            let agent = Arc::new(agent);
+            if *name == config.dialplan.default_agent {
+                default_agent = Some(agent);
+            }
+        }
+        (Some(engine), default_agent)
+    };
+    if !config.sip.enabled {
+        tracing::info!("sip.enabled is false and no other transport exists yet; nothing to serve");
+        return Ok(());
     }
-    tracing::info!(
-        agents = agents.len(),
-        workers = engine.pool.size(),
-        "Izwi is ready; no call transport is configured in this version (try `izwi talk`). Ctrl-C stops."
-    );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    tracing::info!("stopping");
+    let ctx = Arc::new(CallContext {
+        engine,
+        agent,
+        turn: config.turn.clone(),
+        echo: config.dialplan.echo,
+    });
+    let endpoint = Endpoint::bind(&config.sip, ctx).await?;
+    tracing::info!("Izwi is ready; Ctrl-C stops");
+    endpoint
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! One call: the agent it talks to, the conversation core and the turn machine.
 
 pub mod conversation;
+pub mod media;
 pub mod reply;
 pub mod turn;
 

@@ -1,4 +1,5 @@
 //! Audio conversions between the wire and the engine.
 
+pub mod g711;
 pub mod resample;
 pub mod wav;

@@ -1,0 +1,326 @@
+//! The reactor of one RTP call: a single `select!` over the call's UDP socket,
+//! a 20 ms clock and control messages from the SIP side. Caller packets go
+//! through the jitter buffer, G.711 decoding and resampling into the agent;
+//! the agent's frames go back resampled, encoded and paced on the same clock.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::Agent;
+use super::conversation::{Conversation, TurnRecord};
+use crate::audio::{ENGINE_RATE, FRAME, FRAME_SAMPLES, Frame, SILENCE};
+use crate::codec::g711::Law;
+use crate::codec::resample::StreamResampler;
+use crate::config::TurnConfig;
+use crate::engine::{Engine, EngineError};
+use crate::rtp::dtmf::DtmfReceiver;
+use crate::rtp::jitter::{JitterBuffer, Playout};
+use crate::rtp::packet::{self, Packetizer};
+use crate::sip::sdp::{Codec, Negotiated};
+
+/// What answers the caller.
+pub enum CallAgent {
+    Engine(Box<Conversation>),
+    /// Plays the caller's audio back: for capacity tests without models.
+    Echo(VecDeque<Frame>),
+}
+
+impl CallAgent {
+    pub async fn start(
+        echo: bool,
+        engine: Option<Arc<Engine>>,
+        agent: Option<Arc<Agent>>,
+        turn: &TurnConfig,
+        call_id: &str,
+    ) -> Result<CallAgent, EngineError> {
+        match (echo, engine, agent) {
+            (true, _, _) => Ok(CallAgent::Echo(VecDeque::new())),
+            (false, Some(engine), Some(agent)) => Ok(CallAgent::Engine(Box::new(
+                Conversation::start(engine, agent, turn, call_id).await?,
+            ))),
+            _ => Err(EngineError::Worker("no engine loaded for this call".into())),
+        }
+    }
+
+    fn push(&mut self, frame: &Frame, at: Duration) {
+        match self {
+            CallAgent::Engine(c) => c.push_caller(frame, at),
+            CallAgent::Echo(q) => {
+                q.push_back(*frame);
+                // Bounded: a stalled sender must not grow the queue.
+                while q.len() > 8 {
+                    q.pop_front();
+                }
+            }
+        }
+    }
+
+    async fn next(&mut self, at: Duration) -> Option<Frame> {
+        match self {
+            CallAgent::Engine(c) => c.next_frame(at, false).await,
+            CallAgent::Echo(q) => q.pop_front(),
+        }
+    }
+
+    fn turns(&self) -> Vec<TurnRecord> {
+        match self {
+            CallAgent::Engine(c) => c.turns().to_vec(),
+            CallAgent::Echo(_) => Vec::new(),
+        }
+    }
+}
+
+pub enum Control {
+    /// A re-INVITE changed the session (hold, new address, new codec).
+    Update(Negotiated),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The SIP side ended the call (BYE, CANCEL): the control channel closed.
+    Stopped,
+    RtpTimeout,
+    MaxDuration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MediaStats {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub malformed: u64,
+    pub unknown_payload: u64,
+    pub lost: u64,
+    pub late: u64,
+    pub digits: String,
+    pub turns: Vec<TurnRecord>,
+    /// Longest time from a packet's arrival to its audio reaching the agent.
+    pub max_in_to_agent: Duration,
+}
+
+pub struct MediaSettings {
+    pub jitter_packets: usize,
+    pub rtp_timeout: Duration,
+    pub max_duration: Duration,
+}
+
+fn law(codec: Codec) -> Law {
+    match codec {
+        Codec::Pcma => Law::A,
+        // Opus is never negotiated (sip.codecs only allows G.711), so µ-law is the fallback.
+        Codec::Pcmu | Codec::Opus => Law::Mu,
+    }
+}
+
+const WIRE_RATE: u32 = 8_000;
+const WIRE_FRAME: usize = (WIRE_RATE / 50) as usize;
+
+pub async fn run(
+    socket: UdpSocket,
+    mut session: Negotiated,
+    mut agent: CallAgent,
+    mut control: mpsc::Receiver<Control>,
+    settings: MediaSettings,
+    call_id: String,
+) -> (Exit, MediaStats) {
+    let mut stats = MediaStats::default();
+    let mut jitter = JitterBuffer::new(settings.jitter_packets, 64);
+    let mut dtmf = DtmfReceiver::default();
+    let mut packetizer = Packetizer::new(rand::random(), session.payload_type);
+    packetizer.start_talkspurt();
+    let mut remote = session.remote;
+    let mut up = StreamResampler::new(WIRE_RATE, ENGINE_RATE).ok();
+    let mut down = StreamResampler::new(ENGINE_RATE, WIRE_RATE).ok();
+    let mut caller_pcm: VecDeque<f32> = VecDeque::with_capacity(FRAME_SAMPLES * 4);
+    let mut agent_pcm: VecDeque<f32> = VecDeque::with_capacity(WIRE_FRAME * 4);
+    // Arrival times of packets whose audio has not reached the agent yet.
+    let mut arrivals: VecDeque<Instant> = VecDeque::new();
+    let started = Instant::now();
+    let mut last_rx = started;
+    let mut tick = tokio::time::interval(FRAME);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut frames: u32 = 0;
+    let mut buf = vec![0u8; 2048];
+    let mut scratch_f32 = Vec::with_capacity(FRAME_SAMPLES * 2);
+    let mut scratch_u8 = Vec::with_capacity(WIRE_FRAME);
+    let exit = loop {
+        tokio::select! {
+            recv = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = recv else { continue };
+                let Ok((header, payload)) = packet::parse(&buf[..n]) else {
+                    stats.malformed += 1;
+                    continue;
+                };
+                stats.packets_in += 1;
+                last_rx = Instant::now();
+                // Symmetric RTP: answer where the caller's packets come from (NAT).
+                remote = from;
+                if header.payload_type == session.payload_type {
+                    jitter.push(&header, payload);
+                    arrivals.push_back(last_rx);
+                    if arrivals.len() > 64 {
+                        arrivals.pop_front();
+                    }
+                } else if Some(header.payload_type) == session.telephone_event {
+                    if let Some(d) = dtmf.push(header.timestamp, payload) {
+                        tracing::info!(call = %call_id, "DTMF digit received");
+                        stats.digits.push(d);
+                    }
+                } else {
+                    stats.unknown_payload += 1;
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if now - last_rx > settings.rtp_timeout {
+                    break Exit::RtpTimeout;
+                }
+                if now - started > settings.max_duration {
+                    break Exit::MaxDuration;
+                }
+                let at = FRAME * frames;
+                frames += 1;
+                let wire = session.codec;
+                scratch_f32.clear();
+                match jitter.pop() {
+                    Playout::Packet { payload, .. } => law(wire).decode(&payload, &mut scratch_f32),
+                    Playout::Lost | Playout::Empty => scratch_f32.resize(WIRE_FRAME, 0.0),
+                }
+                let mut up_out = Vec::with_capacity(FRAME_SAMPLES * 2);
+                let resampled = up.as_mut().is_some_and(|r| r.push(&scratch_f32, &mut up_out).is_ok());
+                if !resampled {
+                    up_out.clear();
+                    up_out.resize(FRAME_SAMPLES, 0.0);
+                }
+                caller_pcm.extend(up_out);
+                if caller_pcm.len() >= FRAME_SAMPLES {
+                    let mut frame = SILENCE;
+                    for (f, s) in frame.iter_mut().zip(caller_pcm.drain(..FRAME_SAMPLES)) {
+                        *f = s;
+                    }
+                    if let Some(t) = arrivals.pop_front() {
+                        stats.max_in_to_agent = stats.max_in_to_agent.max(now - t);
+                    }
+                    agent.push(&frame, at);
+                }
+                let out = agent.next(at).await;
+                let mut down_out = Vec::with_capacity(WIRE_FRAME * 2);
+                // Silence goes through the resampler too, keeping its state continuous.
+                let frame = out.unwrap_or(SILENCE);
+                let resampled = down.as_mut().is_some_and(|r| r.push(&frame, &mut down_out).is_ok());
+                if !resampled {
+                    down_out.clear();
+                    down_out.resize(WIRE_FRAME, 0.0);
+                }
+                agent_pcm.extend(down_out);
+                if agent_pcm.len() >= WIRE_FRAME && session.direction.sends() {
+                    let samples: Vec<f32> = agent_pcm.drain(..WIRE_FRAME).collect();
+                    scratch_u8.clear();
+                    law(wire).encode(&samples, &mut scratch_u8);
+                    let pkt = packetizer.packet(&scratch_u8, WIRE_FRAME as u32);
+                    if socket.send_to(&pkt, remote).await.is_ok() {
+                        stats.packets_out += 1;
+                    }
+                } else if agent_pcm.len() > WIRE_FRAME * 8 {
+                    agent_pcm.clear();
+                }
+            }
+            msg = control.recv() => {
+                match msg {
+                    Some(Control::Update(n)) => {
+                        if n.payload_type != session.payload_type {
+                            packetizer = Packetizer::new(rand::random(), n.payload_type);
+                            packetizer.start_talkspurt();
+                        }
+                        remote = n.remote;
+                        session = n;
+                    }
+                    None => break Exit::Stopped,
+                }
+            }
+        }
+    };
+    let js = jitter.stats();
+    stats.lost = js.lost;
+    stats.late = js.late;
+    stats.turns = agent.turns();
+    (exit, stats)
+}
+
+/// RTP ports handed out one per call and given back when the call's guard drops.
+#[derive(Clone)]
+pub struct PortPool {
+    free: Arc<std::sync::Mutex<VecDeque<u16>>>,
+}
+
+pub struct PortGuard {
+    pub port: u16,
+    pool: PortPool,
+}
+
+impl Drop for PortGuard {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.pool.free.lock() {
+            f.push_back(self.port);
+        }
+    }
+}
+
+impl PortPool {
+    /// Even ports of the range (RTP convention; the odd one above is RTCP's).
+    pub fn new(min: u16, max: u16) -> PortPool {
+        let free = (min..=max).filter(|p| p % 2 == 0).collect();
+        PortPool {
+            free: Arc::new(std::sync::Mutex::new(free)),
+        }
+    }
+
+    pub fn take(&self) -> Option<PortGuard> {
+        let port = self.free.lock().ok()?.pop_front()?;
+        Some(PortGuard {
+            port,
+            pool: self.clone(),
+        })
+    }
+
+    pub fn available(&self) -> usize {
+        self.free.lock().map_or(0, |f| f.len())
+    }
+}
+
+/// Binds a free port of the pool on `ip`, skipping ports something else holds.
+pub async fn bind_rtp(pool: &PortPool, ip: std::net::IpAddr) -> Option<(UdpSocket, PortGuard)> {
+    for _ in 0..pool.available().max(1) {
+        let guard = pool.take()?;
+        if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, guard.port)).await {
+            return Some((s, guard));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_even_and_come_back() {
+        let pool = PortPool::new(20_000, 20_005);
+        assert_eq!(pool.available(), 3);
+        let a = pool.take().unwrap();
+        let b = pool.take().unwrap();
+        let c = pool.take().unwrap();
+        assert_eq!((a.port, b.port, c.port), (20_000, 20_002, 20_004));
+        assert!(pool.take().is_none());
+        drop(b);
+        assert_eq!(pool.take().unwrap().port, 20_002);
+        drop(a);
+        drop(c);
+        assert_eq!(pool.available(), 3);
+    }
+}

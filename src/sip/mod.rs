@@ -1,0 +1,7 @@
+//! SIP user agent (RFC 3261) and SDP offer/answer (RFC 3264/4566).
+
+pub mod digest;
+pub mod endpoint;
+pub mod message;
+pub mod sdp;
+pub mod ua;

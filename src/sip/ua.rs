@@ -1,0 +1,1411 @@
+//! The SIP user agent (server side of calls, RFC 3261) as a sans-IO state
+//! machine: datagrams and the current time go in; datagrams to send, call
+//! events and the next wake-up time come out. Transactions and dialogs live
+//! here; sockets, media and the engine live in the shell that drives it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rsip::Method;
+
+use super::message::{self, ALLOW, Identity, ParseError, Parsed};
+
+/// RFC 3261 timer values.
+pub const T1: Duration = Duration::from_millis(500);
+pub const T2: Duration = Duration::from_secs(4);
+/// How long a finished transaction stays to absorb retransmissions (64·T1).
+pub const TIMER_H: Duration = Duration::from_secs(32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallRef(pub u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+
+    fn reliable(self) -> bool {
+        self == Transport::Tcp
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Transmit {
+        to: SocketAddr,
+        transport: Transport,
+        data: String,
+    },
+    Event(Event),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new call; answer with [`UserAgent::answer`] or [`UserAgent::reject`].
+    Incoming {
+        call: CallRef,
+        call_id: String,
+        from: String,
+        to: String,
+        offer: Option<String>,
+        peer: SocketAddr,
+    },
+    /// The caller acknowledged the answer: media may flow both ways.
+    Confirmed {
+        call: CallRef,
+    },
+    /// A re-INVITE (hold, codec change, refresh); answer with [`UserAgent::answer_reoffer`].
+    Reoffer {
+        call: CallRef,
+        offer: Option<String>,
+    },
+    Ended {
+        call: CallRef,
+        reason: EndReason,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// CANCEL before answer.
+    Cancelled,
+    RemoteBye,
+    LocalBye,
+    /// The answer was never acknowledged (timer H); Izwi sent BYE.
+    NoAck,
+    Rejected(u16),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub received: u64,
+    /// Messages that could not be parsed or answered, dropped.
+    pub dropped: u64,
+    /// Malformed requests answered with 400.
+    pub bad_requests: u64,
+    pub retransmissions_absorbed: u64,
+    pub calls: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UaConfig {
+    pub identity: Identity,
+    /// host:port put in the Via of requests Izwi sends.
+    pub via_host: String,
+    pub max_calls: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LegState {
+    /// INVITE received, waiting for the application.
+    Offered,
+    /// 2xx sent, waiting for ACK.
+    Answered,
+    Confirmed,
+    /// Non-2xx final sent, waiting for ACK.
+    Rejected,
+}
+
+struct Retransmit {
+    at: Instant,
+    interval: Duration,
+    until: Instant,
+}
+
+struct Leg {
+    call_id: String,
+    remote_tag: String,
+    local_tag: String,
+    invite: Parsed,
+    peer: SocketAddr,
+    transport: Transport,
+    state: LegState,
+    remote_target: String,
+    route_set: Vec<String>,
+    local_cseq: u32,
+    remote_cseq: u32,
+    /// The From of their INVITE and our To (with tags): the dialog's two ends.
+    remote_party: String,
+    local_party: String,
+    /// The request whose final response is being retransmitted (INVITE or re-INVITE).
+    pending: Parsed,
+    last_response: Option<String>,
+    retransmit: Option<Retransmit>,
+    reoffer_waiting: bool,
+}
+
+struct DoneServerTx {
+    response: String,
+    to: SocketAddr,
+    transport: Transport,
+    expires: Instant,
+}
+
+struct ClientTx {
+    request: String,
+    to: SocketAddr,
+    transport: Transport,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+}
+
+pub struct UserAgent {
+    cfg: UaConfig,
+    legs: HashMap<CallRef, Leg>,
+    /// (Call-ID, remote tag) → call.
+    by_dialog: HashMap<(String, String), CallRef>,
+    done: HashMap<(String, String), DoneServerTx>,
+    clients: HashMap<String, ClientTx>,
+    out: VecDeque<Output>,
+    stats: Stats,
+    next_call: u64,
+}
+
+impl UserAgent {
+    pub fn new(cfg: UaConfig) -> UserAgent {
+        UserAgent {
+            cfg,
+            legs: HashMap::new(),
+            by_dialog: HashMap::new(),
+            done: HashMap::new(),
+            clients: HashMap::new(),
+            out: VecDeque::new(),
+            stats: Stats::default(),
+            next_call: 1,
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.legs.len()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`UserAgent::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let legs = self
+            .legs
+            .values()
+            .filter_map(|l| l.retransmit.as_ref().map(|r| r.at.min(r.until)));
+        let done = self.done.values().map(|d| d.expires);
+        let clients = self.clients.values().map(|c| c.next.min(c.give_up));
+        legs.chain(done).chain(clients).min()
+    }
+
+    fn send(&mut self, to: SocketAddr, transport: Transport, data: String) {
+        self.out.push_back(Output::Transmit {
+            to,
+            transport,
+            data,
+        });
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    /// One message from the network.
+    pub fn handle_message(
+        &mut self,
+        bytes: &[u8],
+        from: SocketAddr,
+        transport: Transport,
+        now: Instant,
+    ) {
+        self.stats.received += 1;
+        let parsed = match message::parse(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                self.malformed(bytes, from, transport, &e);
+                return;
+            }
+        };
+        match &parsed.msg {
+            rsip::SipMessage::Request(req) => {
+                let method = req.method;
+                self.request(parsed, method, from, transport, now);
+            }
+            rsip::SipMessage::Response(resp) => {
+                let code = resp.status_code.code();
+                // Only our BYEs are client transactions.
+                if code >= 200 && self.clients.remove(&parsed.branch).is_none() {
+                    self.stats.dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// A request that failed to parse gets 400 (or 501 for an unknown method) when
+    /// the headers needed to route a response are there; otherwise it is dropped.
+    fn malformed(
+        &mut self,
+        bytes: &[u8],
+        from: SocketAddr,
+        transport: Transport,
+        err: &ParseError,
+    ) {
+        let Some(resp) = bad_request_response(bytes, from, err, &self.cfg.identity) else {
+            tracing::debug!(%from, error = %err, "dropped unparseable SIP message");
+            self.stats.dropped += 1;
+            return;
+        };
+        tracing::debug!(%from, error = %err, "answered malformed SIP request");
+        self.stats.bad_requests += 1;
+        self.send(from, transport, resp);
+    }
+
+    fn request(
+        &mut self,
+        p: Parsed,
+        method: Method,
+        from: SocketAddr,
+        transport: Transport,
+        now: Instant,
+    ) {
+        if method != Method::Ack && method != Method::Invite {
+            let key = (p.branch.clone(), method.to_string());
+            if let Some(d) = self.done.get(&key) {
+                let (to, t, r) = (d.to, d.transport, d.response.clone());
+                self.stats.retransmissions_absorbed += 1;
+                self.send(to, t, r);
+                return;
+            }
+        }
+        match method {
+            Method::Invite => self.invite(p, from, transport, now),
+            Method::Ack => self.ack(&p),
+            Method::Bye => self.bye(p, from, transport, now),
+            Method::Cancel => self.cancel(p, from, transport, now),
+            Method::Options => {
+                let extra = [
+                    ("Allow", ALLOW.to_string()),
+                    ("Accept", "application/sdp".to_string()),
+                ];
+                self.finish_non_invite(&p, from, transport, (200, "OK"), &extra, now);
+            }
+            Method::Register
+            | Method::Subscribe
+            | Method::Notify
+            | Method::Message
+            | Method::Info
+            | Method::PRack
+            | Method::Update
+            | Method::Refer
+            | Method::Publish => {
+                let extra = [("Allow", ALLOW.to_string())];
+                self.finish_non_invite(
+                    &p,
+                    from,
+                    transport,
+                    (405, "Method Not Allowed"),
+                    &extra,
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Answers a non-INVITE request finally and keeps the answer for its retransmissions.
+    fn finish_non_invite(
+        &mut self,
+        p: &Parsed,
+        from: SocketAddr,
+        transport: Transport,
+        status: (u16, &str),
+        extra: &[(&str, String)],
+        now: Instant,
+    ) {
+        let tag = p.to_tag.is_none().then(|| message::token("iz"));
+        let r = message::response(
+            p,
+            from,
+            status,
+            tag.as_deref(),
+            &self.cfg.identity,
+            extra,
+            None,
+        );
+        self.send(from, transport, r.clone());
+        let method = p
+            .request()
+            .map(|r| r.method.to_string())
+            .unwrap_or_default();
+        self.done.insert(
+            (p.branch.clone(), method),
+            DoneServerTx {
+                response: r,
+                to: from,
+                transport,
+                expires: now + TIMER_H,
+            },
+        );
+    }
+
+    fn leg_of(&self, p: &Parsed) -> Option<CallRef> {
+        let remote = p.from_tag.clone()?;
+        let call = *self.by_dialog.get(&(p.call_id.clone(), remote))?;
+        let leg = self.legs.get(&call)?;
+        // An in-dialog request must carry our tag.
+        match &p.to_tag {
+            Some(t) if *t == leg.local_tag => Some(call),
+            None => Some(call),
+            Some(_) => None,
+        }
+    }
+
+    fn invite(&mut self, p: Parsed, from: SocketAddr, transport: Transport, now: Instant) {
+        if let Some(call) = self.leg_of(&p) {
+            let leg = &self.legs[&call];
+            if leg.pending.branch == p.branch {
+                // A retransmitted INVITE: repeat the last response.
+                self.stats.retransmissions_absorbed += 1;
+                if let Some(r) = leg.last_response.clone() {
+                    let (to, t) = (leg.peer, leg.transport);
+                    self.send(to, t, r);
+                }
+                return;
+            }
+            if p.to_tag.is_some() {
+                self.reinvite(call, p, from, transport);
+                return;
+            }
+        }
+        if p.to_tag.is_some() {
+            self.finish_invite_without_leg(
+                &p,
+                from,
+                transport,
+                481,
+                "Call/Transaction Does Not Exist",
+            );
+            return;
+        }
+        let Some(remote_tag) = p.from_tag.clone() else {
+            self.finish_invite_without_leg(&p, from, transport, 400, "Missing From tag");
+            return;
+        };
+        if self.legs.len() >= self.cfg.max_calls {
+            let extra = [("Retry-After", "30".to_string())];
+            let r = message::response(
+                &p,
+                from,
+                (503, "Service Unavailable"),
+                Some(&message::token("iz")),
+                &self.cfg.identity,
+                &extra,
+                None,
+            );
+            self.send(from, transport, r);
+            return;
+        }
+        let call = CallRef(self.next_call);
+        self.next_call += 1;
+        self.stats.calls += 1;
+        let local_tag = message::token("iz");
+        let trying = message::response(
+            &p,
+            from,
+            (100, "Trying"),
+            None,
+            &self.cfg.identity,
+            &[],
+            None,
+        );
+        self.send(from, transport, trying.clone());
+        let contact = p.header_value("Contact").map(|c| message::uri_of(&c));
+        let remote_target =
+            contact.unwrap_or_else(|| message::uri_of(&p.header_value("From").unwrap_or_default()));
+        let remote_party = p.header_value("From").unwrap_or_default();
+        let mut local_party = p.header_value("To").unwrap_or_default();
+        local_party.push_str(&format!(";tag={local_tag}"));
+        let offer = (!p.body().is_empty()).then(|| String::from_utf8_lossy(p.body()).into_owned());
+        let to_uri = message::uri_of(&p.header_value("To").unwrap_or_default());
+        let leg = Leg {
+            call_id: p.call_id.clone(),
+            remote_tag: remote_tag.clone(),
+            local_tag,
+            peer: from,
+            transport,
+            state: LegState::Offered,
+            remote_target,
+            route_set: p.header_values("Record-Route"),
+            local_cseq: 1,
+            remote_cseq: p.cseq,
+            remote_party: remote_party.clone(),
+            local_party,
+            pending: p.clone(),
+            invite: p.clone(),
+            last_response: Some(trying),
+            retransmit: None,
+            reoffer_waiting: false,
+        };
+        self.by_dialog.insert((p.call_id.clone(), remote_tag), call);
+        self.legs.insert(call, leg);
+        self.event(Event::Incoming {
+            call,
+            call_id: p.call_id,
+            from: message::uri_of(&remote_party),
+            to: to_uri,
+            offer,
+            peer: from,
+        });
+        let _ = now;
+    }
+
+    fn finish_invite_without_leg(
+        &mut self,
+        p: &Parsed,
+        from: SocketAddr,
+        transport: Transport,
+        code: u16,
+        reason: &str,
+    ) {
+        let r = message::response(
+            p,
+            from,
+            (code, reason),
+            Some(&message::token("iz")),
+            &self.cfg.identity,
+            &[],
+            None,
+        );
+        self.send(from, transport, r);
+    }
+
+    fn reinvite(&mut self, call: CallRef, p: Parsed, from: SocketAddr, transport: Transport) {
+        let Some(leg) = self.legs.get_mut(&call) else {
+            return;
+        };
+        if leg.reoffer_waiting || leg.state == LegState::Answered {
+            // RFC 3261 §14.2: one INVITE at a time within a dialog.
+            let r = message::response(
+                &p,
+                from,
+                (500, "Server Internal Error"),
+                None,
+                &self.cfg.identity,
+                &[("Retry-After", "1".into())],
+                None,
+            );
+            self.send(from, transport, r);
+            return;
+        }
+        if p.cseq <= leg.remote_cseq {
+            let r = message::response(
+                &p,
+                from,
+                (500, "Server Internal Error"),
+                None,
+                &self.cfg.identity,
+                &[],
+                None,
+            );
+            self.send(from, transport, r);
+            return;
+        }
+        leg.remote_cseq = p.cseq;
+        leg.reoffer_waiting = true;
+        if let Some(c) = p.header_value("Contact") {
+            leg.remote_target = message::uri_of(&c);
+        }
+        let trying = message::response(
+            &p,
+            from,
+            (100, "Trying"),
+            None,
+            &self.cfg.identity,
+            &[],
+            None,
+        );
+        leg.last_response = Some(trying.clone());
+        leg.pending = p.clone();
+        let offer = (!p.body().is_empty()).then(|| String::from_utf8_lossy(p.body()).into_owned());
+        self.send(from, transport, trying);
+        self.event(Event::Reoffer { call, offer });
+    }
+
+    fn ack(&mut self, p: &Parsed) {
+        let Some(call) = self.leg_of(p) else { return };
+        let Some(leg) = self.legs.get_mut(&call) else {
+            return;
+        };
+        match leg.state {
+            LegState::Answered => {
+                leg.retransmit = None;
+                leg.state = LegState::Confirmed;
+                let first = leg.pending.branch == leg.invite.branch;
+                if first {
+                    self.event(Event::Confirmed { call });
+                }
+            }
+            LegState::Rejected => {
+                self.remove(call);
+            }
+            LegState::Offered | LegState::Confirmed => {}
+        }
+    }
+
+    fn bye(&mut self, p: Parsed, from: SocketAddr, transport: Transport, now: Instant) {
+        let Some(call) = self.leg_of(&p).filter(|_| p.to_tag.is_some()) else {
+            self.finish_non_invite(
+                &p,
+                from,
+                transport,
+                (481, "Call/Transaction Does Not Exist"),
+                &[],
+                now,
+            );
+            return;
+        };
+        self.finish_non_invite(&p, from, transport, (200, "OK"), &[], now);
+        self.remove(call);
+        self.event(Event::Ended {
+            call,
+            reason: EndReason::RemoteBye,
+        });
+    }
+
+    fn cancel(&mut self, p: Parsed, from: SocketAddr, transport: Transport, now: Instant) {
+        let call = self.leg_of(&p).filter(|c| {
+            self.legs
+                .get(c)
+                .is_some_and(|l| l.invite.branch == p.branch)
+        });
+        let Some(call) = call else {
+            self.finish_non_invite(
+                &p,
+                from,
+                transport,
+                (481, "Call/Transaction Does Not Exist"),
+                &[],
+                now,
+            );
+            return;
+        };
+        self.finish_non_invite(&p, from, transport, (200, "OK"), &[], now);
+        if self
+            .legs
+            .get(&call)
+            .is_some_and(|l| l.state == LegState::Offered)
+        {
+            self.final_response(call, 487, "Request Terminated", None, now);
+            self.event(Event::Ended {
+                call,
+                reason: EndReason::Cancelled,
+            });
+        }
+    }
+
+    fn remove(&mut self, call: CallRef) {
+        if let Some(leg) = self.legs.remove(&call) {
+            self.by_dialog.remove(&(leg.call_id, leg.remote_tag));
+        }
+    }
+
+    /// Sends a final response to the pending (re-)INVITE and schedules its
+    /// retransmission until ACK.
+    fn final_response(
+        &mut self,
+        call: CallRef,
+        code: u16,
+        reason: &str,
+        sdp: Option<&str>,
+        now: Instant,
+    ) {
+        let id = self.cfg.identity.clone();
+        let Some(leg) = self.legs.get_mut(&call) else {
+            return;
+        };
+        let mut extra = vec![("Contact", format!("<{}>", id.contact))];
+        if (200..300).contains(&code) {
+            extra.push(("Allow", ALLOW.to_string()));
+            extra.push(("Supported", String::new()));
+        }
+        let r = message::response(
+            &leg.pending,
+            leg.peer,
+            (code, reason),
+            Some(&leg.local_tag),
+            &id,
+            &extra,
+            sdp.map(|s| ("application/sdp", s)),
+        );
+        let success = (200..300).contains(&code);
+        // 2xx is retransmitted by the UA core on every transport (RFC 3261 §13.3.1.4);
+        // other finals only where the transport is unreliable (timer G).
+        let retransmit = success || !leg.transport.reliable();
+        leg.retransmit = retransmit.then(|| Retransmit {
+            at: now + T1,
+            interval: T1,
+            until: now + TIMER_H,
+        });
+        leg.last_response = Some(r.clone());
+        leg.reoffer_waiting = false;
+        let initial = leg.pending.branch == leg.invite.branch;
+        if initial {
+            leg.state = if success {
+                LegState::Answered
+            } else {
+                LegState::Rejected
+            };
+        } else if success {
+            leg.state = LegState::Answered;
+        }
+        let (to, t) = (leg.peer, leg.transport);
+        if !retransmit && !success && initial {
+            self.remove(call);
+        }
+        self.send(to, t, r);
+    }
+
+    /// 180 Ringing for a call not yet answered.
+    pub fn ringing(&mut self, call: CallRef) {
+        let id = self.cfg.identity.clone();
+        let Some(leg) = self
+            .legs
+            .get_mut(&call)
+            .filter(|l| l.state == LegState::Offered)
+        else {
+            return;
+        };
+        let r = message::response(
+            &leg.invite,
+            leg.peer,
+            (180, "Ringing"),
+            Some(&leg.local_tag),
+            &id,
+            &[("Contact", format!("<{}>", id.contact))],
+            None,
+        );
+        leg.last_response = Some(r.clone());
+        let (to, t) = (leg.peer, leg.transport);
+        self.send(to, t, r);
+    }
+
+    /// Answers an incoming call with an SDP answer.
+    pub fn answer(&mut self, call: CallRef, sdp: &str, now: Instant) {
+        if self
+            .legs
+            .get(&call)
+            .is_some_and(|l| l.state == LegState::Offered)
+        {
+            self.final_response(call, 200, "OK", Some(sdp), now);
+        }
+    }
+
+    /// Refuses an incoming call (e.g. 488 when no codec is common).
+    pub fn reject(&mut self, call: CallRef, code: u16, reason: &str, now: Instant) {
+        if self
+            .legs
+            .get(&call)
+            .is_some_and(|l| l.state == LegState::Offered)
+        {
+            self.final_response(call, code, reason, None, now);
+            self.event(Event::Ended {
+                call,
+                reason: EndReason::Rejected(code),
+            });
+        }
+    }
+
+    /// Answers a re-INVITE: `Ok(sdp)` accepts, `Err(code)` refuses and keeps the call.
+    pub fn answer_reoffer(&mut self, call: CallRef, answer: Result<&str, u16>, now: Instant) {
+        if !self.legs.get(&call).is_some_and(|l| l.reoffer_waiting) {
+            return;
+        }
+        match answer {
+            Ok(sdp) => self.final_response(call, 200, "OK", Some(sdp), now),
+            Err(code) => {
+                self.final_response(call, code, "Not Acceptable Here", None, now);
+                if let Some(l) = self.legs.get_mut(&call) {
+                    l.state = LegState::Confirmed;
+                }
+            }
+        }
+    }
+
+    /// Ends a call from Izwi's side: BYE when answered, 480 before.
+    pub fn hangup(&mut self, call: CallRef, now: Instant) {
+        let Some(leg) = self.legs.get(&call) else {
+            return;
+        };
+        if leg.state == LegState::Offered {
+            self.reject(call, 480, "Temporarily Unavailable", now);
+            return;
+        }
+        self.send_bye(call, now);
+        self.event(Event::Ended {
+            call,
+            reason: EndReason::LocalBye,
+        });
+    }
+
+    fn send_bye(&mut self, call: CallRef, now: Instant) {
+        let Some(mut leg) = self.legs.remove(&call) else {
+            return;
+        };
+        self.by_dialog
+            .remove(&(leg.call_id.clone(), leg.remote_tag.clone()));
+        leg.local_cseq += 1;
+        let branch = message::token("z9hG4bK");
+        let bye = message::in_dialog_request(
+            &message::DialogRequest {
+                method: "BYE",
+                target: &leg.remote_target,
+                route: &leg.route_set,
+                via_host: &self.cfg.via_host,
+                transport: leg.transport.as_str(),
+                branch: &branch,
+                from: &leg.local_party,
+                to: &leg.remote_party,
+                call_id: &leg.call_id,
+                cseq: leg.local_cseq,
+            },
+            &self.cfg.identity,
+            None,
+        );
+        self.send(leg.peer, leg.transport, bye.clone());
+        if !leg.transport.reliable() {
+            self.clients.insert(
+                branch,
+                ClientTx {
+                    request: bye,
+                    to: leg.peer,
+                    transport: leg.transport,
+                    next: now + T1,
+                    interval: T1,
+                    give_up: now + TIMER_H,
+                },
+            );
+        }
+    }
+
+    /// Retransmissions and give-ups that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut resend = Vec::new();
+        let mut no_ack = Vec::new();
+        let mut drop = Vec::new();
+        for (call, leg) in self.legs.iter_mut() {
+            let Some(r) = leg.retransmit.as_mut() else {
+                continue;
+            };
+            if now >= r.until {
+                match leg.state {
+                    LegState::Answered => no_ack.push(*call),
+                    _ => drop.push(*call),
+                }
+                leg.retransmit = None;
+            } else if now >= r.at {
+                r.interval = (r.interval * 2).min(T2);
+                r.at = now + r.interval;
+                if let Some(resp) = &leg.last_response {
+                    resend.push((leg.peer, leg.transport, resp.clone()));
+                }
+            }
+        }
+        for (to, t, r) in resend {
+            self.send(to, t, r);
+        }
+        for call in drop {
+            self.remove(call);
+        }
+        for call in no_ack {
+            tracing::info!(call = call.0, "no ACK for the answer; hanging up");
+            self.send_bye(call, now);
+            self.event(Event::Ended {
+                call,
+                reason: EndReason::NoAck,
+            });
+        }
+        self.done.retain(|_, d| d.expires > now);
+        let mut again = Vec::new();
+        self.clients.retain(|_, c| {
+            if now >= c.give_up {
+                return false;
+            }
+            if now >= c.next {
+                c.interval = (c.interval * 2).min(T2);
+                c.next = now + c.interval;
+                again.push((c.to, c.transport, c.request.clone()));
+            }
+            true
+        });
+        for (to, t, r) in again {
+            self.send(to, t, r);
+        }
+    }
+}
+
+/// A 400 (or 501) built from the raw header lines of a request that rsip
+/// could not take, when Via, From, To, Call-ID and CSeq are all present.
+fn bad_request_response(
+    bytes: &[u8],
+    from: SocketAddr,
+    err: &ParseError,
+    id: &Identity,
+) -> Option<String> {
+    if bytes.len() > message::MAX_MESSAGE {
+        return None;
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
+    let start = lines.next()?;
+    let mut parts = start.split(' ');
+    let method = parts.next()?;
+    let _uri = parts.next()?;
+    if parts.next()? != "SIP/2.0" || method.starts_with("SIP/") {
+        return None;
+    }
+    let mut vias = Vec::new();
+    let (mut from_h, mut to_h, mut call_id, mut cseq) = (None, None, None, None);
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim().to_string();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "via" | "v" => vias.push(value),
+            "from" | "f" => from_h = Some(value),
+            "to" | "t" => to_h = Some(value),
+            "call-id" | "i" => call_id = Some(value),
+            "cseq" => cseq = Some(value),
+            _ => {}
+        }
+    }
+    if vias.is_empty() || method.eq_ignore_ascii_case("ACK") {
+        return None;
+    }
+    let (from_h, to_h, call_id, cseq) = (from_h?, to_h?, call_id?, cseq?);
+    let known = method.parse::<Method>().is_ok();
+    let (code, reason) = if known {
+        (
+            400,
+            match err {
+                ParseError::Header(h) => format!("Bad {h} Header"),
+                ParseError::ContentLength { .. } => "Bad Content-Length".to_string(),
+                _ => "Bad Request".to_string(),
+            },
+        )
+    } else {
+        (501, "Not Implemented".to_string())
+    };
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for (i, v) in vias.iter().enumerate() {
+        if i == 0 {
+            out.push_str(&format!("Via: {v};received={}\r\n", from.ip()));
+        } else {
+            out.push_str(&format!("Via: {v}\r\n"));
+        }
+    }
+    let tag = if to_h.contains("tag=") {
+        String::new()
+    } else {
+        format!(";tag={}", message::token("iz"))
+    };
+    out.push_str(&format!(
+        "From: {from_h}\r\nTo: {to_h}{tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\n"
+    ));
+    if !known {
+        out.push_str(&format!("Allow: {ALLOW}\r\n"));
+    }
+    out.push_str(&format!(
+        "Server: {}\r\nContent-Length: 0\r\n\r\n",
+        id.user_agent
+    ));
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: &str = "127.0.0.1:5061";
+
+    fn ua() -> UserAgent {
+        UserAgent::new(UaConfig {
+            identity: Identity {
+                user_agent: "izwi-test".into(),
+                contact: "sip:izwi@127.0.0.1:5060".into(),
+            },
+            via_host: "127.0.0.1:5060".into(),
+            max_calls: 2,
+        })
+    }
+
+    fn peer() -> SocketAddr {
+        PEER.parse().unwrap()
+    }
+
+    fn req(
+        method: &str,
+        branch: &str,
+        call_id: &str,
+        cseq: u32,
+        to_tag: Option<&str>,
+        extra: &str,
+        body: &str,
+    ) -> String {
+        let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        format!(
+            "{method} sip:izwi@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PEER};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:caller@127.0.0.1>;tag=ct\r\nTo: <sip:izwi@127.0.0.1>{to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:caller@{PEER}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn drain(ua: &mut UserAgent) -> (Vec<String>, Vec<Event>) {
+        let mut sent = Vec::new();
+        let mut events = Vec::new();
+        while let Some(o) = ua.poll_output() {
+            match o {
+                Output::Transmit { data, .. } => sent.push(data),
+                Output::Event(e) => events.push(e),
+            }
+        }
+        (sent, events)
+    }
+
+    fn status(msg: &str) -> u16 {
+        msg.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn to_tag(msg: &str) -> String {
+        message::parse(msg.as_bytes()).unwrap().to_tag.unwrap()
+    }
+
+    fn incoming(ua: &mut UserAgent, now: Instant, call_id: &str) -> (CallRef, Vec<String>) {
+        ua.handle_message(
+            req(
+                "INVITE",
+                "z9hG4bK-i",
+                call_id,
+                1,
+                None,
+                "Content-Type: application/sdp\r\n",
+                "v=0\r\n",
+            )
+            .as_bytes(),
+            peer(),
+            Transport::Udp,
+            now,
+        );
+        let (sent, events) = drain(ua);
+        let call = match &events[..] {
+            [
+                Event::Incoming {
+                    call, offer, from, ..
+                },
+            ] => {
+                assert_eq!(offer.as_deref(), Some("v=0\r\n"));
+                assert_eq!(from, "sip:caller@127.0.0.1");
+                *call
+            }
+            other => panic!("{other:?}"),
+        };
+        (call, sent)
+    }
+
+    #[test]
+    fn a_call_answered_acknowledged_and_ended_by_the_caller() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let (call, sent) = incoming(&mut ua, t0, "c1");
+        assert_eq!(sent.len(), 1);
+        assert_eq!(status(&sent[0]), 100);
+
+        ua.answer(call, "v=0\r\nanswer\r\n", t0);
+        let (sent, _) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 200);
+        assert!(
+            sent[0].contains("Content-Type: application/sdp") && sent[0].ends_with("answer\r\n")
+        );
+        assert!(sent[0].contains("Contact: <sip:izwi@127.0.0.1:5060>"));
+        let tag = to_tag(&sent[0]);
+
+        // 200 OK is retransmitted at T1, then 2·T1, until the ACK.
+        ua.handle_timeout(t0 + T1);
+        ua.handle_timeout(t0 + T1 + Duration::from_millis(600));
+        ua.handle_timeout(t0 + T1 * 3);
+        let (sent, _) = drain(&mut ua);
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|m| status(m) == 200));
+
+        ua.handle_message(
+            req("ACK", "z9hG4bK-a", "c1", 1, Some(&tag), "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0 + T1 * 3,
+        );
+        let (_, events) = drain(&mut ua);
+        assert_eq!(events, vec![Event::Confirmed { call }]);
+        ua.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(drain(&mut ua).0.is_empty(), "retransmission after ACK");
+
+        let bye = req("BYE", "z9hG4bK-b", "c1", 2, Some(&tag), "", "");
+        ua.handle_message(
+            bye.as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0 + Duration::from_secs(11),
+        );
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 200);
+        assert_eq!(
+            events,
+            vec![Event::Ended {
+                call,
+                reason: EndReason::RemoteBye
+            }]
+        );
+        assert_eq!(ua.active_calls(), 0);
+        // The BYE again (our 200 was lost): same answer, no new event.
+        ua.handle_message(
+            bye.as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0 + Duration::from_secs(12),
+        );
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 200);
+        assert!(events.is_empty());
+        assert_eq!(ua.stats().retransmissions_absorbed, 1);
+    }
+
+    #[test]
+    fn retransmitted_invites_get_the_last_response() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let (call, _) = incoming(&mut ua, t0, "c2");
+        let again = req("INVITE", "z9hG4bK-i", "c2", 1, None, "", "");
+        ua.handle_message(again.as_bytes(), peer(), Transport::Udp, t0);
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 100);
+        assert!(events.is_empty(), "no second call for a retransmission");
+        ua.ringing(call);
+        ua.answer(call, "v=0\r\n", t0);
+        drain(&mut ua);
+        ua.handle_message(again.as_bytes(), peer(), Transport::Udp, t0);
+        assert_eq!(status(&drain(&mut ua).0[0]), 200);
+    }
+
+    #[test]
+    fn cancel_before_answer() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let (call, _) = incoming(&mut ua, t0, "c3");
+        ua.handle_message(
+            req("CANCEL", "z9hG4bK-i", "c3", 1, None, "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0,
+        );
+        let (sent, events) = drain(&mut ua);
+        let codes: Vec<u16> = sent.iter().map(|m| status(m)).collect();
+        assert_eq!(codes, vec![200, 487]);
+        assert!(sent[0].contains("CSeq: 1 CANCEL") && sent[1].contains("CSeq: 1 INVITE"));
+        assert_eq!(
+            events,
+            vec![Event::Ended {
+                call,
+                reason: EndReason::Cancelled
+            }]
+        );
+        // 487 is retransmitted until its ACK, which closes the call.
+        ua.handle_timeout(t0 + T1);
+        assert_eq!(status(&drain(&mut ua).0[0]), 487);
+        let tag = to_tag(&sent[1]);
+        ua.handle_message(
+            req("ACK", "z9hG4bK-i", "c3", 1, Some(&tag), "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0 + T1,
+        );
+        assert_eq!(ua.active_calls(), 0);
+        // Answering afterwards does nothing.
+        ua.answer(call, "v=0\r\n", t0 + T1);
+        assert!(drain(&mut ua).0.is_empty());
+        // A CANCEL for nothing.
+        ua.handle_message(
+            req("CANCEL", "z9hG4bK-x", "nope", 1, None, "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0,
+        );
+        assert_eq!(status(&drain(&mut ua).0[0]), 481);
+    }
+
+    #[test]
+    fn options_unknown_and_disallowed_methods() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        ua.handle_message(
+            req("OPTIONS", "z9hG4bK-o", "o1", 1, None, "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0,
+        );
+        let (sent, _) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 200);
+        assert!(sent[0].contains("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS"));
+        ua.handle_message(
+            req("REGISTER", "z9hG4bK-r", "r1", 1, None, "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0,
+        );
+        assert_eq!(status(&drain(&mut ua).0[0]), 405);
+        let foo = req("OPTIONS", "z9hG4bK-f", "f1", 1, None, "", "").replace("OPTIONS", "FOO");
+        ua.handle_message(foo.as_bytes(), peer(), Transport::Udp, t0);
+        let (sent, _) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 501, "{sent:?}");
+        ua.handle_message(
+            req("BYE", "z9hG4bK-y", "ghost", 2, Some("t"), "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0,
+        );
+        assert_eq!(status(&drain(&mut ua).0[0]), 481);
+    }
+
+    #[test]
+    fn malformed_requests_get_400_or_are_dropped() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let bad_len = req("OPTIONS", "z9hG4bK-o", "o1", 1, None, "", "")
+            .replace("Content-Length: 0", "Content-Length: 99");
+        ua.handle_message(bad_len.as_bytes(), peer(), Transport::Udp, t0);
+        let (sent, _) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 400, "{sent:?}");
+        let no_call_id: String = req("OPTIONS", "z9hG4bK-o", "o1", 1, None, "", "")
+            .split("\r\n")
+            .filter(|l| !l.starts_with("Call-ID"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        ua.handle_message(no_call_id.as_bytes(), peer(), Transport::Udp, t0);
+        assert!(drain(&mut ua).0.is_empty());
+        ua.handle_message(&[0xff, 0x00, 0x13, 0x37], peer(), Transport::Udp, t0);
+        assert!(drain(&mut ua).0.is_empty());
+        assert_eq!(ua.stats().dropped, 2);
+        assert_eq!(ua.stats().bad_requests, 1);
+    }
+
+    #[test]
+    fn no_ack_means_bye_and_bye_is_retransmitted_until_answered() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let (call, _) = incoming(&mut ua, t0, "c4");
+        ua.answer(call, "v=0\r\n", t0);
+        drain(&mut ua);
+        let mut t = t0;
+        while t < t0 + TIMER_H {
+            t += Duration::from_millis(250);
+            ua.handle_timeout(t);
+        }
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(
+            events,
+            vec![Event::Ended {
+                call,
+                reason: EndReason::NoAck
+            }]
+        );
+        let bye = sent
+            .iter()
+            .find(|m| m.starts_with("BYE "))
+            .expect("BYE sent");
+        assert!(
+            bye.starts_with("BYE sip:caller@127.0.0.1:5061 SIP/2.0"),
+            "{bye}"
+        );
+        assert!(bye.contains("CSeq: 2 BYE"));
+        let resent = sent.iter().filter(|m| status(m) == 200).count();
+        assert!(
+            (6..=12).contains(&resent),
+            "{resent} retransmissions of 200"
+        );
+        // BYE retransmitted until a final response arrives.
+        ua.handle_timeout(t + T1);
+        let (sent, _) = drain(&mut ua);
+        assert!(sent[0].starts_with("BYE "));
+        let p = message::parse(sent[0].as_bytes()).unwrap();
+        let ok = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch={}\r\nFrom: x;tag=a\r\nTo: y;tag=b\r\nCall-ID: c4\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            p.branch
+        );
+        ua.handle_message(ok.as_bytes(), peer(), Transport::Udp, t + T1);
+        ua.handle_timeout(t + T1 * 8);
+        assert!(drain(&mut ua).0.is_empty());
+        assert_eq!(ua.poll_timeout(), None);
+    }
+
+    #[test]
+    fn hangup_through_a_proxy_routes_the_bye() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let invite = req(
+            "INVITE",
+            "z9hG4bK-p",
+            "c5",
+            1,
+            None,
+            "Record-Route: <sip:127.0.0.1:5070;lr>\r\n",
+            "",
+        );
+        ua.handle_message(invite.as_bytes(), peer(), Transport::Udp, t0);
+        let (_, events) = drain(&mut ua);
+        let Event::Incoming { call, .. } = events[0].clone() else {
+            panic!()
+        };
+        ua.answer(call, "v=0\r\n", t0);
+        let (sent, _) = drain(&mut ua);
+        assert!(sent[0].contains("Record-Route: <sip:127.0.0.1:5070;lr>"));
+        let tag = to_tag(&sent[0]);
+        ua.handle_message(
+            req("ACK", "z9hG4bK-q", "c5", 1, Some(&tag), "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0,
+        );
+        drain(&mut ua);
+        ua.hangup(call, t0);
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(
+            events,
+            vec![Event::Ended {
+                call,
+                reason: EndReason::LocalBye
+            }]
+        );
+        let bye = &sent[0];
+        assert!(bye.contains("Route: <sip:127.0.0.1:5070;lr>"), "{bye}");
+        let p = message::parse(bye.as_bytes()).unwrap();
+        assert_eq!(p.from_tag.as_deref(), Some(tag.as_str()));
+        assert_eq!(p.to_tag.as_deref(), Some("ct"));
+    }
+
+    #[test]
+    fn reinvite_is_offered_to_the_application() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let (call, _) = incoming(&mut ua, t0, "c6");
+        ua.answer(call, "v=0\r\n", t0);
+        let tag = to_tag(&drain(&mut ua).0[0]);
+        ua.handle_message(
+            req("ACK", "z9hG4bK-a", "c6", 1, Some(&tag), "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0,
+        );
+        drain(&mut ua);
+        let re = req(
+            "INVITE",
+            "z9hG4bK-re",
+            "c6",
+            2,
+            Some(&tag),
+            "Content-Type: application/sdp\r\n",
+            "v=0\r\na=sendonly\r\n",
+        );
+        ua.handle_message(re.as_bytes(), peer(), Transport::Udp, t0);
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 100);
+        assert_eq!(
+            events,
+            vec![Event::Reoffer {
+                call,
+                offer: Some("v=0\r\na=sendonly\r\n".into())
+            }]
+        );
+        ua.answer_reoffer(call, Ok("v=0\r\na=recvonly\r\n"), t0);
+        let (sent, _) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 200);
+        assert!(sent[0].contains("CSeq: 2 INVITE"));
+        ua.handle_message(
+            req("ACK", "z9hG4bK-a2", "c6", 2, Some(&tag), "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0,
+        );
+        let (_, events) = drain(&mut ua);
+        assert!(
+            events.is_empty(),
+            "a re-INVITE's ACK is not a new confirmation"
+        );
+        assert_eq!(ua.active_calls(), 1);
+        // An old CSeq is refused.
+        let stale = req("INVITE", "z9hG4bK-old", "c6", 2, Some(&tag), "", "");
+        ua.handle_message(stale.as_bytes(), peer(), Transport::Udp, t0);
+        assert_eq!(status(&drain(&mut ua).0[0]), 500);
+    }
+
+    #[test]
+    fn calls_over_the_limit_are_refused_with_503() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        incoming(&mut ua, t0, "a");
+        incoming(&mut ua, t0, "b");
+        ua.handle_message(
+            req("INVITE", "z9hG4bK-z", "c", 1, None, "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0,
+        );
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 503);
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn reject_sends_the_code_and_ends_the_call() {
+        let mut agent = ua();
+        let t0 = Instant::now();
+        let (call, _) = incoming(&mut agent, t0, "c7");
+        agent.reject(call, 488, "Not Acceptable Here", t0);
+        let (sent, events) = drain(&mut agent);
+        assert_eq!(status(&sent[0]), 488);
+        assert_eq!(
+            events,
+            vec![Event::Ended {
+                call,
+                reason: EndReason::Rejected(488)
+            }]
+        );
+        // Over TCP the final is not retransmitted and the call is gone at once.
+        let mut ua2 = super::tests::ua();
+        ua2.handle_message(
+            req("INVITE", "z9hG4bK-t", "t", 1, None, "", "").as_bytes(),
+            peer(),
+            Transport::Tcp,
+            t0,
+        );
+        let (_, ev) = drain(&mut ua2);
+        let Event::Incoming { call, .. } = ev[0].clone() else {
+            panic!()
+        };
+        ua2.reject(call, 486, "Busy Here", t0);
+        drain(&mut ua2);
+        assert_eq!(ua2.active_calls(), 0);
+    }
+}

@@ -1,0 +1,323 @@
+//! The SIP front end against sipp, an independent SIP stack, on 127.0.0.1 only.
+//! Izwi runs as a real `izwi serve` process with the echo agent (no models).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::izwi_bin;
+use izwi::codec::g711::Law;
+use izwi::rtp::dtmf;
+use izwi::rtp::packet::{self, Packetizer};
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Izwi {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Izwi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Izwi {
+    fn start(env: &[(&str, &str)]) -> Izwi {
+        let port = free_udp_port();
+        // A private RTP range per test, away from the SIP ports the OS hands out.
+        let rtp_min = 30_000 + (port % 100) * 100;
+        let mut cmd = Command::new(izwi_bin());
+        cmd.arg("serve")
+            .env("IZWI_SIP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("IZWI_DIALPLAN_ECHO", "true")
+            .env("IZWI_SIP_RTP_PORT_MIN", rtp_min.to_string())
+            .env("IZWI_SIP_RTP_PORT_MAX", (rtp_min + 99).to_string())
+            .env("IZWI_LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("izwi serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let izwi = Izwi { child, port, log };
+        izwi.wait_log("Izwi is ready", Duration::from_secs(10));
+        izwi
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            let l = self.log();
+            if l.contains(needle) {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("`{needle}` not logged within {limit:?}:\n{}", self.log());
+    }
+}
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sip/scenarios")
+        .join(name)
+}
+
+/// Runs sipp (as installed by scripts/setup.sh) for one call of `scenario`.
+fn sipp(izwi: &Izwi, scenario_file: &Path, dir: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new("sipp");
+    cmd.current_dir(dir)
+        .arg("-sf")
+        .arg(scenario_file)
+        .arg(format!("127.0.0.1:{}", izwi.port))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "40",
+            "-trace_msg",
+            "-trace_err",
+        ])
+        .args([
+            "-p",
+            &free_udp_port().to_string(),
+            "-mp",
+            &free_udp_port().to_string(),
+        ])
+        .args(["-message_file", "messages.log", "-error_file", "errors.log"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+fn check(out: Output, dir: &Path, izwi: &Izwi) {
+    let messages = std::fs::read_to_string(dir.join("messages.log")).unwrap_or_default();
+    let errors = std::fs::read_to_string(dir.join("errors.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "sipp failed ({:?})\nerrors:\n{errors}\nmessages:\n{messages}\nizwi:\n{}",
+        out.status,
+        izwi.log()
+    );
+}
+
+fn run_sipp(izwi: &Izwi, name: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sipp(izwi, &scenario(name), dir.path(), &[])
+        .output()
+        .expect("sipp must be installed (scripts/setup.sh)");
+    check(out, dir.path(), izwi);
+    std::fs::read_to_string(dir.path().join("messages.log")).unwrap_or_default()
+}
+
+#[test]
+fn options_is_answered_with_200_and_allow() {
+    let izwi = Izwi::start(&[]);
+    let msgs = run_sipp(&izwi, "options.xml");
+    assert!(msgs.contains("SIP/2.0 200 OK"), "{msgs}");
+}
+
+#[test]
+fn an_unsupported_codec_gets_488() {
+    let izwi = Izwi::start(&[]);
+    let msgs = run_sipp(&izwi, "unsupported-codec.xml");
+    assert!(msgs.contains("SIP/2.0 488"), "{msgs}");
+    assert!(!msgs.contains("SIP/2.0 200 OK"), "{msgs}");
+}
+
+#[test]
+fn cancel_before_answer_gets_200_and_487() {
+    let izwi = Izwi::start(&[("IZWI_SIP_RING_MS", "5000")]);
+    let msgs = run_sipp(&izwi, "cancel.xml");
+    assert!(msgs.contains("SIP/2.0 180 Ringing"), "{msgs}");
+    assert!(msgs.contains("SIP/2.0 487"), "{msgs}");
+    izwi.wait_log("call ended before answer", Duration::from_secs(5));
+}
+
+#[test]
+fn izwi_hangs_up_when_rtp_stops() {
+    let izwi = Izwi::start(&[("IZWI_SIP_RTP_TIMEOUT_SECS", "2")]);
+    let t = Instant::now();
+    let msgs = run_sipp(&izwi, "bye-from-izwi.xml");
+    assert!(msgs.contains("BYE sip:sipp@127.0.0.1"), "{msgs}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "hung up before the RTP timeout"
+    );
+    izwi.wait_log("RtpTimeout", Duration::from_secs(5));
+}
+
+/// Izwi's RTP port from its 200 OK in sipp's message trace.
+fn answered_rtp_port(messages: &Path, limit: Duration) -> u16 {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        let text = std::fs::read_to_string(messages).unwrap_or_default();
+        if let Some(ok) = text.split("SIP/2.0 200 OK").nth(1)
+            && let Some(m) = ok.lines().find(|l| l.starts_with("m=audio "))
+            && let Some(port) = m.split_whitespace().nth(1).and_then(|p| p.parse().ok())
+        {
+            return port;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no 200 OK with SDP in the sipp trace");
+}
+
+#[test]
+fn a_call_carries_rtp_both_ways_and_dtmf_and_survives_bad_input() {
+    let izwi = Izwi::start(&[]);
+    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    media
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fields = dir.path().join("fields.csv");
+    std::fs::write(
+        &fields,
+        format!("SEQUENTIAL\n{};\n", media.local_addr().unwrap().port()),
+    )
+    .unwrap();
+    let sipp_child = sipp(
+        &izwi,
+        &scenario("call-media-by-test.xml"),
+        dir.path(),
+        &["-inf", fields.to_str().unwrap()],
+    )
+    .spawn()
+    .expect("sipp must be installed (scripts/setup.sh)");
+    let rtp_port = answered_rtp_port(&dir.path().join("messages.log"), Duration::from_secs(10));
+    let izwi_rtp = format!("127.0.0.1:{rtp_port}");
+
+    // Malformed input while the call is up: none of it may disturb the call.
+    let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sip.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let target = format!("127.0.0.1:{}", izwi.port);
+    for junk in [
+        &b"\x00\x01\x02garbage"[..],
+        b"INVITE\r\n\r\n",
+        b"SIP/2.0 200 OK\r\n\r\n",
+        &[0xffu8; 3000][..],
+    ] {
+        sip.send_to(junk, &target).unwrap();
+    }
+    let bad_length = "OPTIONS sip:izwi@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKbad\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:izwi@127.0.0.1>\r\nCall-ID: bad-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 500\r\n\r\n";
+    sip.send_to(bad_length.as_bytes(), &target).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sip
+        .recv_from(&mut buf)
+        .expect("an answer to the malformed OPTIONS");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("SIP/2.0 400"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    for junk in [
+        &b"\x80"[..],
+        &[0x80u8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0][..],
+        &[0x40u8; 200][..],
+    ] {
+        media.send_to(junk, &izwi_rtp).unwrap();
+    }
+
+    // Two seconds of a 440 Hz tone, then the digit 5 as RFC 4733 events.
+    let tone: Vec<f32> = (0..16_000)
+        .map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / 8000.0).sin() * 0.4)
+        .collect();
+    let mut pk = Packetizer::new(0x1234_5678, 0);
+    let mut received = Vec::new();
+    let start = Instant::now();
+    let recv_some = |received: &mut Vec<f32>| {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, _)) = media.recv_from(&mut buf) {
+            if let Ok((h, payload)) = packet::parse(&buf[..n])
+                && h.payload_type == 0
+            {
+                Law::Mu.decode(payload, received);
+            }
+        }
+    };
+    for (i, chunk) in tone.chunks(160).enumerate() {
+        let mut bytes = Vec::new();
+        Law::Mu.encode(chunk, &mut bytes);
+        media.send_to(&pk.packet(&bytes, 160), &izwi_rtp).unwrap();
+        let due = start + Duration::from_millis(20 * (i as u64 + 1));
+        while Instant::now() < due {
+            recv_some(&mut received);
+        }
+    }
+    let ts = pk.timestamp();
+    for (event, marker) in dtmf::tone_packets('5', 100, 8000, 20) {
+        media
+            .send_to(&pk.event(101, &dtmf::encode(&event), marker, ts), &izwi_rtp)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        recv_some(&mut received);
+    }
+    // Keep the stream alive while the echo drains.
+    for _ in 0..25 {
+        let mut bytes = Vec::new();
+        Law::Mu.encode(&[0.0; 160], &mut bytes);
+        media.send_to(&pk.packet(&bytes, 160), &izwi_rtp).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        recv_some(&mut received);
+    }
+
+    let out = sipp_child.wait_with_output().unwrap();
+    check(out, dir.path(), &izwi);
+    // Izwi sent a steady stream back, and the echo of the tone is in it.
+    assert!(
+        received.len() >= 160 * 100,
+        "only {} samples came back",
+        received.len()
+    );
+    let loud = received
+        .chunks(160)
+        .filter(|c| izwi::audio::rms(c) > 0.1)
+        .count();
+    assert!(
+        loud >= 60,
+        "the tone did not come back: {loud} loud packets"
+    );
+    let log = izwi.wait_log("call media ended", Duration::from_secs(5));
+    let line = log
+        .lines()
+        .find(|l| l.contains("call media ended"))
+        .unwrap();
+    assert!(line.contains("dtmf=1"), "{line}");
+    assert!(line.contains("malformed=3"), "{line}");
+    assert!(log.contains("RemoteBye"), "{log}");
+}
