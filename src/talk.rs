@@ -66,6 +66,7 @@ pub async fn talk(
             }
         }
     }
+    conv.close();
     Ok(TalkOutcome {
         agent_audio: out,
         turns: conv.turns().to_vec(),

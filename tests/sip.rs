@@ -214,7 +214,7 @@ fn a_call_carries_rtp_both_ways_and_dtmf_and_survives_bad_input() {
         &izwi,
         &scenario("call-media-by-test.xml"),
         dir.path(),
-        &["-inf", fields.to_str().unwrap()],
+        &["-inf", fields.to_str().unwrap(), "-d", "6000"],
     )
     .spawn()
     .expect("sipp must be installed (scripts/setup.sh)");
@@ -320,4 +320,87 @@ fn a_call_carries_rtp_both_ways_and_dtmf_and_survives_bad_input() {
     assert!(line.contains("dtmf=1"), "{line}");
     assert!(line.contains("malformed=3"), "{line}");
     assert!(log.contains("RemoteBye"), "{log}");
+}
+
+/// The heart of the issue: a caller on a SIP call asks a question and hears a
+/// spoken answer from the real engine (small models), over PCMU.
+#[test]
+fn a_sip_caller_asks_and_hears_a_spoken_answer() {
+    let izwi = Izwi::start(&[
+        ("IZWI_DIALPLAN_ECHO", "false"),
+        ("IZWI_MODELS_PROFILE", "small"),
+    ]);
+    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    media
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fields = dir.path().join("fields.csv");
+    std::fs::write(
+        &fields,
+        format!("SEQUENTIAL\n{};\n", media.local_addr().unwrap().port()),
+    )
+    .unwrap();
+    let sipp_child = sipp(
+        &izwi,
+        &scenario("call-media-by-test.xml"),
+        dir.path(),
+        &["-inf", fields.to_str().unwrap(), "-d", "16000"],
+    )
+    .spawn()
+    .expect("sipp must be installed (scripts/setup.sh)");
+    let rtp_port = answered_rtp_port(&dir.path().join("messages.log"), Duration::from_secs(20));
+    let izwi_rtp = format!("127.0.0.1:{rtp_port}");
+
+    // The greeting plays first; the question comes after it, then silence.
+    let question = common::espeak("What time does the clinic open on Monday?");
+    let question8k = izwi::codec::resample::resample(&question, 16_000, 8_000).unwrap();
+    let ask_at = 4.0;
+    let mut caller = vec![0.0f32; (ask_at * 8000.0) as usize];
+    caller.extend_from_slice(&question8k);
+    let question_end = caller.len() as f64 / 8000.0;
+    caller.resize(caller.len() + 8000 * 9, 0.0);
+
+    let mut pk = Packetizer::new(0x0bad_cafe, 0);
+    let mut received = Vec::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 2048];
+    for (i, chunk) in caller.chunks(160).enumerate() {
+        let mut bytes = Vec::new();
+        Law::Mu.encode(chunk, &mut bytes);
+        media.send_to(&pk.packet(&bytes, 160), &izwi_rtp).unwrap();
+        let due = start + Duration::from_millis(20 * (i as u64 + 1));
+        while Instant::now() < due {
+            if let Ok((n, _)) = media.recv_from(&mut buf)
+                && let Ok((h, payload)) = packet::parse(&buf[..n])
+                && h.payload_type == 0
+            {
+                Law::Mu.decode(payload, &mut received);
+            }
+        }
+    }
+    let out = sipp_child.wait_with_output().unwrap();
+    check(out, dir.path(), &izwi);
+
+    // Izwi's stream is continuous from the answer, so its timeline matches ours.
+    let greeting = &received[..(ask_at * 8000.0) as usize];
+    assert!(izwi::audio::rms(greeting) > 0.01, "no greeting heard");
+    let reply = &received[(question_end * 8000.0) as usize..];
+    let reply16 = izwi::codec::resample::resample(reply, 8_000, 16_000).unwrap();
+    let heard = common::engine().asr.transcribe(&reply16, "en").unwrap();
+    let words = common::words(&heard);
+    assert!(
+        words.len() >= 4,
+        "the answer is not several words of speech: {heard:?}\n{}",
+        izwi.log()
+    );
+    let log = izwi.wait_log("call media ended", Duration::from_secs(5));
+    let line = log
+        .lines()
+        .find(|l| l.contains("call media ended"))
+        .unwrap();
+    assert!(
+        line.contains("turns=2"),
+        "greeting and one answered turn expected: {line}"
+    );
 }

@@ -29,6 +29,8 @@ pub enum TurnOutcome {
     Interrupted,
     NothingHeard,
     Failed,
+    /// The call ended while this turn was still in progress.
+    HungUp,
 }
 
 /// Timings of one agent turn. Times named `*_at_ms` are audio time from the start
@@ -230,6 +232,15 @@ impl Conversation {
     /// Nothing playing, nothing pending, nobody speaking.
     pub fn is_idle(&self) -> bool {
         self.reply.is_none() && self.turn.state() == State::Listening
+    }
+
+    /// Ends the conversation: a reply still in progress is recorded as cut by the hang-up.
+    pub fn close(&mut self) {
+        if let Some(mut r) = self.reply.take() {
+            r.record.words_spoken = r.played_text().split_whitespace().count();
+            r.record.outcome = TurnOutcome::HungUp;
+            self.turns.push(r.record);
+        }
     }
 
     pub fn turns(&self) -> &[TurnRecord] {

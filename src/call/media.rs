@@ -68,9 +68,12 @@ impl CallAgent {
         }
     }
 
-    fn turns(&self) -> Vec<TurnRecord> {
+    fn close(&mut self) -> Vec<TurnRecord> {
         match self {
-            CallAgent::Engine(c) => c.turns().to_vec(),
+            CallAgent::Engine(c) => {
+                c.close();
+                c.turns().to_vec()
+            }
             CallAgent::Echo(_) => Vec::new(),
         }
     }
@@ -99,7 +102,9 @@ pub struct MediaStats {
     pub late: u64,
     pub digits: String,
     pub turns: Vec<TurnRecord>,
-    /// Longest time from a packet's arrival to its audio reaching the agent.
+    /// Most caller audio queued between the socket and the agent (jitter buffer
+    /// plus resampling): the longest time from a caller packet in to its frame
+    /// at the engine.
     pub max_in_to_agent: Duration,
 }
 
@@ -138,8 +143,6 @@ pub async fn run(
     let mut down = StreamResampler::new(ENGINE_RATE, WIRE_RATE).ok();
     let mut caller_pcm: VecDeque<f32> = VecDeque::with_capacity(FRAME_SAMPLES * 4);
     let mut agent_pcm: VecDeque<f32> = VecDeque::with_capacity(WIRE_FRAME * 4);
-    // Arrival times of packets whose audio has not reached the agent yet.
-    let mut arrivals: VecDeque<Instant> = VecDeque::new();
     let started = Instant::now();
     let mut last_rx = started;
     let mut tick = tokio::time::interval(FRAME);
@@ -162,10 +165,6 @@ pub async fn run(
                 remote = from;
                 if header.payload_type == session.payload_type {
                     jitter.push(&header, payload);
-                    arrivals.push_back(last_rx);
-                    if arrivals.len() > 64 {
-                        arrivals.pop_front();
-                    }
                 } else if Some(header.payload_type) == session.telephone_event {
                     if let Some(d) = dtmf.push(header.timestamp, payload) {
                         tracing::info!(call = %call_id, "DTMF digit received");
@@ -203,9 +202,9 @@ pub async fn run(
                     for (f, s) in frame.iter_mut().zip(caller_pcm.drain(..FRAME_SAMPLES)) {
                         *f = s;
                     }
-                    if let Some(t) = arrivals.pop_front() {
-                        stats.max_in_to_agent = stats.max_in_to_agent.max(now - t);
-                    }
+                    let queued = FRAME * jitter.buffered() as u32
+                        + Duration::from_secs_f64(caller_pcm.len() as f64 / ENGINE_RATE as f64);
+                    stats.max_in_to_agent = stats.max_in_to_agent.max(queued + FRAME);
                     agent.push(&frame, at);
                 }
                 let out = agent.next(at).await;
@@ -248,7 +247,7 @@ pub async fn run(
     let js = jitter.stats();
     stats.lost = js.lost;
     stats.late = js.late;
-    stats.turns = agent.turns();
+    stats.turns = agent.close();
     (exit, stats)
 }
 
