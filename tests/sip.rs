@@ -3,145 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::izwi_bin;
+use common::sip_peer::*;
 use izwi::codec::g711::Law;
 use izwi::rtp::dtmf;
 use izwi::rtp::packet::{self, Packetizer};
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Izwi {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Izwi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Izwi {
-    fn start(env: &[(&str, &str)]) -> Izwi {
-        let port = free_udp_port();
-        // A private RTP range per test, away from the SIP ports the OS hands out.
-        let rtp_min = 30_000 + (port % 100) * 100;
-        let mut cmd = Command::new(izwi_bin());
-        cmd.arg("serve")
-            .env("IZWI_SIP_LISTEN", format!("127.0.0.1:{port}"))
-            .env("IZWI_DIALPLAN_ECHO", "true")
-            .env("IZWI_SIP_RTP_PORT_MIN", rtp_min.to_string())
-            .env("IZWI_SIP_RTP_PORT_MAX", (rtp_min + 99).to_string())
-            .env("IZWI_LOG_LEVEL", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("izwi serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let izwi = Izwi { child, port, log };
-        izwi.wait_log("Izwi is ready", Duration::from_secs(10));
-        izwi
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, needle: &str, limit: Duration) -> String {
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            let l = self.log();
-            if l.contains(needle) {
-                return l;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("`{needle}` not logged within {limit:?}:\n{}", self.log());
-    }
-}
-
-fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("sip/scenarios")
-        .join(name)
-}
-
-/// Runs sipp (as installed by scripts/setup.sh) for one call of `scenario`.
-fn sipp(izwi: &Izwi, scenario_file: &Path, dir: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new("sipp");
-    cmd.current_dir(dir)
-        .arg("-sf")
-        .arg(scenario_file)
-        .arg(format!("127.0.0.1:{}", izwi.port))
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-m",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "40",
-            "-trace_msg",
-            "-trace_err",
-        ])
-        .args([
-            "-p",
-            &free_udp_port().to_string(),
-            "-mp",
-            &free_udp_port().to_string(),
-        ])
-        .args(["-message_file", "messages.log", "-error_file", "errors.log"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd
-}
-
-fn check(out: Output, dir: &Path, izwi: &Izwi) {
-    let messages = std::fs::read_to_string(dir.join("messages.log")).unwrap_or_default();
-    let errors = std::fs::read_to_string(dir.join("errors.log")).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "sipp failed ({:?})\nerrors:\n{errors}\nmessages:\n{messages}\nizwi:\n{}",
-        out.status,
-        izwi.log()
-    );
-}
-
-fn run_sipp(izwi: &Izwi, name: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = sipp(izwi, &scenario(name), dir.path(), &[])
-        .output()
-        .expect("sipp must be installed (scripts/setup.sh)");
-    check(out, dir.path(), izwi);
-    std::fs::read_to_string(dir.path().join("messages.log")).unwrap_or_default()
-}
 
 #[test]
 fn options_is_answered_with_200_and_allow() {
@@ -178,22 +46,6 @@ fn izwi_hangs_up_when_rtp_stops() {
         "hung up before the RTP timeout"
     );
     izwi.wait_log("RtpTimeout", Duration::from_secs(5));
-}
-
-/// Izwi's RTP port from its 200 OK in sipp's message trace.
-fn answered_rtp_port(messages: &Path, limit: Duration) -> u16 {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        let text = std::fs::read_to_string(messages).unwrap_or_default();
-        if let Some(ok) = text.split("SIP/2.0 200 OK").nth(1)
-            && let Some(m) = ok.lines().find(|l| l.starts_with("m=audio "))
-            && let Some(port) = m.split_whitespace().nth(1).and_then(|p| p.parse().ok())
-        {
-            return port;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("no 200 OK with SDP in the sipp trace");
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sip_peer;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
