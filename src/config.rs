@@ -139,6 +139,14 @@ pub struct SipConfig {
     pub jitter_packets: usize,
     /// Ring (180) for this long before answering; 0 answers at once.
     pub ring_ms: u32,
+    /// Addresses (CIDR blocks) whose calls are taken without authentication,
+    /// e.g. a trunk's signalling addresses. Empty: no allow-list.
+    pub allow: Vec<String>,
+    /// Digest credentials a caller outside `allow` must present; an empty user
+    /// disables authentication (then only `allow` decides, if set).
+    pub auth_user: String,
+    pub auth_password: String,
+    pub auth_realm: String,
 }
 
 impl Default for SipConfig {
@@ -155,6 +163,10 @@ impl Default for SipConfig {
             max_calls: 100,
             jitter_packets: 3,
             ring_ms: 0,
+            allow: Vec::new(),
+            auth_user: String::new(),
+            auth_password: String::new(),
+            auth_realm: "izwi".into(),
         }
     }
 }
@@ -455,6 +467,17 @@ impl Config {
                 "rtp_timeout_secs, max_call_secs and max_calls must be positive",
             ));
         }
+        for block in &sip.allow {
+            if let Err(e) = block.parse::<crate::sip::access::Cidr>() {
+                return Err(invalid("sip.allow", e));
+            }
+        }
+        if !sip.auth_user.is_empty() && sip.auth_password.is_empty() {
+            return Err(invalid(
+                "sip.auth_password",
+                "must be set when sip.auth_user is",
+            ));
+        }
         if sip.ring_ms > 60_000 {
             return Err(invalid("sip.ring_ms", "must be at most 60000 ms"));
         }
@@ -588,7 +611,10 @@ fn known_key(section: &str, key: &str) -> bool {
             "profile" | "dir" | "mirror" | "manifest" | "pypi_index"
         ) | ("engine", "onnxruntime" | "espeak")
             | ("dialplan", "default_agent")
-            | ("sip", "listen" | "advertise")
+            | (
+                "sip",
+                "listen" | "advertise" | "auth_user" | "auth_password" | "auth_realm"
+            )
             | ("log", "level" | "format")
     )
 }

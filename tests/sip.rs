@@ -36,6 +36,46 @@ fn cancel_before_answer_gets_200_and_487() {
 }
 
 #[test]
+fn a_caller_outside_the_allow_list_must_answer_a_digest_challenge() {
+    // 127.0.0.1 is not in the allow-list, so the caller is challenged.
+    let izwi = Izwi::start(&[
+        ("IZWI_SIP_ALLOW", "192.0.2.0/24"),
+        ("IZWI_SIP_AUTH_USER", "trunk"),
+        ("IZWI_SIP_AUTH_PASSWORD", "s3cret"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = sipp(
+        &izwi,
+        &scenario("digest.xml"),
+        dir.path(),
+        &["-au", "trunk", "-ap", "s3cret"],
+    )
+    .output()
+    .unwrap();
+    check(out, dir.path(), &izwi);
+    let msgs = std::fs::read_to_string(dir.path().join("messages.log")).unwrap();
+    assert!(
+        msgs.contains("SIP/2.0 401 Unauthorized") && msgs.contains("WWW-Authenticate: Digest"),
+        "{msgs}"
+    );
+    assert!(msgs.contains("SIP/2.0 200 OK"), "{msgs}");
+
+    // A wrong password is challenged again and the call never answered.
+    let dir = tempfile::tempdir().unwrap();
+    let out = sipp(
+        &izwi,
+        &scenario("digest.xml"),
+        dir.path(),
+        &["-au", "trunk", "-ap", "wrong"],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success(), "a wrong password was accepted");
+    let msgs = std::fs::read_to_string(dir.path().join("messages.log")).unwrap_or_default();
+    assert!(!msgs.contains("SIP/2.0 200 OK"), "{msgs}");
+}
+
+#[test]
 fn izwi_hangs_up_when_rtp_stops() {
     let izwi = Izwi::start(&[("IZWI_SIP_RTP_TIMEOUT_SECS", "2")]);
     let t = Instant::now();

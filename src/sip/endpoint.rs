@@ -10,6 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::access::{AccessPolicy, Credentials};
 use super::message::Identity;
 use super::sdp::{self, Codec};
 use super::ua::{CallRef, EndReason, Event, Output, Transport, UaConfig, UserAgent};
@@ -93,14 +94,24 @@ impl Endpoint {
             Err(_) => local.ip(),
         };
         let host = SocketAddr::new(media_ip, local.port());
-        let ua = UserAgent::new(UaConfig {
-            identity: Identity {
-                user_agent: concat!("Izwi/", env!("CARGO_PKG_VERSION")).into(),
-                contact: format!("sip:izwi@{host}"),
-            },
-            via_host: host.to_string(),
-            max_calls: cfg.max_calls,
+        let allow = cfg.allow.iter().filter_map(|c| c.parse().ok()).collect();
+        let credentials = (!cfg.auth_user.is_empty()).then(|| Credentials {
+            realm: cfg.auth_realm.clone(),
+            username: cfg.auth_user.clone(),
+            password: cfg.auth_password.clone(),
         });
+        let access = AccessPolicy::new(allow, credentials);
+        let ua = UserAgent::with_access(
+            UaConfig {
+                identity: Identity {
+                    user_agent: concat!("Izwi/", env!("CARGO_PKG_VERSION")).into(),
+                    contact: format!("sip:izwi@{host}"),
+                },
+                via_host: host.to_string(),
+                max_calls: cfg.max_calls,
+            },
+            access,
+        );
         let codecs = cfg
             .codecs
             .iter()

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rsip::Method;
 
+use super::access::{AccessPolicy, Verdict};
 use super::message::{self, ALLOW, Identity, ParseError, Parsed};
 
 /// RFC 3261 timer values.
@@ -95,6 +96,8 @@ pub struct Stats {
     pub bad_requests: u64,
     pub retransmissions_absorbed: u64,
     pub calls: u64,
+    pub challenged: u64,
+    pub forbidden: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +165,9 @@ struct ClientTx {
 
 pub struct UserAgent {
     cfg: UaConfig,
+    access: AccessPolicy,
+    /// Start of the clock that digest nonces carry.
+    epoch: Instant,
     legs: HashMap<CallRef, Leg>,
     /// (Call-ID, remote tag) → call.
     by_dialog: HashMap<(String, String), CallRef>,
@@ -174,8 +180,14 @@ pub struct UserAgent {
 
 impl UserAgent {
     pub fn new(cfg: UaConfig) -> UserAgent {
+        UserAgent::with_access(cfg, AccessPolicy::open())
+    }
+
+    pub fn with_access(cfg: UaConfig, access: AccessPolicy) -> UserAgent {
         UserAgent {
             cfg,
+            access,
+            epoch: Instant::now(),
             legs: HashMap::new(),
             by_dialog: HashMap::new(),
             done: HashMap::new(),
@@ -401,6 +413,45 @@ impl UserAgent {
             self.finish_invite_without_leg(&p, from, transport, 400, "Missing From tag");
             return;
         };
+        let credentials = p
+            .header_value("Authorization")
+            .or_else(|| p.header_value("Proxy-Authorization"));
+        let clock = now.saturating_duration_since(self.epoch).as_secs();
+        match self
+            .access
+            .check(from.ip(), "INVITE", credentials.as_deref(), clock)
+        {
+            Verdict::Allowed => {}
+            Verdict::Challenge(www) => {
+                self.stats.challenged += 1;
+                let r = message::response(
+                    &p,
+                    from,
+                    (401, "Unauthorized"),
+                    Some(&message::token("iz")),
+                    &self.cfg.identity,
+                    &[("WWW-Authenticate", www)],
+                    None,
+                );
+                self.send(from, transport, r);
+                return;
+            }
+            Verdict::Forbidden => {
+                self.stats.forbidden += 1;
+                tracing::info!(source = %from.ip(), "call from an address not allowed");
+                let r = message::response(
+                    &p,
+                    from,
+                    (403, "Forbidden"),
+                    Some(&message::token("iz")),
+                    &self.cfg.identity,
+                    &[],
+                    None,
+                );
+                self.send(from, transport, r);
+                return;
+            }
+        }
         if self.legs.len() >= self.cfg.max_calls {
             let extra = [("Retry-After", "30".to_string())];
             let r = message::response(
@@ -1358,6 +1409,67 @@ mod tests {
         let stale = req("INVITE", "z9hG4bK-old", "c6", 2, Some(&tag), "", "");
         ua.handle_message(stale.as_bytes(), peer(), Transport::Udp, t0);
         assert_eq!(status(&drain(&mut ua).0[0]), 500);
+    }
+
+    #[test]
+    fn strangers_are_challenged_or_forbidden() {
+        use crate::sip::access::{Cidr, Credentials};
+        let cfg = ua().cfg.clone();
+        let allow: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut closed =
+            UserAgent::with_access(cfg.clone(), AccessPolicy::new(allow.clone(), None));
+        let t0 = Instant::now();
+        closed.handle_message(
+            req("INVITE", "z9hG4bK-s", "s1", 1, None, "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0,
+        );
+        let (sent, events) = drain(&mut closed);
+        assert_eq!(status(&sent[0]), 403);
+        assert!(events.is_empty());
+        let creds = Credentials {
+            realm: "izwi".into(),
+            username: "trunk".into(),
+            password: "pw".into(),
+        };
+        let mut auth = UserAgent::with_access(cfg, AccessPolicy::new(allow, Some(creds)));
+        auth.handle_message(
+            req("INVITE", "z9hG4bK-s", "s2", 1, None, "", "").as_bytes(),
+            peer(),
+            Transport::Udp,
+            t0,
+        );
+        let (sent, _) = drain(&mut auth);
+        assert_eq!(status(&sent[0]), 401);
+        let www = message::parse(sent[0].as_bytes())
+            .unwrap()
+            .header_value("WWW-Authenticate")
+            .unwrap();
+        let ch = crate::sip::digest::parse_challenge(&www).unwrap();
+        let answer = crate::sip::digest::respond(
+            &ch,
+            "INVITE",
+            "sip:izwi@127.0.0.1:5060",
+            "trunk",
+            "pw",
+            "cn",
+            1,
+        );
+        let retry = req(
+            "INVITE",
+            "z9hG4bK-s2",
+            "s2",
+            2,
+            None,
+            &format!("Authorization: {answer}\r\n"),
+            "",
+        );
+        auth.handle_message(retry.as_bytes(), peer(), Transport::Udp, t0);
+        let (sent, events) = drain(&mut auth);
+        assert_eq!(status(&sent[0]), 100);
+        assert!(matches!(events[0], Event::Incoming { .. }));
+        assert_eq!(auth.stats().challenged, 1);
     }
 
     #[test]
