@@ -76,6 +76,24 @@ fn a_caller_outside_the_allow_list_must_answer_a_digest_challenge() {
 }
 
 #[test]
+fn tcp_carries_options_and_a_call_that_izwi_ends() {
+    let izwi = Izwi::start(&[("IZWI_SIP_RTP_TIMEOUT_SECS", "2")]);
+    for name in ["options.xml", "bye-from-izwi.xml"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = sipp(&izwi, &scenario(name), dir.path(), &["-t", "t1"])
+            .output()
+            .unwrap();
+        check(out, dir.path(), &izwi);
+        let msgs = std::fs::read_to_string(dir.path().join("messages.log")).unwrap();
+        assert!(
+            msgs.contains("SIP/2.0/TCP"),
+            "{name} did not go over TCP: {msgs}"
+        );
+    }
+    izwi.wait_log("RtpTimeout", Duration::from_secs(5));
+}
+
+#[test]
 fn izwi_hangs_up_when_rtp_stops() {
     let izwi = Izwi::start(&[("IZWI_SIP_RTP_TIMEOUT_SECS", "2")]);
     let t = Instant::now();

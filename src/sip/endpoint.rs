@@ -6,7 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -49,6 +50,15 @@ struct Ringing {
     call_id: String,
 }
 
+/// What connection tasks tell the endpoint.
+enum TcpEvent {
+    Message(SocketAddr, Vec<u8>),
+    Closed(SocketAddr),
+}
+
+/// Messages waiting to be written to one TCP connection.
+const TCP_QUEUE: usize = 32;
+
 struct ActiveCall {
     /// Dropped when the SIP side ends the call, which stops its media reactor.
     control: Option<mpsc::Sender<Control>>,
@@ -60,6 +70,10 @@ struct ActiveCall {
 
 pub struct Endpoint {
     socket: Arc<UdpSocket>,
+    tcp: TcpListener,
+    tcp_conns: HashMap<SocketAddr, mpsc::Sender<String>>,
+    tcp_tx: mpsc::Sender<TcpEvent>,
+    tcp_rx: mpsc::Receiver<TcpEvent>,
     ua: UserAgent,
     cfg: SipConfig,
     media_ip: IpAddr,
@@ -88,6 +102,13 @@ impl Endpoint {
             addr: cfg.listen.clone(),
             source,
         })?;
+        // TCP on the same port as UDP (a port of 0 means whatever UDP got).
+        let tcp = TcpListener::bind(local)
+            .await
+            .map_err(|source| EndpointError::Bind {
+                addr: local.to_string(),
+                source,
+            })?;
         let media_ip: IpAddr = match cfg.advertise.parse() {
             Ok(ip) => ip,
             Err(_) if local.ip().is_unspecified() => IpAddr::from([127, 0, 0, 1]),
@@ -122,9 +143,14 @@ impl Endpoint {
             })
             .collect();
         let (ended_tx, ended_rx) = mpsc::channel(64);
-        tracing::info!(listen = %local, advertise = %media_ip, "SIP listening (UDP)");
+        let (tcp_tx, tcp_rx) = mpsc::channel(256);
+        tracing::info!(listen = %local, advertise = %media_ip, "SIP listening (UDP and TCP)");
         Ok(Endpoint {
             socket: Arc::new(socket),
+            tcp,
+            tcp_conns: HashMap::new(),
+            tcp_tx,
+            tcp_rx,
             ua,
             cfg: cfg.clone(),
             media_ip,
@@ -168,6 +194,17 @@ impl Endpoint {
                     self.answer_due();
                 }
                 Some((call, exit, stats)) = self.ended_rx.recv() => self.media_ended(call, exit, stats),
+                accepted = self.tcp.accept() => {
+                    if let Ok((stream, peer)) = accepted {
+                        self.connection(stream, peer);
+                    }
+                }
+                Some(ev) = self.tcp_rx.recv() => match ev {
+                    TcpEvent::Message(from, bytes) => self.ua.handle_message(&bytes, from, Transport::Tcp, std::time::Instant::now()),
+                    TcpEvent::Closed(peer) => {
+                        self.tcp_conns.remove(&peer);
+                    }
+                },
                 _ = &mut shutdown => break,
             }
             self.flush().await;
@@ -183,14 +220,80 @@ impl Endpoint {
     async fn flush(&mut self) {
         while let Some(out) = self.ua.poll_output() {
             match out {
-                Output::Transmit { to, data, .. } => {
+                Output::Transmit {
+                    to,
+                    transport: Transport::Udp,
+                    data,
+                } => {
                     if let Err(e) = self.socket.send_to(data.as_bytes(), to).await {
                         tracing::debug!(%to, error = %e, "SIP send failed");
                     }
                 }
+                Output::Transmit {
+                    to,
+                    transport: Transport::Tcp,
+                    data,
+                } => match self.tcp_conns.get(&to) {
+                    Some(conn) => {
+                        if conn.try_send(data).is_err() {
+                            tracing::debug!(%to, "TCP connection full or gone; message dropped");
+                        }
+                    }
+                    None => {
+                        // Izwi opens no TCP connections of its own yet.
+                        tracing::debug!(%to, "no TCP connection to send on; message dropped");
+                    }
+                },
                 Output::Event(e) => self.event(e).await,
             }
         }
+    }
+
+    /// One task per TCP connection: reads and frames messages for the user
+    /// agent, and writes what the user agent sends back on it.
+    fn connection(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let (out_tx, mut out_rx) = mpsc::channel::<String>(TCP_QUEUE);
+        self.tcp_conns.insert(peer, out_tx);
+        let events = self.tcp_tx.clone();
+        tokio::spawn(async move {
+            let (mut reader, mut writer) = stream.into_split();
+            let mut framer = super::stream::Framer::default();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                tokio::select! {
+                    n = reader.read(&mut buf) => {
+                        let n = match n {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        framer.push(&buf[..n]);
+                        loop {
+                            match framer.next_message() {
+                                Ok(Some(msg)) => {
+                                    if events.send(TcpEvent::Message(peer, msg)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    // A stream out of frame cannot be resynchronised: drop it.
+                                    tracing::info!(%peer, error = %e, "closing SIP TCP connection");
+                                    let _ = events.send(TcpEvent::Closed(peer)).await;
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    msg = out_rx.recv() => {
+                        let Some(msg) = msg else { break };
+                        if writer.write_all(msg.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = events.send(TcpEvent::Closed(peer)).await;
+        });
     }
 
     fn media_ended(&mut self, call: CallRef, exit: Exit, stats: MediaStats) {

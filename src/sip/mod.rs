@@ -5,4 +5,5 @@ pub mod digest;
 pub mod endpoint;
 pub mod message;
 pub mod sdp;
+pub mod stream;
 pub mod ua;

@@ -1,0 +1,101 @@
+//! Framing SIP messages on a byte stream (TCP, RFC 3261 §18.3): each message
+//! ends its headers with an empty line and carries Content-Length for its body.
+
+use super::message::MAX_MESSAGE;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("message larger than {MAX_MESSAGE} bytes")]
+    TooLarge,
+    #[error("stream message without a valid Content-Length")]
+    ContentLength,
+}
+
+/// Collects bytes from a stream and cuts them into whole messages.
+#[derive(Debug, Default)]
+pub struct Framer {
+    buf: Vec<u8>,
+}
+
+impl Framer {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, if one has arrived.
+    pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        // CRLF keep-alives (RFC 5626) between messages.
+        let lead = self
+            .buf
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
+        self.buf.drain(..lead);
+        let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            if self.buf.len() > MAX_MESSAGE {
+                return Err(FrameError::TooLarge);
+            }
+            return Ok(None);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]);
+        let mut length = None;
+        for line in head.split("\r\n").skip(1) {
+            if let Some((name, value)) = line.split_once(':') {
+                let name = name.trim();
+                if name.eq_ignore_ascii_case("Content-Length") || name.eq_ignore_ascii_case("l") {
+                    length = Some(
+                        value
+                            .trim()
+                            .parse::<usize>()
+                            .map_err(|_| FrameError::ContentLength)?,
+                    );
+                }
+            }
+        }
+        let length = length.ok_or(FrameError::ContentLength)?;
+        let total = head_end + 4 + length;
+        if total > MAX_MESSAGE {
+            return Err(FrameError::TooLarge);
+        }
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let msg: Vec<u8> = self.buf.drain(..total).collect();
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: &str = "OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nContent-Length: 5\r\n\r\nhello";
+
+    #[test]
+    fn messages_split_across_and_within_reads() {
+        let mut f = Framer::default();
+        let two = format!("\r\n{OPTIONS}{OPTIONS}");
+        let bytes = two.as_bytes();
+        f.push(&bytes[..10]);
+        assert_eq!(f.next_message().unwrap(), None);
+        f.push(&bytes[10..bytes.len() - 2]);
+        assert_eq!(f.next_message().unwrap().unwrap(), OPTIONS.as_bytes());
+        assert_eq!(f.next_message().unwrap(), None, "second body incomplete");
+        f.push(&bytes[bytes.len() - 2..]);
+        assert_eq!(f.next_message().unwrap().unwrap(), OPTIONS.as_bytes());
+        assert_eq!(f.next_message().unwrap(), None);
+    }
+
+    #[test]
+    fn missing_length_and_floods_are_errors() {
+        let mut f = Framer::default();
+        f.push(b"OPTIONS sip:a SIP/2.0\r\nVia: x\r\n\r\n");
+        assert_eq!(f.next_message(), Err(FrameError::ContentLength));
+        let mut f = Framer::default();
+        f.push(&vec![b'a'; MAX_MESSAGE + 1]);
+        assert_eq!(f.next_message(), Err(FrameError::TooLarge));
+        let mut f = Framer::default();
+        f.push(b"OPTIONS sip:a SIP/2.0\r\nl: 99999999\r\n\r\n");
+        assert_eq!(f.next_message(), Err(FrameError::TooLarge));
+    }
+}
