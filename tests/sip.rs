@@ -314,3 +314,96 @@ fn a_sip_caller_asks_and_hears_a_spoken_answer() {
         "greeting and one answered turn expected: {line}"
     );
 }
+
+/// kamailio, a record-routing proxy, stands in front of Izwi: a call completes
+/// through it, and the BYEs of both sides follow the recorded route.
+#[test]
+fn calls_work_through_a_record_routing_proxy() {
+    let izwi = Izwi::start(&[("IZWI_SIP_RTP_TIMEOUT_SECS", "2")]);
+    let proxy_port = free_udp_port();
+    let dir = tempfile::tempdir().unwrap();
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip/kamailio/proxy.cfg"),
+    )
+    .unwrap();
+    let cfg = template
+        .replace("__LISTEN__", &format!("udp:127.0.0.1:{proxy_port}"))
+        .replace("__IZWI__", &format!("sip:127.0.0.1:{}", izwi.port));
+    std::fs::write(dir.path().join("kamailio.cfg"), cfg).unwrap();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    let proxy = std::process::Command::new("kamailio")
+        .arg("-f")
+        .arg(dir.path().join("kamailio.cfg"))
+        .args(["-DD", "-E", "-Y"])
+        .arg(&run_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kamailio must be installed (scripts/setup.sh)");
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // SIGTERM lets kamailio stop its worker processes too.
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.id().to_string())
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+    let _proxy = Stop(proxy);
+    // Ready when it answers on its port: send OPTIONS until something comes back.
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let ping = format!(
+            "OPTIONS sip:127.0.0.1:{proxy_port} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKprobe{}\r\nFrom: <sip:t@x>;tag=1\r\nTo: <sip:k@x>\r\nCall-ID: probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 5\r\nContent-Length: 0\r\n\r\n",
+            probe.local_addr().unwrap(),
+            t.elapsed().as_millis()
+        );
+        probe
+            .send_to(ping.as_bytes(), format!("127.0.0.1:{proxy_port}"))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        if probe.recv_from(&mut buf).is_ok() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "kamailio did not start"
+        );
+    }
+    let via_proxy = |name: &str, extra: &[&str]| {
+        let d = tempfile::tempdir().unwrap();
+        let out = sipp_to(proxy_port, &scenario(name), d.path(), extra)
+            .output()
+            .unwrap();
+        check(out, d.path(), &izwi);
+        std::fs::read_to_string(d.path().join("messages.log")).unwrap()
+    };
+    // Izwi hangs up (no RTP): its BYE must go through the proxy.
+    let msgs = via_proxy("bye-from-izwi.xml", &[]);
+    assert!(
+        msgs.contains(&format!("Record-Route: <sip:127.0.0.1:{proxy_port}")),
+        "{msgs}"
+    );
+    let bye = msgs.split("BYE sip:").nth(1).expect("a BYE from Izwi");
+    let first_via = bye.lines().find(|l| l.starts_with("Via:")).unwrap();
+    assert!(
+        first_via.contains(&format!("127.0.0.1:{proxy_port}")),
+        "BYE bypassed the proxy: {first_via}"
+    );
+
+    // The caller hangs up: its BYE follows the route to Izwi.
+    let fields = dir.path().join("fields.csv");
+    std::fs::write(&fields, format!("SEQUENTIAL\n{};\n", free_udp_port())).unwrap();
+    let msgs = via_proxy(
+        "call-media-by-test.xml",
+        &["-inf", fields.to_str().unwrap(), "-d", "500"],
+    );
+    assert!(msgs.contains("Route: <sip:127.0.0.1:"), "{msgs}");
+    izwi.wait_log("RemoteBye", Duration::from_secs(5));
+}

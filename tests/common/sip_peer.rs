@@ -88,11 +88,16 @@ pub fn scenario(name: &str) -> PathBuf {
 
 /// Runs sipp (as installed by scripts/setup.sh) for one call of `scenario`.
 pub fn sipp(izwi: &Izwi, scenario_file: &Path, dir: &Path, extra: &[&str]) -> Command {
+    sipp_to(izwi.port, scenario_file, dir, extra)
+}
+
+/// sipp calling whatever listens on `port` of 127.0.0.1 (Izwi, or a proxy before it).
+pub fn sipp_to(port: u16, scenario_file: &Path, dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new("sipp");
     cmd.current_dir(dir)
         .arg("-sf")
         .arg(scenario_file)
-        .arg(format!("127.0.0.1:{}", izwi.port))
+        .arg(format!("127.0.0.1:{port}"))
         .args([
             "-i",
             "127.0.0.1",
