@@ -6,8 +6,8 @@ set -euo pipefail
 # Build: whisper.cpp and llama.cpp (cmake, C/C++ compilers), bindgen (libclang).
 # Run: espeak-ng turns text into phonemes for the Piper voice (a separate program,
 # never linked: it is GPL-3.0).
-# Tests: sipp (Debian package sip-tester) and kamailio are the independent SIP peers.
-packages=(build-essential cmake clang libclang-dev pkg-config ca-certificates espeak-ng sip-tester kamailio)
+# Tests: sipp (Debian package sip-tester), kamailio and baresip are the independent SIP peers.
+packages=(build-essential cmake clang libclang-dev pkg-config ca-certificates espeak-ng sip-tester kamailio baresip-core)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -343,6 +343,23 @@ async fn talk_cmd(config: Config, args: TalkArgs) -> Result<()> {
     Ok(())
 }
 
+/// Ctrl-C, or SIGTERM from a service manager: either stops Izwi after hanging up its calls.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("stopping: hanging up calls");
+}
+
 fn transcribe(config: &Config, file: &std::path::Path, language: &str) -> Result<()> {
     let store = ModelStore::from_config(&config.models)?;
     let asr = izwi::engine::asr::whisper::WhisperAsr::load(
@@ -394,11 +411,7 @@ async fn serve(config: Config) -> Result<()> {
         echo: config.dialplan.echo,
     });
     let endpoint = Endpoint::bind(&config.sip, ctx).await?;
-    tracing::info!("Izwi is ready; Ctrl-C stops");
-    endpoint
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
+    tracing::info!("Izwi is ready; Ctrl-C or SIGTERM stops");
+    endpoint.run(stop_signal()).await;
     Ok(())
 }

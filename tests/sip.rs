@@ -407,3 +407,74 @@ fn calls_work_through_a_record_routing_proxy() {
     assert!(msgs.contains("Route: <sip:127.0.0.1:"), "{msgs}");
     izwi.wait_log("RemoteBye", Duration::from_secs(5));
 }
+
+/// baresip, a real softphone, calls Izwi over PCMU with a spoken question as its
+/// microphone; what it received must hold a spoken answer.
+#[test]
+fn baresip_asks_over_pcmu_and_records_a_spoken_answer() {
+    let izwi = Izwi::start(&[
+        ("IZWI_DIALPLAN_ECHO", "false"),
+        ("IZWI_MODELS_PROFILE", "small"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("snd")).unwrap();
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip/baresip/config"),
+    )
+    .unwrap();
+    let config = template
+        .replace("__DIR__", d.to_str().unwrap())
+        .replace("__PORT__", &free_udp_port().to_string());
+    std::fs::write(d.join("config"), config).unwrap();
+    std::fs::write(
+        d.join("accounts"),
+        "<sip:baresip@127.0.0.1>;regint=0;audio_codecs=PCMU/8000\n",
+    )
+    .unwrap();
+
+    let question = common::espeak("What time does the clinic open on Monday?");
+    let ask_at = 4.0;
+    let caller16 = common::compose(
+        ask_at + common::duration(&question) + 8.0,
+        &[(ask_at, &question)],
+    );
+    let caller8 = izwi::codec::resample::resample(&caller16, 16_000, 8_000).unwrap();
+    izwi::codec::wav::write_mono(&d.join("caller.wav"), &caller8, 8_000).unwrap();
+
+    // baresip hangs up when its microphone file ends.
+    let out = std::process::Command::new("baresip")
+        .arg("-f")
+        .arg(d)
+        .args([
+            "-e",
+            &format!("/dial sip:izwi@127.0.0.1:{}", izwi.port),
+            "-t",
+            "40",
+        ])
+        .output()
+        .expect("baresip must be installed (scripts/setup.sh)");
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        console.contains("Call established"),
+        "{console}\n{}",
+        izwi.log()
+    );
+    let received = std::fs::read_dir(d.join("snd"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .expect("baresip wrote no received audio");
+    let (audio, rate) = izwi::codec::wav::read_mono(&received).unwrap();
+    let audio16 = izwi::codec::resample::resample(&audio, rate, 16_000).unwrap();
+    let question_end = ask_at + common::duration(&question);
+    let reply = &audio16[common::seconds(question_end).min(audio16.len())..];
+    let heard = common::engine().asr.transcribe(reply, "en").unwrap();
+    assert!(
+        common::words(&heard).len() >= 4,
+        "no spoken answer in what baresip received: {heard:?}\n{}",
+        izwi.log()
+    );
+    let log = izwi.wait_log("call media ended", Duration::from_secs(5));
+    assert!(log.contains("codec=Pcmu"), "{log}");
+}

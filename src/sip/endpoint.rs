@@ -22,7 +22,7 @@ use crate::engine::Engine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    #[error("cannot listen for SIP on {addr}: {source}")]
+    #[error("cannot listen for SIP on {addr}")]
     Bind {
         addr: String,
         source: std::io::Error,
