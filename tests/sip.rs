@@ -7,9 +7,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use common::sip_peer::*;
-use izwi::codec::g711::Law;
 use izwi::rtp::dtmf;
-use izwi::rtp::packet::{self, Packetizer};
 
 #[test]
 fn options_is_answered_with_200_and_allow() {
@@ -109,27 +107,8 @@ fn izwi_hangs_up_when_rtp_stops() {
 #[test]
 fn a_call_carries_rtp_both_ways_and_dtmf_and_survives_bad_input() {
     let izwi = Izwi::start(&[]);
-    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
-    media
-        .set_read_timeout(Some(Duration::from_millis(5)))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let fields = dir.path().join("fields.csv");
-    std::fs::write(
-        &fields,
-        format!("SEQUENTIAL\n{};\n", media.local_addr().unwrap().port()),
-    )
-    .unwrap();
-    let sipp_child = sipp(
-        &izwi,
-        &scenario("call-media-by-test.xml"),
-        dir.path(),
-        &["-inf", fields.to_str().unwrap(), "-d", "6000"],
-    )
-    .spawn()
-    .expect("sipp must be installed (scripts/setup.sh)");
-    let rtp_port = answered_rtp_port(&dir.path().join("messages.log"), Duration::from_secs(10));
-    let izwi_rtp = format!("127.0.0.1:{rtp_port}");
+    let mut call = MediaCall::start(&izwi, 6000);
+    let izwi_rtp = call.izwi_rtp.clone();
 
     // Malformed input while the call is up: none of it may disturb the call.
     let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -160,54 +139,26 @@ fn a_call_carries_rtp_both_ways_and_dtmf_and_survives_bad_input() {
         &[0x80u8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0][..],
         &[0x40u8; 200][..],
     ] {
-        media.send_to(junk, &izwi_rtp).unwrap();
+        call.media.send_to(junk, &izwi_rtp).unwrap();
     }
 
     // Two seconds of a 440 Hz tone, then the digit 5 as RFC 4733 events.
     let tone: Vec<f32> = (0..16_000)
         .map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / 8000.0).sin() * 0.4)
         .collect();
-    let mut pk = Packetizer::new(0x1234_5678, 0);
-    let mut received = Vec::new();
-    let start = Instant::now();
-    let recv_some = |received: &mut Vec<f32>| {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, _)) = media.recv_from(&mut buf) {
-            if let Ok((h, payload)) = packet::parse(&buf[..n])
-                && h.payload_type == 0
-            {
-                Law::Mu.decode(payload, received);
-            }
-        }
-    };
-    for (i, chunk) in tone.chunks(160).enumerate() {
-        let mut bytes = Vec::new();
-        Law::Mu.encode(chunk, &mut bytes);
-        media.send_to(&pk.packet(&bytes, 160), &izwi_rtp).unwrap();
-        let due = start + Duration::from_millis(20 * (i as u64 + 1));
-        while Instant::now() < due {
-            recv_some(&mut received);
-        }
-    }
-    let ts = pk.timestamp();
+    call.stream(&tone);
+    let ts = call.packetizer.timestamp();
     for (event, marker) in dtmf::tone_packets('5', 100, 8000, 20) {
-        media
-            .send_to(&pk.event(101, &dtmf::encode(&event), marker, ts), &izwi_rtp)
-            .unwrap();
+        let pkt = call
+            .packetizer
+            .event(101, &dtmf::encode(&event), marker, ts);
+        call.media.send_to(&pkt, &izwi_rtp).unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        recv_some(&mut received);
+        call.receive();
     }
     // Keep the stream alive while the echo drains.
-    for _ in 0..25 {
-        let mut bytes = Vec::new();
-        Law::Mu.encode(&[0.0; 160], &mut bytes);
-        media.send_to(&pk.packet(&bytes, 160), &izwi_rtp).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        recv_some(&mut received);
-    }
-
-    let out = sipp_child.wait_with_output().unwrap();
-    check(out, dir.path(), &izwi);
+    call.stream(&[0.0; 160 * 25]);
+    let received = call.finish(&izwi);
     // Izwi sent a steady stream back, and the echo of the tone is in it.
     assert!(
         received.len() >= 160 * 100,
@@ -240,27 +191,7 @@ fn a_sip_caller_asks_and_hears_a_spoken_answer() {
         ("IZWI_DIALPLAN_ECHO", "false"),
         ("IZWI_MODELS_PROFILE", "small"),
     ]);
-    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
-    media
-        .set_read_timeout(Some(Duration::from_millis(5)))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let fields = dir.path().join("fields.csv");
-    std::fs::write(
-        &fields,
-        format!("SEQUENTIAL\n{};\n", media.local_addr().unwrap().port()),
-    )
-    .unwrap();
-    let sipp_child = sipp(
-        &izwi,
-        &scenario("call-media-by-test.xml"),
-        dir.path(),
-        &["-inf", fields.to_str().unwrap(), "-d", "16000"],
-    )
-    .spawn()
-    .expect("sipp must be installed (scripts/setup.sh)");
-    let rtp_port = answered_rtp_port(&dir.path().join("messages.log"), Duration::from_secs(20));
-    let izwi_rtp = format!("127.0.0.1:{rtp_port}");
+    let mut call = MediaCall::start(&izwi, 16_000);
 
     // The greeting plays first; the question comes after it, then silence.
     let question = common::espeak("What time does the clinic open on Monday?");
@@ -271,26 +202,8 @@ fn a_sip_caller_asks_and_hears_a_spoken_answer() {
     let question_end = caller.len() as f64 / 8000.0;
     caller.resize(caller.len() + 8000 * 9, 0.0);
 
-    let mut pk = Packetizer::new(0x0bad_cafe, 0);
-    let mut received = Vec::new();
-    let start = Instant::now();
-    let mut buf = [0u8; 2048];
-    for (i, chunk) in caller.chunks(160).enumerate() {
-        let mut bytes = Vec::new();
-        Law::Mu.encode(chunk, &mut bytes);
-        media.send_to(&pk.packet(&bytes, 160), &izwi_rtp).unwrap();
-        let due = start + Duration::from_millis(20 * (i as u64 + 1));
-        while Instant::now() < due {
-            if let Ok((n, _)) = media.recv_from(&mut buf)
-                && let Ok((h, payload)) = packet::parse(&buf[..n])
-                && h.payload_type == 0
-            {
-                Law::Mu.decode(payload, &mut received);
-            }
-        }
-    }
-    let out = sipp_child.wait_with_output().unwrap();
-    check(out, dir.path(), &izwi);
+    call.stream(&caller);
+    let received = call.finish(&izwi);
 
     // Izwi's stream is continuous from the answer, so its timeline matches ours.
     let greeting = &received[..(ask_at * 8000.0) as usize];

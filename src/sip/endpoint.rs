@@ -358,10 +358,7 @@ impl Endpoint {
             self.ua.reject(call, 488, "Not Acceptable Here", now);
             return;
         };
-        let negotiated = match sdp::parse(&offer) {
-            Ok(s) => sdp::negotiate(&s, &self.codecs).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let negotiated = self.negotiate(&offer);
         let negotiated = match negotiated {
             Ok(n) => n,
             Err(why) => {
@@ -392,6 +389,12 @@ impl Endpoint {
             self.ua.ringing(call);
             self.ringing.insert(call, ringing);
         }
+    }
+
+    /// Our answer's parameters for an offer, or why there can be none (→ 488).
+    fn negotiate(&self, offer: &str) -> Result<sdp::Negotiated, String> {
+        let parsed = sdp::parse(offer).map_err(|e| e.to_string())?;
+        sdp::negotiate(&parsed, &self.codecs).map_err(|e| e.to_string())
     }
 
     fn answer_due(&mut self) {
@@ -464,12 +467,13 @@ impl Endpoint {
     }
 
     async fn reoffer(&mut self, call: CallRef, offer: Option<String>, now: std::time::Instant) {
+        let negotiated = offer.as_deref().map(|o| self.negotiate(o));
         let Some(active) = self.calls.get_mut(&call) else {
             self.ua.answer_reoffer(call, Err(481), now);
             return;
         };
         active.sdp_version += 1;
-        let Some(offer) = offer else {
+        let Some(negotiated) = negotiated else {
             // No offer: make one (the answer would come in the ACK, which keeps the session as is).
             let sdp = sdp::offer(
                 &self.codecs,
@@ -482,9 +486,6 @@ impl Endpoint {
             self.ua.answer_reoffer(call, Ok(&sdp), now);
             return;
         };
-        let negotiated = sdp::parse(&offer)
-            .map_err(|e| e.to_string())
-            .and_then(|s| sdp::negotiate(&s, &self.codecs).map_err(|e| e.to_string()));
         match negotiated {
             Ok(n) => {
                 let answer = sdp::answer(

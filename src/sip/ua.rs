@@ -615,14 +615,7 @@ impl UserAgent {
 
     fn bye(&mut self, p: Parsed, from: SocketAddr, transport: Transport, now: Instant) {
         let Some(call) = self.leg_of(&p).filter(|_| p.to_tag.is_some()) else {
-            self.finish_non_invite(
-                &p,
-                from,
-                transport,
-                (481, "Call/Transaction Does Not Exist"),
-                &[],
-                now,
-            );
+            self.no_such_call(&p, from, transport, now);
             return;
         };
         self.finish_non_invite(&p, from, transport, (200, "OK"), &[], now);
@@ -633,6 +626,11 @@ impl UserAgent {
         });
     }
 
+    fn no_such_call(&mut self, p: &Parsed, from: SocketAddr, transport: Transport, now: Instant) {
+        let status = (481, "Call/Transaction Does Not Exist");
+        self.finish_non_invite(p, from, transport, status, &[], now);
+    }
+
     fn cancel(&mut self, p: Parsed, from: SocketAddr, transport: Transport, now: Instant) {
         let call = self.leg_of(&p).filter(|c| {
             self.legs
@@ -640,14 +638,7 @@ impl UserAgent {
                 .is_some_and(|l| l.invite.branch == p.branch)
         });
         let Some(call) = call else {
-            self.finish_non_invite(
-                &p,
-                from,
-                transport,
-                (481, "Call/Transaction Does Not Exist"),
-                &[],
-                now,
-            );
+            self.no_such_call(&p, from, transport, now);
             return;
         };
         self.finish_non_invite(&p, from, transport, (200, "OK"), &[], now);

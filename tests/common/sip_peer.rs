@@ -59,7 +59,8 @@ impl Izwi {
             }
         });
         let izwi = Izwi { child, port, log };
-        izwi.wait_log("Izwi is ready", Duration::from_secs(10));
+        // Loading the models takes seconds, more on a busy 2-core machine.
+        izwi.wait_log("Izwi is ready", Duration::from_secs(90));
         izwi
     }
 
@@ -156,4 +157,91 @@ pub fn answered_rtp_port(messages: &Path, limit: Duration) -> u16 {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("no 200 OK with SDP in the sipp trace");
+}
+
+/// A call signalled by sipp whose RTP is the test's own socket.
+pub struct MediaCall {
+    pub media: UdpSocket,
+    /// Izwi's RTP address from its SDP answer.
+    pub izwi_rtp: String,
+    pub sipp: Child,
+    pub dir: tempfile::TempDir,
+    pub packetizer: izwi::rtp::packet::Packetizer,
+    /// Izwi's audio as received so far, decoded (8 kHz).
+    pub received: Vec<f32>,
+}
+
+impl MediaCall {
+    /// Places the call; sipp hangs up after `hold_ms`.
+    pub fn start(izwi: &Izwi, hold_ms: u32) -> MediaCall {
+        let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+        media
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let fields = dir.path().join("fields.csv");
+        std::fs::write(
+            &fields,
+            format!("SEQUENTIAL\n{};\n", media.local_addr().unwrap().port()),
+        )
+        .unwrap();
+        let hold = hold_ms.to_string();
+        let sipp = sipp(
+            izwi,
+            &scenario("call-media-by-test.xml"),
+            dir.path(),
+            &["-inf", fields.to_str().unwrap(), "-d", &hold],
+        )
+        .spawn()
+        .expect("sipp must be installed (scripts/setup.sh)");
+        let rtp_port = answered_rtp_port(&dir.path().join("messages.log"), Duration::from_secs(20));
+        MediaCall {
+            media,
+            izwi_rtp: format!("127.0.0.1:{rtp_port}"),
+            sipp,
+            dir,
+            packetizer: izwi::rtp::packet::Packetizer::new(rand_ssrc(), 0),
+            received: Vec::new(),
+        }
+    }
+
+    /// Takes in whatever Izwi has sent (PCMU only).
+    pub fn receive(&mut self) {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, _)) = self.media.recv_from(&mut buf) {
+            if let Ok((h, payload)) = izwi::rtp::packet::parse(&buf[..n])
+                && h.payload_type == 0
+            {
+                izwi::codec::g711::Law::Mu.decode(payload, &mut self.received);
+            }
+        }
+    }
+
+    /// Sends 8 kHz audio as PCMU in real time, 20 ms a packet, receiving meanwhile.
+    pub fn stream(&mut self, audio: &[f32]) {
+        let start = Instant::now();
+        for (i, chunk) in audio.chunks(160).enumerate() {
+            let mut bytes = Vec::new();
+            izwi::codec::g711::Law::Mu.encode(chunk, &mut bytes);
+            let pkt = self.packetizer.packet(&bytes, 160);
+            self.media.send_to(&pkt, &self.izwi_rtp).unwrap();
+            let due = start + Duration::from_millis(20 * (i as u64 + 1));
+            while Instant::now() < due {
+                self.receive();
+            }
+        }
+    }
+
+    /// Waits for sipp to finish the call and checks it succeeded.
+    pub fn finish(self, izwi: &Izwi) -> Vec<f32> {
+        let out = self.sipp.wait_with_output().unwrap();
+        check(out, self.dir.path(), izwi);
+        self.received
+    }
+}
+
+fn rand_ssrc() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.subsec_nanos())
 }
