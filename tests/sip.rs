@@ -25,6 +25,17 @@ fn an_unsupported_codec_gets_488() {
 }
 
 #[test]
+fn hold_and_codec_change_by_reinvite_are_answered() {
+    let izwi = Izwi::start(&[]);
+    let msgs = run_sipp(&izwi, "hold.xml");
+    izwi.wait_log("session updated", Duration::from_secs(5));
+    let log = izwi.log();
+    let line = log.lines().find(|l| l.contains("session updated")).unwrap();
+    assert!(line.contains("RecvOnly") && line.contains("Pcma"), "{line}");
+    assert!(msgs.matches("SIP/2.0 200 OK").count() >= 3, "{msgs}");
+}
+
+#[test]
 fn cancel_before_answer_gets_200_and_487() {
     let izwi = Izwi::start(&[("IZWI_SIP_RING_MS", "5000")]);
     let msgs = run_sipp(&izwi, "cancel.xml");
