@@ -35,7 +35,7 @@ fn a_hundred_concurrent_calls_with_rtp_both_ways() {
     izwi::codec::g711::Law::Mu.encode(&tone, &mut ulaw);
     std::fs::write(dir.path().join("speech.ulaw"), ulaw).unwrap();
 
-    let before = cpu_ticks(izwi.child.id());
+    let before = cpu_ticks(izwi.pid());
     let out = sipp(
         &izwi,
         &scenario("load-echo.xml"),
@@ -85,7 +85,7 @@ fn a_hundred_concurrent_calls_with_rtp_both_ways() {
         assert_eq!(field(line, "late"), 0, "{line}");
         max_queue = max_queue.max(field(line, "max_in_to_agent_ms"));
     }
-    let ticks = cpu_ticks(izwi.child.id()) - before;
+    let ticks = cpu_ticks(izwi.pid()) - before;
     let hz = 100.0; // USER_HZ on Linux
     let cpu_s = ticks as f64 / hz;
     println!(

@@ -18,15 +18,17 @@ pub fn free_udp_port() -> u16 {
 }
 
 pub struct Izwi {
-    pub child: Child,
+    child: Mutex<Child>,
     pub port: u16,
     log: Arc<Mutex<String>>,
 }
 
 impl Drop for Izwi {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(child) = self.child.get_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -58,10 +60,18 @@ impl Izwi {
                 l.push('\n');
             }
         });
-        let izwi = Izwi { child, port, log };
+        let izwi = Izwi {
+            child: Mutex::new(child),
+            port,
+            log,
+        };
         // Loading the models takes seconds, more on a busy 2-core machine.
         izwi.wait_log("Izwi is ready", Duration::from_secs(90));
         izwi
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
     }
 
     pub fn log(&self) -> String {
@@ -74,6 +84,10 @@ impl Izwi {
             let l = self.log();
             if l.contains(needle) {
                 return l;
+            }
+            if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("izwi exited ({status}) before `{needle}`:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
