@@ -6,7 +6,7 @@ IZWI := target/release/izwi
 # The profile `make run` serves; tests always use the small one.
 PROFILE ?= default
 
-.PHONY: run test setup build models-run models-test lint clean-models
+.PHONY: run test setup build models-run models-test lint fuzz clean-models
 
 run: setup build models-run
 	IZWI_MODELS_PROFILE=$(PROFILE) $(IZWI) serve
@@ -29,6 +29,13 @@ models-test: build
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --locked -- -D warnings
+
+# The SIP+SDP parsing path under libFuzzer for FUZZ_SECONDS (needs `cargo install
+# cargo-fuzz`; RUSTC_BOOTSTRAP lets the stable toolchain take its -Z flags).
+FUZZ_SECONDS ?= 120
+fuzz:
+	mkdir -p fuzz/corpus/sip_sdp
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run sip_sdp -O fuzz/corpus/sip_sdp fuzz/seeds -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
 
 clean-models:
 	rm -rf models/cache
