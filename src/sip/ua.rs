@@ -1014,6 +1014,11 @@ mod tests {
         )
     }
 
+    /// One UDP datagram from the peer.
+    fn feed(ua: &mut UserAgent, msg: &str, now: Instant) {
+        ua.handle_message(msg.as_bytes(), peer(), Transport::Udp, now);
+    }
+
     fn drain(ua: &mut UserAgent) -> (Vec<String>, Vec<Event>) {
         let mut sent = Vec::new();
         let mut events = Vec::new();
@@ -1038,8 +1043,9 @@ mod tests {
     }
 
     fn incoming(ua: &mut UserAgent, now: Instant, call_id: &str) -> (CallRef, Vec<String>) {
-        ua.handle_message(
-            req(
+        feed(
+            ua,
+            &req(
                 "INVITE",
                 "z9hG4bK-i",
                 call_id,
@@ -1047,10 +1053,7 @@ mod tests {
                 None,
                 "Content-Type: application/sdp\r\n",
                 "v=0\r\n",
-            )
-            .as_bytes(),
-            peer(),
-            Transport::Udp,
+            ),
             now,
         );
         let (sent, events) = drain(ua);
@@ -1094,10 +1097,9 @@ mod tests {
         assert_eq!(sent.len(), 2);
         assert!(sent.iter().all(|m| status(m) == 200));
 
-        ua.handle_message(
-            req("ACK", "z9hG4bK-a", "c1", 1, Some(&tag), "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut ua,
+            &req("ACK", "z9hG4bK-a", "c1", 1, Some(&tag), "", ""),
             t0 + T1 * 3,
         );
         let (_, events) = drain(&mut ua);
@@ -1106,12 +1108,7 @@ mod tests {
         assert!(drain(&mut ua).0.is_empty(), "retransmission after ACK");
 
         let bye = req("BYE", "z9hG4bK-b", "c1", 2, Some(&tag), "", "");
-        ua.handle_message(
-            bye.as_bytes(),
-            peer(),
-            Transport::Udp,
-            t0 + Duration::from_secs(11),
-        );
+        feed(&mut ua, &bye, t0 + Duration::from_secs(11));
         let (sent, events) = drain(&mut ua);
         assert_eq!(status(&sent[0]), 200);
         assert_eq!(
@@ -1123,12 +1120,7 @@ mod tests {
         );
         assert_eq!(ua.active_calls(), 0);
         // The BYE again (our 200 was lost): same answer, no new event.
-        ua.handle_message(
-            bye.as_bytes(),
-            peer(),
-            Transport::Udp,
-            t0 + Duration::from_secs(12),
-        );
+        feed(&mut ua, &bye, t0 + Duration::from_secs(12));
         let (sent, events) = drain(&mut ua);
         assert_eq!(status(&sent[0]), 200);
         assert!(events.is_empty());
@@ -1141,14 +1133,14 @@ mod tests {
         let t0 = Instant::now();
         let (call, _) = incoming(&mut ua, t0, "c2");
         let again = req("INVITE", "z9hG4bK-i", "c2", 1, None, "", "");
-        ua.handle_message(again.as_bytes(), peer(), Transport::Udp, t0);
+        feed(&mut ua, &again, t0);
         let (sent, events) = drain(&mut ua);
         assert_eq!(status(&sent[0]), 100);
         assert!(events.is_empty(), "no second call for a retransmission");
         ua.ringing(call);
         ua.answer(call, "v=0\r\n", t0);
         drain(&mut ua);
-        ua.handle_message(again.as_bytes(), peer(), Transport::Udp, t0);
+        feed(&mut ua, &again, t0);
         assert_eq!(status(&drain(&mut ua).0[0]), 200);
     }
 
@@ -1157,10 +1149,9 @@ mod tests {
         let mut ua = ua();
         let t0 = Instant::now();
         let (call, _) = incoming(&mut ua, t0, "c3");
-        ua.handle_message(
-            req("CANCEL", "z9hG4bK-i", "c3", 1, None, "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut ua,
+            &req("CANCEL", "z9hG4bK-i", "c3", 1, None, "", ""),
             t0,
         );
         let (sent, events) = drain(&mut ua);
@@ -1178,10 +1169,9 @@ mod tests {
         ua.handle_timeout(t0 + T1);
         assert_eq!(status(&drain(&mut ua).0[0]), 487);
         let tag = to_tag(&sent[1]);
-        ua.handle_message(
-            req("ACK", "z9hG4bK-i", "c3", 1, Some(&tag), "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut ua,
+            &req("ACK", "z9hG4bK-i", "c3", 1, Some(&tag), "", ""),
             t0 + T1,
         );
         assert_eq!(ua.active_calls(), 0);
@@ -1189,10 +1179,9 @@ mod tests {
         ua.answer(call, "v=0\r\n", t0 + T1);
         assert!(drain(&mut ua).0.is_empty());
         // A CANCEL for nothing.
-        ua.handle_message(
-            req("CANCEL", "z9hG4bK-x", "nope", 1, None, "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut ua,
+            &req("CANCEL", "z9hG4bK-x", "nope", 1, None, "", ""),
             t0,
         );
         assert_eq!(status(&drain(&mut ua).0[0]), 481);
@@ -1202,30 +1191,27 @@ mod tests {
     fn options_unknown_and_disallowed_methods() {
         let mut ua = ua();
         let t0 = Instant::now();
-        ua.handle_message(
-            req("OPTIONS", "z9hG4bK-o", "o1", 1, None, "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut ua,
+            &req("OPTIONS", "z9hG4bK-o", "o1", 1, None, "", ""),
             t0,
         );
         let (sent, _) = drain(&mut ua);
         assert_eq!(status(&sent[0]), 200);
         assert!(sent[0].contains("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS"));
-        ua.handle_message(
-            req("REGISTER", "z9hG4bK-r", "r1", 1, None, "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut ua,
+            &req("REGISTER", "z9hG4bK-r", "r1", 1, None, "", ""),
             t0,
         );
         assert_eq!(status(&drain(&mut ua).0[0]), 405);
         let foo = req("OPTIONS", "z9hG4bK-f", "f1", 1, None, "", "").replace("OPTIONS", "FOO");
-        ua.handle_message(foo.as_bytes(), peer(), Transport::Udp, t0);
+        feed(&mut ua, &foo, t0);
         let (sent, _) = drain(&mut ua);
         assert_eq!(status(&sent[0]), 501, "{sent:?}");
-        ua.handle_message(
-            req("BYE", "z9hG4bK-y", "ghost", 2, Some("t"), "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut ua,
+            &req("BYE", "z9hG4bK-y", "ghost", 2, Some("t"), "", ""),
             t0,
         );
         assert_eq!(status(&drain(&mut ua).0[0]), 481);
@@ -1237,7 +1223,7 @@ mod tests {
         let t0 = Instant::now();
         let bad_len = req("OPTIONS", "z9hG4bK-o", "o1", 1, None, "", "")
             .replace("Content-Length: 0", "Content-Length: 99");
-        ua.handle_message(bad_len.as_bytes(), peer(), Transport::Udp, t0);
+        feed(&mut ua, &bad_len, t0);
         let (sent, _) = drain(&mut ua);
         assert_eq!(status(&sent[0]), 400, "{sent:?}");
         let no_call_id: String = req("OPTIONS", "z9hG4bK-o", "o1", 1, None, "", "")
@@ -1245,7 +1231,7 @@ mod tests {
             .filter(|l| !l.starts_with("Call-ID"))
             .collect::<Vec<_>>()
             .join("\r\n");
-        ua.handle_message(no_call_id.as_bytes(), peer(), Transport::Udp, t0);
+        feed(&mut ua, &no_call_id, t0);
         assert!(drain(&mut ua).0.is_empty());
         ua.handle_message(&[0xff, 0x00, 0x13, 0x37], peer(), Transport::Udp, t0);
         assert!(drain(&mut ua).0.is_empty());
@@ -1296,7 +1282,7 @@ mod tests {
             "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch={}\r\nFrom: x;tag=a\r\nTo: y;tag=b\r\nCall-ID: c4\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
             p.branch
         );
-        ua.handle_message(ok.as_bytes(), peer(), Transport::Udp, t + T1);
+        feed(&mut ua, &ok, t + T1);
         ua.handle_timeout(t + T1 * 8);
         assert!(drain(&mut ua).0.is_empty());
         assert_eq!(ua.poll_timeout(), None);
@@ -1315,7 +1301,7 @@ mod tests {
             "Record-Route: <sip:127.0.0.1:5070;lr>\r\n",
             "",
         );
-        ua.handle_message(invite.as_bytes(), peer(), Transport::Udp, t0);
+        feed(&mut ua, &invite, t0);
         let (_, events) = drain(&mut ua);
         let Event::Incoming { call, .. } = events[0].clone() else {
             panic!()
@@ -1324,10 +1310,9 @@ mod tests {
         let (sent, _) = drain(&mut ua);
         assert!(sent[0].contains("Record-Route: <sip:127.0.0.1:5070;lr>"));
         let tag = to_tag(&sent[0]);
-        ua.handle_message(
-            req("ACK", "z9hG4bK-q", "c5", 1, Some(&tag), "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut ua,
+            &req("ACK", "z9hG4bK-q", "c5", 1, Some(&tag), "", ""),
             t0,
         );
         drain(&mut ua);
@@ -1354,10 +1339,9 @@ mod tests {
         let (call, _) = incoming(&mut ua, t0, "c6");
         ua.answer(call, "v=0\r\n", t0);
         let tag = to_tag(&drain(&mut ua).0[0]);
-        ua.handle_message(
-            req("ACK", "z9hG4bK-a", "c6", 1, Some(&tag), "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut ua,
+            &req("ACK", "z9hG4bK-a", "c6", 1, Some(&tag), "", ""),
             t0,
         );
         drain(&mut ua);
@@ -1370,7 +1354,7 @@ mod tests {
             "Content-Type: application/sdp\r\n",
             "v=0\r\na=sendonly\r\n",
         );
-        ua.handle_message(re.as_bytes(), peer(), Transport::Udp, t0);
+        feed(&mut ua, &re, t0);
         let (sent, events) = drain(&mut ua);
         assert_eq!(status(&sent[0]), 100);
         assert_eq!(
@@ -1384,10 +1368,9 @@ mod tests {
         let (sent, _) = drain(&mut ua);
         assert_eq!(status(&sent[0]), 200);
         assert!(sent[0].contains("CSeq: 2 INVITE"));
-        ua.handle_message(
-            req("ACK", "z9hG4bK-a2", "c6", 2, Some(&tag), "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut ua,
+            &req("ACK", "z9hG4bK-a2", "c6", 2, Some(&tag), "", ""),
             t0,
         );
         let (_, events) = drain(&mut ua);
@@ -1398,7 +1381,7 @@ mod tests {
         assert_eq!(ua.active_calls(), 1);
         // An old CSeq is refused.
         let stale = req("INVITE", "z9hG4bK-old", "c6", 2, Some(&tag), "", "");
-        ua.handle_message(stale.as_bytes(), peer(), Transport::Udp, t0);
+        feed(&mut ua, &stale, t0);
         assert_eq!(status(&drain(&mut ua).0[0]), 500);
     }
 
@@ -1410,10 +1393,9 @@ mod tests {
         let mut closed =
             UserAgent::with_access(cfg.clone(), AccessPolicy::new(allow.clone(), None));
         let t0 = Instant::now();
-        closed.handle_message(
-            req("INVITE", "z9hG4bK-s", "s1", 1, None, "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut closed,
+            &req("INVITE", "z9hG4bK-s", "s1", 1, None, "", ""),
             t0,
         );
         let (sent, events) = drain(&mut closed);
@@ -1425,10 +1407,9 @@ mod tests {
             password: "pw".into(),
         };
         let mut auth = UserAgent::with_access(cfg, AccessPolicy::new(allow, Some(creds)));
-        auth.handle_message(
-            req("INVITE", "z9hG4bK-s", "s2", 1, None, "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut auth,
+            &req("INVITE", "z9hG4bK-s", "s2", 1, None, "", ""),
             t0,
         );
         let (sent, _) = drain(&mut auth);
@@ -1456,7 +1437,7 @@ mod tests {
             &format!("Authorization: {answer}\r\n"),
             "",
         );
-        auth.handle_message(retry.as_bytes(), peer(), Transport::Udp, t0);
+        feed(&mut auth, &retry, t0);
         let (sent, events) = drain(&mut auth);
         assert_eq!(status(&sent[0]), 100);
         assert!(matches!(events[0], Event::Incoming { .. }));
@@ -1469,10 +1450,9 @@ mod tests {
         let t0 = Instant::now();
         incoming(&mut ua, t0, "a");
         incoming(&mut ua, t0, "b");
-        ua.handle_message(
-            req("INVITE", "z9hG4bK-z", "c", 1, None, "", "").as_bytes(),
-            peer(),
-            Transport::Udp,
+        feed(
+            &mut ua,
+            &req("INVITE", "z9hG4bK-z", "c", 1, None, "", ""),
             t0,
         );
         let (sent, events) = drain(&mut ua);
