@@ -129,7 +129,7 @@ pub struct SipConfig {
     /// RTP ports, one per call, from this inclusive range.
     pub rtp_port_min: u16,
     pub rtp_port_max: u16,
-    /// Codecs in order of preference: pcmu, pcma.
+    /// Codecs in order of preference: pcmu, pcma, opus.
     pub codecs: Vec<String>,
     /// No RTP from the caller for this long ends the call.
     pub rtp_timeout_secs: u32,
@@ -157,7 +157,8 @@ impl Default for SipConfig {
             advertise: String::new(),
             rtp_port_min: 20_000,
             rtp_port_max: 20_999,
-            codecs: vec!["pcmu".into(), "pcma".into()],
+            // G.711 first: what trunks and PBXes speak; Opus when a softphone offers only that or it is preferred.
+            codecs: vec!["pcmu".into(), "pcma".into(), "opus".into()],
             rtp_timeout_secs: 30,
             max_call_secs: 3600,
             max_calls: 100,
@@ -454,10 +455,10 @@ impl Config {
             return Err(invalid("sip.codecs", "at least one codec is required"));
         }
         for c in &sip.codecs {
-            if !matches!(c.to_ascii_lowercase().as_str(), "pcmu" | "pcma") {
+            if !matches!(c.to_ascii_lowercase().as_str(), "pcmu" | "pcma" | "opus") {
                 return Err(invalid(
                     "sip.codecs",
-                    format!("unknown codec `{c}` (known: pcmu, pcma)"),
+                    format!("unknown codec `{c}` (known: pcmu, pcma, opus)"),
                 ));
             }
         }

@@ -332,10 +332,9 @@ fn calls_work_through_a_record_routing_proxy() {
     izwi.wait_log("RemoteBye", Duration::from_secs(5));
 }
 
-/// baresip, a real softphone, calls Izwi over PCMU with a spoken question as its
+/// baresip, a real softphone, calls Izwi with a spoken question as its
 /// microphone; what it received must hold a spoken answer.
-#[test]
-fn baresip_asks_over_pcmu_and_records_a_spoken_answer() {
+fn baresip_call(account_codec: &str, rate: u32, channels: usize, expect_codec: &str) {
     let izwi = Izwi::start(&[
         ("IZWI_DIALPLAN_ECHO", "false"),
         ("IZWI_MODELS_PROFILE", "small"),
@@ -353,7 +352,7 @@ fn baresip_asks_over_pcmu_and_records_a_spoken_answer() {
     std::fs::write(d.join("config"), config).unwrap();
     std::fs::write(
         d.join("accounts"),
-        "<sip:baresip@127.0.0.1>;regint=0;audio_codecs=PCMU/8000\n",
+        format!("<sip:baresip@127.0.0.1>;regint=0;audio_codecs={account_codec}\n"),
     )
     .unwrap();
 
@@ -363,8 +362,21 @@ fn baresip_asks_over_pcmu_and_records_a_spoken_answer() {
         ask_at + common::duration(&question) + 8.0,
         &[(ask_at, &question)],
     );
-    let caller8 = izwi::codec::resample::resample(&caller16, 16_000, 8_000).unwrap();
-    izwi::codec::wav::write_mono(&d.join("caller.wav"), &caller8, 8_000).unwrap();
+    // aufile wants the codec's own rate and channel count.
+    let caller = izwi::codec::resample::resample(&caller16, 16_000, rate).unwrap();
+    let spec = hound::WavSpec {
+        channels: channels as u16,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(d.join("caller.wav"), spec).unwrap();
+    for s in &caller {
+        for _ in 0..channels {
+            wav.write_sample((s * 32767.0) as i16).unwrap();
+        }
+    }
+    wav.finalize().unwrap();
 
     // baresip hangs up when its microphone file ends.
     let out = std::process::Command::new("baresip")
@@ -400,5 +412,15 @@ fn baresip_asks_over_pcmu_and_records_a_spoken_answer() {
         izwi.log()
     );
     let log = izwi.wait_log("call media ended", Duration::from_secs(5));
-    assert!(log.contains("codec=Pcmu"), "{log}");
+    assert!(log.contains(&format!("codec={expect_codec}")), "{log}");
+}
+
+#[test]
+fn baresip_asks_over_pcmu_and_records_a_spoken_answer() {
+    baresip_call("PCMU/8000", 8_000, 1, "Pcmu");
+}
+
+#[test]
+fn baresip_asks_over_opus_and_records_a_spoken_answer() {
+    baresip_call("opus/48000/2", 48_000, 2, "Opus");
 }

@@ -15,8 +15,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::Agent;
 use super::conversation::{Conversation, TurnRecord};
 use crate::audio::{ENGINE_RATE, FRAME, FRAME_SAMPLES, Frame, SILENCE};
-use crate::codec::g711::Law;
 use crate::codec::resample::StreamResampler;
+use crate::codec::wire::WireCodec;
 use crate::config::TurnConfig;
 use crate::engine::{Engine, EngineError};
 use crate::rtp::dtmf::DtmfReceiver;
@@ -114,16 +114,24 @@ pub struct MediaSettings {
     pub max_duration: Duration,
 }
 
-fn law(codec: Codec) -> Law {
-    match codec {
-        Codec::Pcma => Law::A,
-        // Opus is never negotiated (sip.codecs only allows G.711), so µ-law is the fallback.
-        Codec::Pcmu | Codec::Opus => Law::Mu,
-    }
+/// The codec on the wire and the resamplers between it and the engine.
+struct Wire {
+    codec: WireCodec,
+    up: StreamResampler,
+    down: StreamResampler,
 }
 
-const WIRE_RATE: u32 = 8_000;
-const WIRE_FRAME: usize = (WIRE_RATE / 50) as usize;
+impl Wire {
+    fn new(codec: Codec) -> Option<Wire> {
+        let codec = WireCodec::new(codec).ok()?;
+        let rate = codec.rate();
+        Some(Wire {
+            up: StreamResampler::new(rate, ENGINE_RATE).ok()?,
+            down: StreamResampler::new(ENGINE_RATE, rate).ok()?,
+            codec,
+        })
+    }
+}
 
 pub async fn run(
     socket: UdpSocket,
@@ -139,10 +147,9 @@ pub async fn run(
     let mut packetizer = Packetizer::new(rand::random(), session.payload_type);
     packetizer.start_talkspurt();
     let mut remote = session.remote;
-    let mut up = StreamResampler::new(WIRE_RATE, ENGINE_RATE).ok();
-    let mut down = StreamResampler::new(ENGINE_RATE, WIRE_RATE).ok();
+    let mut wire = Wire::new(session.codec);
     let mut caller_pcm: VecDeque<f32> = VecDeque::with_capacity(FRAME_SAMPLES * 4);
-    let mut agent_pcm: VecDeque<f32> = VecDeque::with_capacity(WIRE_FRAME * 4);
+    let mut agent_pcm: VecDeque<f32> = VecDeque::with_capacity(FRAME_SAMPLES * 12);
     let started = Instant::now();
     let mut last_rx = started;
     let mut tick = tokio::time::interval(FRAME);
@@ -150,7 +157,7 @@ pub async fn run(
     let mut frames: u32 = 0;
     let mut buf = vec![0u8; 2048];
     let mut scratch_f32 = Vec::with_capacity(FRAME_SAMPLES * 2);
-    let mut scratch_u8 = Vec::with_capacity(WIRE_FRAME);
+    let mut scratch_u8 = Vec::with_capacity(1500);
     let exit = loop {
         tokio::select! {
             recv = socket.recv_from(&mut buf) => {
@@ -184,15 +191,16 @@ pub async fn run(
                 }
                 let at = FRAME * frames;
                 frames += 1;
-                let wire = session.codec;
+                let Some(w) = wire.as_mut() else { break Exit::Stopped };
+                let wire_frame = w.codec.frame();
                 scratch_f32.clear();
                 match jitter.pop() {
-                    Playout::Packet { payload, .. } => law(wire).decode(&payload, &mut scratch_f32),
-                    Playout::Lost | Playout::Empty => scratch_f32.resize(WIRE_FRAME, 0.0),
+                    Playout::Packet { payload, .. } => w.codec.decode(Some(&payload), &mut scratch_f32),
+                    Playout::Lost => w.codec.decode(None, &mut scratch_f32),
+                    Playout::Empty => scratch_f32.resize(wire_frame, 0.0),
                 }
                 let mut up_out = Vec::with_capacity(FRAME_SAMPLES * 2);
-                let resampled = up.as_mut().is_some_and(|r| r.push(&scratch_f32, &mut up_out).is_ok());
-                if !resampled {
+                if w.up.push(&scratch_f32, &mut up_out).is_err() {
                     up_out.clear();
                     up_out.resize(FRAME_SAMPLES, 0.0);
                 }
@@ -208,24 +216,22 @@ pub async fn run(
                     agent.push(&frame, at);
                 }
                 let out = agent.next(at).await;
-                let mut down_out = Vec::with_capacity(WIRE_FRAME * 2);
+                let mut down_out = Vec::with_capacity(wire_frame * 2);
                 // Silence goes through the resampler too, keeping its state continuous.
-                let frame = out.unwrap_or(SILENCE);
-                let resampled = down.as_mut().is_some_and(|r| r.push(&frame, &mut down_out).is_ok());
-                if !resampled {
+                if w.down.push(&out.unwrap_or(SILENCE), &mut down_out).is_err() {
                     down_out.clear();
-                    down_out.resize(WIRE_FRAME, 0.0);
+                    down_out.resize(wire_frame, 0.0);
                 }
                 agent_pcm.extend(down_out);
-                if agent_pcm.len() >= WIRE_FRAME && session.direction.sends() {
-                    let samples: Vec<f32> = agent_pcm.drain(..WIRE_FRAME).collect();
+                if agent_pcm.len() >= wire_frame && session.direction.sends() {
+                    let samples: Vec<f32> = agent_pcm.drain(..wire_frame).collect();
                     scratch_u8.clear();
-                    law(wire).encode(&samples, &mut scratch_u8);
-                    let pkt = packetizer.packet(&scratch_u8, WIRE_FRAME as u32);
+                    w.codec.encode(&samples, &mut scratch_u8);
+                    let pkt = packetizer.packet(&scratch_u8, wire_frame as u32);
                     if socket.send_to(&pkt, remote).await.is_ok() {
                         stats.packets_out += 1;
                     }
-                } else if agent_pcm.len() > WIRE_FRAME * 8 {
+                } else if agent_pcm.len() > wire_frame * 8 {
                     agent_pcm.clear();
                 }
             }
@@ -235,6 +241,10 @@ pub async fn run(
                         if n.payload_type != session.payload_type {
                             packetizer = Packetizer::new(rand::random(), n.payload_type);
                             packetizer.start_talkspurt();
+                        }
+                        if n.codec != session.codec {
+                            wire = Wire::new(n.codec);
+                            agent_pcm.clear();
                         }
                         remote = n.remote;
                         session = n;

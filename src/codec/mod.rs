@@ -3,3 +3,4 @@
 pub mod g711;
 pub mod resample;
 pub mod wav;
+pub mod wire;

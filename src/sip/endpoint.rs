@@ -139,6 +139,7 @@ impl Endpoint {
             .filter_map(|c| match c.to_ascii_lowercase().as_str() {
                 "pcmu" => Some(Codec::Pcmu),
                 "pcma" => Some(Codec::Pcma),
+                "opus" => Some(Codec::Opus),
                 _ => None,
             })
             .collect();
