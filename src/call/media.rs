@@ -158,6 +158,10 @@ pub async fn run(
     let mut buf = vec![0u8; 2048];
     let mut scratch_f32 = Vec::with_capacity(FRAME_SAMPLES * 2);
     let mut scratch_u8 = Vec::with_capacity(1500);
+    // Buffers of the 20 ms path, reused every tick.
+    let mut up_out = Vec::with_capacity(FRAME_SAMPLES * 2);
+    let mut down_out = Vec::with_capacity(FRAME_SAMPLES * 6);
+    let mut samples = Vec::with_capacity(FRAME_SAMPLES * 3);
     let exit = loop {
         tokio::select! {
             recv = socket.recv_from(&mut buf) => {
@@ -199,12 +203,12 @@ pub async fn run(
                     Playout::Lost => w.codec.decode(None, &mut scratch_f32),
                     Playout::Empty => scratch_f32.resize(wire_frame, 0.0),
                 }
-                let mut up_out = Vec::with_capacity(FRAME_SAMPLES * 2);
+                up_out.clear();
                 if w.up.push(&scratch_f32, &mut up_out).is_err() {
                     up_out.clear();
                     up_out.resize(FRAME_SAMPLES, 0.0);
                 }
-                caller_pcm.extend(up_out);
+                caller_pcm.extend(up_out.iter().copied());
                 if caller_pcm.len() >= FRAME_SAMPLES {
                     let mut frame = SILENCE;
                     for (f, s) in frame.iter_mut().zip(caller_pcm.drain(..FRAME_SAMPLES)) {
@@ -216,15 +220,16 @@ pub async fn run(
                     agent.push(&frame, at);
                 }
                 let out = agent.next(at).await;
-                let mut down_out = Vec::with_capacity(wire_frame * 2);
+                down_out.clear();
                 // Silence goes through the resampler too, keeping its state continuous.
                 if w.down.push(&out.unwrap_or(SILENCE), &mut down_out).is_err() {
                     down_out.clear();
                     down_out.resize(wire_frame, 0.0);
                 }
-                agent_pcm.extend(down_out);
+                agent_pcm.extend(down_out.iter().copied());
                 if agent_pcm.len() >= wire_frame && session.direction.sends() {
-                    let samples: Vec<f32> = agent_pcm.drain(..wire_frame).collect();
+                    samples.clear();
+                    samples.extend(agent_pcm.drain(..wire_frame));
                     scratch_u8.clear();
                     w.codec.encode(&samples, &mut scratch_u8);
                     let pkt = packetizer.packet(&scratch_u8, wire_frame as u32);
