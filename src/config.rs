@@ -147,6 +147,20 @@ pub struct SipConfig {
     pub auth_user: String,
     pub auth_password: String,
     pub auth_realm: String,
+    /// Registrar to REGISTER with (`host` or `host:port`), so a trunk routes a
+    /// number to Izwi; empty: no registration.
+    pub register_to: String,
+    /// `udp` or `tcp`.
+    pub register_transport: String,
+    /// Domain of the address of record and Request-URI; empty: the host of `register_to`.
+    pub register_domain: String,
+    /// User part of the address of record (and Contact).
+    pub register_user: String,
+    /// Digest username when it differs from `register_user`.
+    pub register_auth_user: String,
+    pub register_password: String,
+    /// Registration lifetime asked for; Izwi re-registers before it runs out.
+    pub register_expires: u32,
 }
 
 impl Default for SipConfig {
@@ -168,6 +182,13 @@ impl Default for SipConfig {
             auth_user: String::new(),
             auth_password: String::new(),
             auth_realm: "izwi".into(),
+            register_to: String::new(),
+            register_transport: "udp".into(),
+            register_domain: String::new(),
+            register_user: String::new(),
+            register_auth_user: String::new(),
+            register_password: String::new(),
+            register_expires: 3600,
         }
     }
 }
@@ -473,6 +494,23 @@ impl Config {
                 return Err(invalid("sip.allow", e));
             }
         }
+        if !sip.register_to.is_empty() {
+            if sip.register_user.is_empty() {
+                return Err(invalid(
+                    "sip.register_user",
+                    "must be set when sip.register_to is",
+                ));
+            }
+            if !matches!(sip.register_transport.as_str(), "udp" | "tcp") {
+                return Err(invalid("sip.register_transport", "must be `udp` or `tcp`"));
+            }
+            if !(10..=86_400).contains(&sip.register_expires) {
+                return Err(invalid(
+                    "sip.register_expires",
+                    "must be between 10 and 86400 seconds",
+                ));
+            }
+        }
         if !sip.auth_user.is_empty() && sip.auth_password.is_empty() {
             return Err(invalid(
                 "sip.auth_password",
@@ -584,7 +622,8 @@ fn apply_env(tree: &mut toml::Value, var: &str, value: &str) -> Result<(), Confi
                 ));
             }
         },
-        Some(toml::Value::String(_)) | None => {
+        Some(toml::Value::String(_)) => toml::Value::String(value.to_string()),
+        None => {
             if !known_key(section, &key) {
                 return Err(invalid(&setting, format!("{var} names no setting")));
             }
@@ -614,7 +653,16 @@ fn known_key(section: &str, key: &str) -> bool {
             | ("dialplan", "default_agent")
             | (
                 "sip",
-                "listen" | "advertise" | "auth_user" | "auth_password" | "auth_realm"
+                "listen"
+                    | "advertise"
+                    | "auth_user"
+                    | "auth_password"
+                    | "auth_realm"
+                    | "register_to"
+                    | "register_domain"
+                    | "register_user"
+                    | "register_auth_user"
+                    | "register_password"
             )
             | ("log", "level" | "format")
     )

@@ -169,6 +169,7 @@ fn a_call_carries_rtp_both_ways_and_dtmf_and_survives_bad_input() {
     }
     // Keep the stream alive while the echo drains.
     call.stream(&[0.0; 160 * 25]);
+    let call_digits = call.digits.clone();
     let received = call.finish(&izwi);
     // Izwi sent a steady stream back, and the echo of the tone is in it.
     assert!(
@@ -190,8 +191,42 @@ fn a_call_carries_rtp_both_ways_and_dtmf_and_survives_bad_input() {
         .find(|l| l.contains("call media ended"))
         .unwrap();
     assert!(line.contains("dtmf=1"), "{line}");
+    assert!(line.contains("digits_sent=1"), "{line}");
     assert!(line.contains("malformed=3"), "{line}");
     assert!(log.contains("RemoteBye"), "{log}");
+    // The echo agent sends the key back as telephone-events (DTMF out).
+    assert_eq!(call_digits, "5");
+}
+
+/// A late offer (INVITE without SDP): Izwi offers in its 200, the ACK answers,
+/// and the answer's 30 ms packet time is used both ways.
+#[test]
+fn a_late_offer_is_answered_in_the_ack_and_its_ptime_is_honoured() {
+    let izwi = Izwi::start(&[]);
+    let mut call = MediaCall::start_with(&izwi, "call-late-offer-by-test.xml", 4000, 30);
+    let tone: Vec<f32> = (0..16_000)
+        .map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / 8000.0).sin() * 0.4)
+        .collect();
+    call.stream(&tone);
+    call.stream(&[0.0; 240 * 20]);
+    let sizes = call.packet_sizes.clone();
+    let received = call.finish(&izwi);
+    let loud = received
+        .chunks(240)
+        .filter(|c| izwi::audio::rms(c) > 0.1)
+        .count();
+    assert!(
+        loud >= 40,
+        "the tone did not come back: {loud} loud packets"
+    );
+    assert!(sizes.len() > 50, "{} packets", sizes.len());
+    assert!(
+        sizes.iter().all(|&n| n == 240),
+        "packets not of 30 ms: {sizes:?}"
+    );
+    let log = izwi.wait_log("call media ended", Duration::from_secs(5));
+    assert!(log.contains("late offer"), "{log}");
+    assert!(log.contains("ptime=30"), "{log}");
 }
 
 /// The heart of the issue: a caller on a SIP call asks a question and hears a
@@ -245,61 +280,15 @@ fn a_sip_caller_asks_and_hears_a_spoken_answer() {
 fn calls_work_through_a_record_routing_proxy() {
     let izwi = Izwi::start(&[("IZWI_SIP_RTP_TIMEOUT_SECS", "2")]);
     let proxy_port = free_udp_port();
+    let _proxy = Kamailio::start(
+        "proxy.cfg",
+        proxy_port,
+        &[
+            ("__LISTEN__", format!("udp:127.0.0.1:{proxy_port}")),
+            ("__IZWI__", format!("sip:127.0.0.1:{}", izwi.port)),
+        ],
+    );
     let dir = tempfile::tempdir().unwrap();
-    let template = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip/kamailio/proxy.cfg"),
-    )
-    .unwrap();
-    let cfg = template
-        .replace("__LISTEN__", &format!("udp:127.0.0.1:{proxy_port}"))
-        .replace("__IZWI__", &format!("sip:127.0.0.1:{}", izwi.port));
-    std::fs::write(dir.path().join("kamailio.cfg"), cfg).unwrap();
-    let run_dir = dir.path().join("run");
-    std::fs::create_dir(&run_dir).unwrap();
-    let proxy = std::process::Command::new("kamailio")
-        .arg("-f")
-        .arg(dir.path().join("kamailio.cfg"))
-        .args(["-DD", "-E", "-Y"])
-        .arg(&run_dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("kamailio must be installed (scripts/setup.sh)");
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            // SIGTERM lets kamailio stop its worker processes too.
-            let _ = std::process::Command::new("kill")
-                .arg(self.0.id().to_string())
-                .status();
-            let _ = self.0.wait();
-        }
-    }
-    let _proxy = Stop(proxy);
-    // Ready when it answers on its port: send OPTIONS until something comes back.
-    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let t = Instant::now();
-    loop {
-        let ping = format!(
-            "OPTIONS sip:127.0.0.1:{proxy_port} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKprobe{}\r\nFrom: <sip:t@x>;tag=1\r\nTo: <sip:k@x>\r\nCall-ID: probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 5\r\nContent-Length: 0\r\n\r\n",
-            probe.local_addr().unwrap(),
-            t.elapsed().as_millis()
-        );
-        probe
-            .send_to(ping.as_bytes(), format!("127.0.0.1:{proxy_port}"))
-            .unwrap();
-        let mut buf = [0u8; 2048];
-        if probe.recv_from(&mut buf).is_ok() {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "kamailio did not start"
-        );
-    }
     let via_proxy = |name: &str, extra: &[&str]| {
         let d = tempfile::tempdir().unwrap();
         let out = sipp_to(proxy_port, &scenario(name), d.path(), extra)
@@ -348,7 +337,8 @@ fn baresip_call(account_codec: &str, rate: u32, channels: usize, expect_codec: &
     .unwrap();
     let config = template
         .replace("__DIR__", d.to_str().unwrap())
-        .replace("__PORT__", &free_udp_port().to_string());
+        .replace("__PORT__", &free_udp_port().to_string())
+        .replace("__CTRL__", &free_udp_port().to_string());
     std::fs::write(d.join("config"), config).unwrap();
     std::fs::write(
         d.join("accounts"),
@@ -423,4 +413,171 @@ fn baresip_asks_over_pcmu_and_records_a_spoken_answer() {
 #[test]
 fn baresip_asks_over_opus_and_records_a_spoken_answer() {
     baresip_call("opus/48000/2", 48_000, 2, "Opus");
+}
+
+/// kamailio as a trunk's registrar (digest, registrations granted for 3 s):
+/// Izwi registers, keeps refreshing before expiry, and a call to its number
+/// routed by the registrar reaches it. A wrong password is reported, and
+/// registration over TCP (a connection Izwi opens) works too.
+#[test]
+fn izwi_registers_with_a_trunk_refreshes_and_takes_its_calls() {
+    let udp = free_udp_port();
+    let tcp = free_udp_port();
+    let _registrar = Kamailio::start(
+        "registrar.cfg",
+        udp,
+        &[
+            ("__LISTEN_UDP__", format!("udp:127.0.0.1:{udp}")),
+            ("__LISTEN_TCP__", format!("tcp:127.0.0.1:{tcp}")),
+            ("__USER__", "izwi".to_string()),
+            ("__PASSWORD__", "s3cret".to_string()),
+            ("__EXPIRES__", "3".to_string()),
+        ],
+    );
+    let registering = |port: u16, transport: &str, password: &str| {
+        let to = format!("127.0.0.1:{port}");
+        Izwi::start(&[
+            ("IZWI_SIP_REGISTER_TO", to.as_str()),
+            ("IZWI_SIP_REGISTER_DOMAIN", "izwi.test"),
+            ("IZWI_SIP_REGISTER_USER", "izwi"),
+            ("IZWI_SIP_REGISTER_PASSWORD", password),
+            ("IZWI_SIP_REGISTER_TRANSPORT", transport),
+        ])
+    };
+    let izwi = registering(udp, "udp", "s3cret");
+    let wrong = registering(udp, "udp", "guess");
+    let over_tcp = registering(tcp, "tcp", "s3cret");
+
+    // Three grants of 3 s in a row: each refreshed before it ran out.
+    let t = Instant::now();
+    while izwi.log().matches("registered").count() < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no refreshes:\n{}",
+            izwi.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(izwi.log().contains("expires=3"), "{}", izwi.log());
+    wrong.wait_log("credentials refused", Duration::from_secs(5));
+    assert!(!wrong.log().contains(" registered"), "{}", wrong.log());
+    over_tcp.wait_log("registered", Duration::from_secs(5));
+
+    // A call to the number, through the registrar, reaches Izwi.
+    let d = tempfile::tempdir().unwrap();
+    let fields = d.path().join("fields.csv");
+    std::fs::write(&fields, format!("SEQUENTIAL\n{};20;\n", free_udp_port())).unwrap();
+    let out = sipp_to(
+        udp,
+        &scenario("call-media-by-test.xml"),
+        d.path(),
+        &["-inf", fields.to_str().unwrap(), "-d", "500"],
+    )
+    .output()
+    .unwrap();
+    check(out, d.path(), &izwi);
+    izwi.wait_log("RemoteBye", Duration::from_secs(5));
+    let msgs = std::fs::read_to_string(d.path().join("messages.log")).unwrap();
+    assert!(
+        msgs.contains(&format!("Record-Route: <sip:127.0.0.1:{udp}")),
+        "{msgs}"
+    );
+}
+
+/// DTMF both ways with baresip: keys pressed in baresip (RFC 4733, sent on
+/// command over its ctrl_tcp socket mid-call) reach Izwi as digit events, and
+/// the echo agent's keys sent back are reported by baresip.
+#[test]
+fn baresip_and_izwi_exchange_dtmf() {
+    use std::io::{BufRead, BufReader, Write};
+    let izwi = Izwi::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("snd")).unwrap();
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip/baresip/config"),
+    )
+    .unwrap();
+    let ctrl = free_udp_port();
+    let config = template
+        .replace("__DIR__", d.to_str().unwrap())
+        .replace("__PORT__", &free_udp_port().to_string())
+        .replace("__CTRL__", &ctrl.to_string());
+    std::fs::write(d.join("config"), config).unwrap();
+    std::fs::write(
+        d.join("accounts"),
+        "<sip:baresip@127.0.0.1>;regint=0;audio_codecs=PCMU/8000\n",
+    )
+    .unwrap();
+    // Eight seconds of quiet microphone; baresip hangs up when it ends.
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(d.join("caller.wav"), spec).unwrap();
+    for _ in 0..8 * 8000 {
+        wav.write_sample(0i16).unwrap();
+    }
+    wav.finalize().unwrap();
+
+    let mut baresip = std::process::Command::new("baresip")
+        .arg("-f")
+        .arg(d)
+        .args([
+            "-e",
+            &format!("/dial sip:izwi@127.0.0.1:{}", izwi.port),
+            "-t",
+            "20",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("baresip must be installed (scripts/setup.sh)");
+    let console = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = console.clone();
+    let stdout = baresip.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let mut c = sink.lock().unwrap();
+            c.push_str(&line);
+            c.push('\n');
+        }
+    });
+    let wait_console = |needle: &str| {
+        let t = Instant::now();
+        while !console.lock().unwrap().contains(needle) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "baresip never printed {needle:?}:\n{}\nizwi:\n{}",
+                console.lock().unwrap(),
+                izwi.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_console("Call established");
+    let mut control = std::net::TcpStream::connect(("127.0.0.1", ctrl)).unwrap();
+    for key in ["5", "#"] {
+        let cmd = format!(r#"{{"command":"sndcode","params":"{key}","token":"k"}}"#);
+        write!(control, "{}:{},", cmd.len(), cmd).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    // baresip 1.0 reports the events it receives, start and end.
+    wait_console("received event: '5' (end=1)");
+    wait_console("received event: '#' (end=1)");
+    let hangup = r#"{"command":"hangup","token":"h"}"#;
+    write!(control, "{}:{},", hangup.len(), hangup).unwrap();
+    wait_console("terminated");
+    let _ = baresip.kill();
+    let _ = baresip.wait();
+    let log = izwi.wait_log("call media ended", Duration::from_secs(10));
+    let line = log
+        .lines()
+        .find(|l| l.contains("call media ended"))
+        .unwrap();
+    assert!(line.contains("dtmf=2"), "{line}");
+    assert!(line.contains("digits_sent=2"), "{line}");
+    assert!(line.contains("lost=0"), "{line}");
 }

@@ -175,7 +175,18 @@ pub struct Conversation {
     llm: Arc<Mutex<Box<dyn LlmSession>>>,
     reply: Option<ActiveReply>,
     turns: Vec<TurnRecord>,
+    digits: Vec<DigitRecord>,
     vad_errors: u64,
+}
+
+/// A key the caller pressed (RFC 4733 event or Twilio `dtmf`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DigitRecord {
+    pub digit: char,
+    /// Audio time from the start of the call.
+    pub at_ms: f64,
+    /// Turns completed when it was pressed.
+    pub turn: usize,
 }
 
 impl Conversation {
@@ -204,6 +215,7 @@ impl Conversation {
             llm: Arc::new(Mutex::new(session)),
             reply: None,
             turns: Vec::new(),
+            digits: Vec::new(),
             vad_errors: 0,
         };
         c.greet();
@@ -249,6 +261,22 @@ impl Conversation {
 
     pub fn history(&self) -> &[ChatMessage] {
         &self.history
+    }
+
+    /// A key the caller pressed at audio time `at`. Kept for the call's
+    /// record (and for menus to come); the conversation itself goes on.
+    pub fn push_digit(&mut self, digit: char, at: Duration) {
+        let turn = self.turns.len();
+        tracing::info!(call = %self.call_id, turn, "caller pressed a key");
+        self.digits.push(DigitRecord {
+            digit,
+            at_ms: at.as_secs_f64() * 1000.0,
+            turn,
+        });
+    }
+
+    pub fn digits(&self) -> &[DigitRecord] {
+        &self.digits
     }
 
     pub fn vad_errors(&self) -> u64 {

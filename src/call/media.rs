@@ -19,7 +19,7 @@ use crate::codec::resample::StreamResampler;
 use crate::codec::wire::WireCodec;
 use crate::config::TurnConfig;
 use crate::engine::{Engine, EngineError};
-use crate::rtp::dtmf::DtmfReceiver;
+use crate::rtp::dtmf::{self, DtmfReceiver};
 use crate::rtp::jitter::{JitterBuffer, Playout};
 use crate::rtp::packet::{self, Packetizer};
 use crate::sip::sdp::{Codec, Negotiated};
@@ -68,6 +68,18 @@ impl CallAgent {
         }
     }
 
+    /// A key the caller pressed; returns keys to send back. The echo agent
+    /// echoes them, which lets a peer check DTMF both ways.
+    fn digit(&mut self, key: char, at: Duration) -> Option<String> {
+        match self {
+            CallAgent::Engine(c) => {
+                c.push_digit(key, at);
+                None
+            }
+            CallAgent::Echo(_) => Some(key.to_string()),
+        }
+    }
+
     fn close(&mut self) -> Vec<TurnRecord> {
         match self {
             CallAgent::Engine(c) => {
@@ -101,6 +113,8 @@ pub struct MediaStats {
     pub lost: u64,
     pub late: u64,
     pub digits: String,
+    /// Keys Izwi sent as telephone-events.
+    pub digits_sent: u64,
     pub turns: Vec<TurnRecord>,
     /// Most caller audio queued between the socket and the agent (jitter buffer
     /// plus resampling): the longest time from a caller packet in to its frame
@@ -133,6 +147,50 @@ impl Wire {
     }
 }
 
+/// How long Izwi holds each key it sends, and the pause after it (RFC 4733
+/// senders commonly use 100–200 ms tones with ≥ 40 ms gaps).
+const DIGIT_MS: u32 = 160;
+const DIGIT_GAP_TICKS: u32 = 4;
+
+/// Keys to send as RFC 4733 telephone-events, one packet per 20 ms tick; the
+/// audio those ticks would have carried is dropped and its time skipped.
+#[derive(Default)]
+struct DigitSender {
+    keys: VecDeque<char>,
+    events: VecDeque<(dtmf::Event, bool)>,
+    /// RTP timestamp of the key being sent: every packet of one key carries it.
+    start: u32,
+    gap: u32,
+}
+
+impl DigitSender {
+    fn queue(&mut self, keys: &str) {
+        // Bounded: a flood of keys must not grow without end.
+        for k in keys.chars().filter(|&k| dtmf::code(k).is_some()) {
+            if self.keys.len() < 32 {
+                self.keys.push_back(k);
+            }
+        }
+    }
+
+    /// The event packet due this tick, if a key is being sent.
+    fn next(&mut self, timestamp: u32, rate: u32) -> Option<(dtmf::Event, bool, u32)> {
+        if self.events.is_empty() {
+            if self.gap > 0 {
+                self.gap -= 1;
+                return None;
+            }
+            let key = self.keys.pop_front()?;
+            self.events = dtmf::tone_packets(key, DIGIT_MS, rate, FRAME.as_millis() as u32).into();
+            self.start = timestamp;
+            self.gap = DIGIT_GAP_TICKS;
+        }
+        self.events
+            .pop_front()
+            .map(|(e, marker)| (e, marker, self.start))
+    }
+}
+
 pub async fn run(
     socket: UdpSocket,
     mut session: Negotiated,
@@ -143,11 +201,16 @@ pub async fn run(
 ) -> (Exit, MediaStats) {
     let mut stats = MediaStats::default();
     let mut jitter = JitterBuffer::new(settings.jitter_packets, 64);
-    let mut dtmf = DtmfReceiver::default();
+    let mut dtmf_in = DtmfReceiver::default();
+    let mut digits_out = DigitSender::default();
     let mut packetizer = Packetizer::new(rand::random(), session.payload_type);
     packetizer.start_talkspurt();
     let mut remote = session.remote;
     let mut wire = Wire::new(session.codec);
+    // Caller audio at the wire rate, decoded but not yet resampled: packets
+    // may be 10–60 ms long while the engine takes 20 ms frames.
+    let mut decoded: VecDeque<f32> = VecDeque::with_capacity(FRAME_SAMPLES * 12);
+    let mut rx_packet_samples = wire.as_ref().map_or(0, |w| w.codec.frame());
     let mut caller_pcm: VecDeque<f32> = VecDeque::with_capacity(FRAME_SAMPLES * 4);
     let mut agent_pcm: VecDeque<f32> = VecDeque::with_capacity(FRAME_SAMPLES * 12);
     let started = Instant::now();
@@ -177,9 +240,15 @@ pub async fn run(
                 if header.payload_type == session.payload_type {
                     jitter.push(&header, payload);
                 } else if Some(header.payload_type) == session.telephone_event {
-                    if let Some(d) = dtmf.push(header.timestamp, payload) {
+                    // Events share the audio's sequence numbers: the jitter buffer
+                    // must know them or count their slots as lost audio.
+                    jitter.skip(&header);
+                    if let Some(d) = dtmf_in.push(header.timestamp, payload) {
                         tracing::info!(call = %call_id, "DTMF digit received");
                         stats.digits.push(d);
+                        if let Some(echo) = agent.digit(d, FRAME * frames) {
+                            digits_out.queue(&echo);
+                        }
                     }
                 } else {
                     stats.unknown_payload += 1;
@@ -197,12 +266,20 @@ pub async fn run(
                 frames += 1;
                 let Some(w) = wire.as_mut() else { break Exit::Stopped };
                 let wire_frame = w.codec.frame();
-                scratch_f32.clear();
-                match jitter.pop() {
-                    Playout::Packet { payload, .. } => w.codec.decode(Some(&payload), &mut scratch_f32),
-                    Playout::Lost => w.codec.decode(None, &mut scratch_f32),
-                    Playout::Empty => scratch_f32.resize(wire_frame, 0.0),
+                while decoded.len() < wire_frame {
+                    scratch_f32.clear();
+                    match jitter.pop() {
+                        Playout::Packet { payload, .. } => {
+                            w.codec.decode(&payload, &mut scratch_f32);
+                            rx_packet_samples = scratch_f32.len().clamp(1, wire_frame * 6);
+                        }
+                        Playout::Lost => w.codec.conceal(rx_packet_samples, &mut scratch_f32),
+                        Playout::Empty => scratch_f32.resize(wire_frame - decoded.len(), 0.0),
+                    }
+                    decoded.extend(scratch_f32.iter().copied());
                 }
+                scratch_f32.clear();
+                scratch_f32.extend(decoded.drain(..wire_frame));
                 up_out.clear();
                 if w.up.push(&scratch_f32, &mut up_out).is_err() {
                     up_out.clear();
@@ -214,8 +291,11 @@ pub async fn run(
                     for (f, s) in frame.iter_mut().zip(caller_pcm.drain(..FRAME_SAMPLES)) {
                         *f = s;
                     }
-                    let queued = FRAME * jitter.buffered() as u32
-                        + Duration::from_secs_f64(caller_pcm.len() as f64 / ENGINE_RATE as f64);
+                    let rate = w.codec.rate() as f64;
+                    let queued = Duration::from_secs_f64(
+                        (jitter.buffered() * rx_packet_samples + decoded.len()) as f64 / rate
+                            + caller_pcm.len() as f64 / ENGINE_RATE as f64,
+                    );
                     stats.max_in_to_agent = stats.max_in_to_agent.max(queued + FRAME);
                     agent.push(&frame, at);
                 }
@@ -227,17 +307,33 @@ pub async fn run(
                     down_out.resize(wire_frame, 0.0);
                 }
                 agent_pcm.extend(down_out.iter().copied());
-                if agent_pcm.len() >= wire_frame && session.direction.sends() {
+                if !session.direction.sends() {
+                    agent_pcm.clear();
+                    continue;
+                }
+                let event = session
+                    .telephone_event
+                    .and_then(|pt| digits_out.next(packetizer.timestamp(), w.codec.rate()).map(|e| (pt, e)));
+                if let Some((pt, (event, marker, start))) = event {
+                    let pkt = packetizer.event(pt, &dtmf::encode(&event), marker, start);
+                    packetizer.skip(wire_frame as u32);
+                    agent_pcm.drain(..wire_frame.min(agent_pcm.len()));
+                    if socket.send_to(&pkt, remote).await.is_ok() {
+                        stats.packets_out += 1;
+                        stats.digits_sent += u64::from(marker);
+                    }
+                    continue;
+                }
+                let packet_samples = w.codec.rate() as usize * session.ptime as usize / 1000;
+                while agent_pcm.len() >= packet_samples.max(1) {
                     samples.clear();
-                    samples.extend(agent_pcm.drain(..wire_frame));
+                    samples.extend(agent_pcm.drain(..packet_samples));
                     scratch_u8.clear();
                     w.codec.encode(&samples, &mut scratch_u8);
-                    let pkt = packetizer.packet(&scratch_u8, wire_frame as u32);
+                    let pkt = packetizer.packet(&scratch_u8, packet_samples as u32);
                     if socket.send_to(&pkt, remote).await.is_ok() {
                         stats.packets_out += 1;
                     }
-                } else if agent_pcm.len() > wire_frame * 8 {
-                    agent_pcm.clear();
                 }
             }
             msg = control.recv() => {
@@ -250,6 +346,8 @@ pub async fn run(
                         if n.codec != session.codec {
                             wire = Wire::new(n.codec);
                             agent_pcm.clear();
+                            decoded.clear();
+                            rx_packet_samples = wire.as_ref().map_or(0, |w| w.codec.frame());
                         }
                         remote = n.remote;
                         session = n;

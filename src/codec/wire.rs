@@ -1,10 +1,11 @@
 //! The codec a call negotiated, as one interface for the media reactor:
-//! G.711 (8 kHz) or Opus (48 kHz, mono, RFC 7587), 20 ms a packet.
+//! G.711 (8 kHz) or Opus (48 kHz, mono, RFC 7587), each concealing lost packets.
 
 use audiopus::coder::{Decoder, Encoder};
 use audiopus::{Application, Channels, SampleRate};
 
 use super::g711::Law;
+use super::plc::Concealer;
 use crate::sip::sdp::Codec;
 
 #[derive(Debug, thiserror::Error)]
@@ -12,7 +13,10 @@ use crate::sip::sdp::Codec;
 pub struct WireError(String);
 
 pub enum WireCodec {
-    G711(Law),
+    G711 {
+        law: Law,
+        plc: Box<Concealer>,
+    },
     Opus {
         encoder: Box<Encoder>,
         decoder: Box<Decoder>,
@@ -25,8 +29,14 @@ const MAX_OPUS_PACKET: usize = 1500;
 impl WireCodec {
     pub fn new(codec: Codec) -> Result<WireCodec, WireError> {
         Ok(match codec {
-            Codec::Pcmu => WireCodec::G711(Law::Mu),
-            Codec::Pcma => WireCodec::G711(Law::A),
+            Codec::Pcmu => WireCodec::G711 {
+                law: Law::Mu,
+                plc: Box::default(),
+            },
+            Codec::Pcma => WireCodec::G711 {
+                law: Law::A,
+                plc: Box::default(),
+            },
             Codec::Opus => {
                 let err = |e: audiopus::Error| WireError(e.to_string());
                 let encoder = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip)
@@ -43,7 +53,7 @@ impl WireCodec {
     /// Sample rate on the wire (and of RTP timestamps).
     pub fn rate(&self) -> u32 {
         match self {
-            WireCodec::G711(_) => 8_000,
+            WireCodec::G711 { .. } => 8_000,
             WireCodec::Opus { .. } => 48_000,
         }
     }
@@ -53,35 +63,54 @@ impl WireCodec {
         self.rate() as usize / 50
     }
 
-    /// Decodes one packet, or conceals a lost one (`None`), appending a frame to `out`.
-    pub fn decode(&mut self, payload: Option<&[u8]>, out: &mut Vec<f32>) {
+    /// Decodes one packet, appending its samples to `out`; undecodable Opus is
+    /// concealed as one frame.
+    pub fn decode(&mut self, payload: &[u8], out: &mut Vec<f32>) {
         let frame = self.frame();
+        let start = out.len();
         match self {
-            WireCodec::G711(law) => match payload {
-                Some(p) => law.decode(p, out),
-                None => out.resize(out.len() + frame, 0.0),
-            },
+            WireCodec::G711 { law, plc } => {
+                law.decode(payload, out);
+                plc.received(&mut out[start..]);
+            }
             WireCodec::Opus { decoder, .. } => {
-                let start = out.len();
-                let payload = payload.filter(|p| !p.is_empty());
-                // Up to 120 ms may arrive in one packet; concealment fills exactly the space given.
-                let room = if payload.is_some() { frame * 6 } else { frame };
-                out.resize(start + room, 0.0);
+                let payload = Some(payload).filter(|p| !p.is_empty());
+                // Up to 120 ms may arrive in one packet.
+                out.resize(start + frame * 6, 0.0);
                 let n = decoder
                     .decode_float(payload, &mut out[start..], false)
                     .unwrap_or(0);
-                out.truncate(start + if n == 0 { 0 } else { n });
+                out.truncate(start + n);
                 if n == 0 {
-                    out.resize(start + frame, 0.0);
+                    self.conceal(frame, out);
                 }
             }
         }
     }
 
-    /// Encodes one 20 ms frame at the wire rate.
+    /// Appends `samples` of concealment for a lost packet.
+    pub fn conceal(&mut self, samples: usize, out: &mut Vec<f32>) {
+        match self {
+            WireCodec::G711 { plc, .. } => plc.conceal(samples, out),
+            WireCodec::Opus { decoder, .. } => {
+                let start = out.len();
+                out.resize(start + samples, 0.0);
+                // Opus conceals exactly the space it is given.
+                if decoder
+                    .decode_float(None::<&[u8]>, &mut out[start..], false)
+                    .is_err()
+                {
+                    out[start..].fill(0.0);
+                }
+            }
+        }
+    }
+
+    /// Encodes one packet's worth of samples at the wire rate (Opus: 10, 20,
+    /// 40 or 60 ms).
     pub fn encode(&mut self, pcm: &[f32], out: &mut Vec<u8>) {
         match self {
-            WireCodec::G711(law) => law.encode(pcm, out),
+            WireCodec::G711 { law, .. } => law.encode(pcm, out),
             WireCodec::Opus { encoder, .. } => {
                 let start = out.len();
                 out.resize(start + MAX_OPUS_PACKET, 0);
@@ -110,7 +139,7 @@ mod tests {
             let mut pkt = Vec::new();
             c.encode(&pcm, &mut pkt);
             assert!(!pkt.is_empty() && pkt.len() < 400, "{} bytes", pkt.len());
-            c.decode(Some(&pkt), &mut decoded);
+            c.decode(&pkt, &mut decoded);
         }
         assert_eq!(decoded.len(), 25 * 960);
         let tail = &decoded[10 * 960..];
@@ -121,10 +150,10 @@ mod tests {
         );
         // A lost packet is concealed with one frame.
         let before = decoded.len();
-        c.decode(None, &mut decoded);
+        c.conceal(960, &mut decoded);
         assert_eq!(decoded.len(), before + 960);
         // Garbage is concealed too, not a panic.
-        c.decode(Some(&[0xff, 0x00, 0x13]), &mut decoded);
+        c.decode(&[0xff, 0x00, 0x13], &mut decoded);
         assert_eq!(decoded.len(), before + 2 * 960);
     }
 
@@ -133,7 +162,9 @@ mod tests {
         let mut c = WireCodec::new(Codec::Pcma).unwrap();
         assert_eq!(c.frame(), 160);
         let mut out = Vec::new();
-        c.decode(None, &mut out);
+        c.conceal(160, &mut out);
         assert_eq!(out, vec![0.0; 160]);
+        c.decode(&[0x55; 240], &mut out);
+        assert_eq!(out.len(), 400, "a 30 ms packet decodes whole");
     }
 }

@@ -58,6 +58,8 @@ struct Buffered {
     payload_type: u8,
     marker: bool,
     payload: Vec<u8>,
+    /// Holds a sequence number without audio (see [`JitterBuffer::skip`]).
+    placeholder: bool,
 }
 
 /// Reorders RTP packets of one stream and paces them out.
@@ -96,6 +98,18 @@ impl JitterBuffer {
 
     /// Adds a received packet.
     pub fn push(&mut self, header: &RtpHeader, payload: &[u8]) {
+        self.insert(header, payload, false);
+    }
+
+    /// Takes note of a packet of the stream that carries no audio (an RFC 4733
+    /// telephone-event shares the audio's sequence numbers): its number is not
+    /// concealed as lost, and it takes no playout interval, whether the sender
+    /// paused its audio for it or not.
+    pub fn skip(&mut self, header: &RtpHeader) {
+        self.insert(header, &[], true);
+    }
+
+    fn insert(&mut self, header: &RtpHeader, payload: &[u8], placeholder: bool) {
         self.stats.received += 1;
         let seq = match self.extend(header) {
             Some(seq) => seq,
@@ -116,6 +130,7 @@ impl JitterBuffer {
                 payload_type: header.payload_type,
                 marker: header.marker,
                 payload: payload.to_vec(),
+                placeholder,
             },
         );
         if self.packets.len() > self.max_packets
@@ -145,13 +160,21 @@ impl JitterBuffer {
                 self.next = Some(first);
             }
         }
-        let Some(next) = self.next else {
-            return Playout::Empty;
-        };
-        let Some(entry) = self.packets.first_entry() else {
-            // Underrun: wait for `depth` packets again before resuming.
-            self.playing = false;
-            return Playout::Empty;
+        let (next, entry) = loop {
+            let Some(next) = self.next else {
+                return Playout::Empty;
+            };
+            let Some(entry) = self.packets.first_entry() else {
+                // Underrun: wait for `depth` packets again before resuming.
+                self.playing = false;
+                return Playout::Empty;
+            };
+            if *entry.key() == next && entry.get().placeholder {
+                entry.remove();
+                self.next = Some(next + 1);
+                continue;
+            }
+            break (next, entry);
         };
         self.next = Some(next + 1);
         if *entry.key() == next {
@@ -492,6 +515,20 @@ mod tests {
         // A dropped packet coming back again is late.
         push(&mut jb, 3);
         assert_eq!(jb.stats().late, 1);
+        assert_eq!(jb.stats().lost, 0);
+    }
+
+    #[test]
+    fn skipped_numbers_are_neither_lost_nor_played() {
+        let mut jb = JitterBuffer::new(2, 64);
+        push(&mut jb, 1);
+        // Events 2-4 beside the audio (as baresip sends them), and in place of it (5-6).
+        for seq in [2, 3, 4, 5, 6] {
+            jb.skip(&header(seq));
+        }
+        push(&mut jb, 7);
+        push(&mut jb, 8);
+        assert_eq!(drain(&mut jb), vec![Some(1), Some(7), Some(8)]);
         assert_eq!(jb.stats().lost, 0);
     }
 }

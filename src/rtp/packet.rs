@@ -137,6 +137,12 @@ impl Packetizer {
         self.build(payload_type & 0x7F, marker, timestamp, payload)
     }
 
+    /// Moves the audio clock on by `samples` without sending: the time a
+    /// telephone-event replaced the audio.
+    pub fn skip(&mut self, samples: u32) {
+        self.timestamp = self.timestamp.wrapping_add(samples);
+    }
+
     /// The timestamp the next audio packet will carry.
     pub fn timestamp(&self) -> u32 {
         self.timestamp

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::access::{AccessPolicy, Credentials};
 use super::message::Identity;
+use super::register::RegisterConfig;
 use super::sdp::{self, Codec};
 use super::ua::{CallRef, EndReason, Event, Output, Transport, UaConfig, UserAgent};
 use crate::call::Agent;
@@ -29,6 +30,8 @@ pub enum EndpointError {
     },
     #[error("setting `sip.listen`: `{0}` is not an address:port")]
     Listen(String),
+    #[error("setting `sip.register_to`: cannot resolve `{0}`")]
+    Registrar(String),
 }
 
 /// What a call needs to be answered.
@@ -39,15 +42,21 @@ pub struct CallContext {
     pub echo: bool,
 }
 
-/// A call negotiated and ringing, answered when its time comes.
-struct Ringing {
-    due: Instant,
-    answer: String,
+/// A call's RTP socket, held from the offer/answer until its media reactor runs.
+struct CallMedia {
     socket: UdpSocket,
     guard: media::PortGuard,
-    negotiated: sdp::Negotiated,
     session_id: u64,
     call_id: String,
+}
+
+/// A call ringing, answered when its time comes. Without `negotiated` the
+/// INVITE had no offer: `sdp` is then Izwi's offer and the ACK brings the answer.
+struct Ringing {
+    due: Instant,
+    sdp: String,
+    media: CallMedia,
+    negotiated: Option<sdp::Negotiated>,
 }
 
 /// What connection tasks tell the endpoint.
@@ -58,6 +67,55 @@ enum TcpEvent {
 
 /// Messages waiting to be written to one TCP connection.
 const TCP_QUEUE: usize = 32;
+const TCP_CONNECT: Duration = Duration::from_secs(5);
+const UNREGISTER_LIMIT: Duration = Duration::from_secs(3);
+
+/// The trunk registration the settings ask for, if any. `host` is Izwi's
+/// advertised SIP address, put in the Contact the trunk will call.
+async fn registration(
+    cfg: &SipConfig,
+    host: SocketAddr,
+) -> Result<Option<RegisterConfig>, EndpointError> {
+    if cfg.register_to.is_empty() {
+        return Ok(None);
+    }
+    let target = if cfg.register_to.contains(':') {
+        cfg.register_to.clone()
+    } else {
+        format!("{}:5060", cfg.register_to)
+    };
+    let registrar = tokio::net::lookup_host(&target)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.find(|a| a.is_ipv4() == host.is_ipv4()))
+        .ok_or_else(|| EndpointError::Registrar(cfg.register_to.clone()))?;
+    let domain = if cfg.register_domain.is_empty() {
+        cfg.register_to.clone()
+    } else {
+        cfg.register_domain.clone()
+    };
+    let tcp = cfg.register_transport == "tcp";
+    let user = &cfg.register_user;
+    Ok(Some(RegisterConfig {
+        registrar,
+        transport: if tcp { Transport::Tcp } else { Transport::Udp },
+        registrar_uri: format!("sip:{domain}"),
+        aor: format!("sip:{user}@{domain}"),
+        contact: format!(
+            "sip:{user}@{host}{}",
+            if tcp { ";transport=tcp" } else { "" }
+        ),
+        username: if cfg.register_auth_user.is_empty() {
+            user.clone()
+        } else {
+            cfg.register_auth_user.clone()
+        },
+        password: cfg.register_password.clone(),
+        expires: cfg.register_expires,
+        via_host: host.to_string(),
+        user_agent: concat!("Izwi/", env!("CARGO_PKG_VERSION")).into(),
+    }))
+}
 
 struct ActiveCall {
     /// Dropped when the SIP side ends the call, which stops its media reactor.
@@ -82,6 +140,8 @@ pub struct Endpoint {
     ctx: Arc<CallContext>,
     calls: HashMap<CallRef, ActiveCall>,
     ringing: HashMap<CallRef, Ringing>,
+    /// Answered with an offer; waiting for the answer in the ACK.
+    late: HashMap<CallRef, CallMedia>,
     ended_tx: mpsc::Sender<(CallRef, Exit, MediaStats)>,
     ended_rx: mpsc::Receiver<(CallRef, Exit, MediaStats)>,
 }
@@ -122,7 +182,7 @@ impl Endpoint {
             password: cfg.auth_password.clone(),
         });
         let access = AccessPolicy::new(allow, credentials);
-        let ua = UserAgent::with_access(
+        let mut ua = UserAgent::with_access(
             UaConfig {
                 identity: Identity {
                     user_agent: concat!("Izwi/", env!("CARGO_PKG_VERSION")).into(),
@@ -143,6 +203,10 @@ impl Endpoint {
                 _ => None,
             })
             .collect();
+        if let Some(reg) = registration(cfg, host).await? {
+            tracing::info!(registrar = %reg.registrar, aor = %reg.aor, "registering with the trunk");
+            ua.register(reg, std::time::Instant::now());
+        }
         let (ended_tx, ended_rx) = mpsc::channel(64);
         let (tcp_tx, tcp_rx) = mpsc::channel(256);
         tracing::info!(listen = %local, advertise = %media_ip, "SIP listening (UDP and TCP)");
@@ -160,6 +224,7 @@ impl Endpoint {
             ctx,
             calls: HashMap::new(),
             ringing: HashMap::new(),
+            late: HashMap::new(),
             ended_tx,
             ended_rx,
         })
@@ -210,12 +275,43 @@ impl Endpoint {
             }
             self.flush().await;
         }
-        let calls: Vec<CallRef> = self.calls.keys().copied().collect();
+        let calls: Vec<CallRef> = self.calls.keys().chain(self.late.keys()).copied().collect();
         for call in calls {
             self.ua.hangup(call, std::time::Instant::now());
         }
         self.flush().await;
+        self.unregister().await;
         tracing::info!(stats = ?self.ua.stats(), "SIP endpoint stopped");
+    }
+
+    /// Removes the trunk registration, answering a challenge if one comes, for
+    /// at most a few seconds.
+    async fn unregister(&mut self) {
+        if self.ua.registration().is_none() {
+            return;
+        }
+        self.ua.unregister(std::time::Instant::now());
+        self.flush().await;
+        let deadline = Instant::now() + UNREGISTER_LIMIT;
+        let mut buf = vec![0u8; 65_536];
+        while let Some(wake) = self.ua.registration().and_then(|r| r.poll_timeout()) {
+            let wake = Instant::from_std(wake).min(deadline);
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = r {
+                        self.ua.handle_message(&buf[..n], from, Transport::Udp, std::time::Instant::now());
+                    }
+                }
+                Some(TcpEvent::Message(from, bytes)) = self.tcp_rx.recv() => {
+                    self.ua.handle_message(&bytes, from, Transport::Tcp, std::time::Instant::now());
+                }
+                _ = tokio::time::sleep_until(wake) => self.ua.handle_timeout(std::time::Instant::now()),
+            }
+            self.flush().await;
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
     }
 
     async fn flush(&mut self) {
@@ -234,67 +330,47 @@ impl Endpoint {
                     to,
                     transport: Transport::Tcp,
                     data,
-                } => match self.tcp_conns.get(&to) {
-                    Some(conn) => {
-                        if conn.try_send(data).is_err() {
-                            tracing::debug!(%to, "TCP connection full or gone; message dropped");
-                        }
+                } => {
+                    let conn = match self.tcp_conns.get(&to) {
+                        Some(c) if !c.is_closed() => c.clone(),
+                        _ => self.dial(to),
+                    };
+                    if conn.try_send(data).is_err() {
+                        tracing::debug!(%to, "TCP connection full or gone; message dropped");
                     }
-                    None => {
-                        // Izwi opens no TCP connections of its own yet.
-                        tracing::debug!(%to, "no TCP connection to send on; message dropped");
-                    }
-                },
+                }
                 Output::Event(e) => self.event(e).await,
             }
         }
     }
 
-    /// One task per TCP connection: reads and frames messages for the user
-    /// agent, and writes what the user agent sends back on it.
+    /// A connection the peer opened.
     fn connection(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let (out_tx, mut out_rx) = mpsc::channel::<String>(TCP_QUEUE);
+        let (out_tx, out_rx) = mpsc::channel::<String>(TCP_QUEUE);
         self.tcp_conns.insert(peer, out_tx);
+        tokio::spawn(serve_tcp(stream, peer, out_rx, self.tcp_tx.clone()));
+    }
+
+    /// A connection Izwi opens (to a registrar, or a peer whose connection
+    /// closed); messages queue while it connects.
+    fn dial(&mut self, peer: SocketAddr) -> mpsc::Sender<String> {
+        let (out_tx, out_rx) = mpsc::channel::<String>(TCP_QUEUE);
+        self.tcp_conns.insert(peer, out_tx.clone());
         let events = self.tcp_tx.clone();
         tokio::spawn(async move {
-            let (mut reader, mut writer) = stream.into_split();
-            let mut framer = super::stream::Framer::default();
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                tokio::select! {
-                    n = reader.read(&mut buf) => {
-                        let n = match n {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        framer.push(&buf[..n]);
-                        loop {
-                            match framer.next_message() {
-                                Ok(Some(msg)) => {
-                                    if events.send(TcpEvent::Message(peer, msg)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    // A stream out of frame cannot be resynchronised: drop it.
-                                    tracing::info!(%peer, error = %e, "closing SIP TCP connection");
-                                    let _ = events.send(TcpEvent::Closed(peer)).await;
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    msg = out_rx.recv() => {
-                        let Some(msg) = msg else { break };
-                        if writer.write_all(msg.as_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
+            match tokio::time::timeout(TCP_CONNECT, TcpStream::connect(peer)).await {
+                Ok(Ok(stream)) => serve_tcp(stream, peer, out_rx, events).await,
+                failed => {
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_string(),
+                    };
+                    tracing::info!(%peer, %error, "cannot open a SIP TCP connection");
+                    let _ = events.send(TcpEvent::Closed(peer)).await;
                 }
             }
-            let _ = events.send(TcpEvent::Closed(peer)).await;
         });
+        out_tx
     }
 
     fn media_ended(&mut self, call: CallRef, exit: Exit, stats: MediaStats) {
@@ -310,6 +386,7 @@ impl Endpoint {
             late = stats.late,
             malformed = stats.malformed,
             dtmf = stats.digits.len(),
+            digits_sent = stats.digits_sent,
             turns = stats.turns.len(),
             max_in_to_agent_ms = stats.max_in_to_agent.as_millis() as u64,
             "call media ended"
@@ -330,11 +407,14 @@ impl Endpoint {
                 peer,
                 ..
             } => self.incoming(call, call_id, offer, peer, now).await,
-            Event::Confirmed { call } => tracing::debug!(call = call.0, "call confirmed"),
+            Event::Confirmed { call, answer } => self.confirmed(call, answer, now),
             Event::Reoffer { call, offer } => self.reoffer(call, offer, now).await,
             Event::Ended { call, reason } => {
                 if let Some(r) = self.ringing.remove(&call) {
-                    tracing::info!(call = %r.call_id, ?reason, "call ended before answer");
+                    tracing::info!(call = %r.media.call_id, ?reason, "call ended before answer");
+                }
+                if let Some(m) = self.late.remove(&call) {
+                    tracing::info!(call = %m.call_id, ?reason, "call ended before its answer came");
                 }
                 if let Some(active) = self.calls.get_mut(&call) {
                     active.control = None;
@@ -354,19 +434,15 @@ impl Endpoint {
         peer: SocketAddr,
         now: std::time::Instant,
     ) {
-        let Some(offer) = offer else {
-            tracing::info!(call = %call_id, "INVITE without SDP offer refused");
-            self.ua.reject(call, 488, "Not Acceptable Here", now);
-            return;
-        };
-        let negotiated = self.negotiate(&offer);
-        let negotiated = match negotiated {
-            Ok(n) => n,
-            Err(why) => {
+        let negotiated = match offer.as_deref().map(|o| self.negotiate(o)) {
+            Some(Ok(n)) => Some(n),
+            Some(Err(why)) => {
                 tracing::info!(call = %call_id, %peer, reason = %why, "offer refused with 488");
                 self.ua.reject(call, 488, "Not Acceptable Here", now);
                 return;
             }
+            // A late offer: Izwi offers in the 200 and the ACK answers.
+            None => None,
         };
         let Some((socket, guard)) = media::bind_rtp(&self.ports, self.media_ip).await else {
             tracing::warn!(call = %call_id, "no free RTP port");
@@ -374,15 +450,20 @@ impl Endpoint {
             return;
         };
         let session_id: u64 = rand::random::<u32>() as u64;
-        let answer = sdp::answer(&negotiated, self.media_ip, guard.port, session_id, 1);
+        let sdp = match &negotiated {
+            Some(n) => sdp::answer(n, self.media_ip, guard.port, session_id, 1),
+            None => sdp::offer(&self.codecs, true, self.media_ip, guard.port, session_id, 1),
+        };
         let ringing = Ringing {
             due: Instant::now() + Duration::from_millis(self.cfg.ring_ms as u64),
-            answer,
-            socket,
-            guard,
+            sdp,
+            media: CallMedia {
+                socket,
+                guard,
+                session_id,
+                call_id,
+            },
             negotiated,
-            session_id,
-            call_id,
         };
         if self.cfg.ring_ms == 0 {
             self.start_call(call, ringing, now);
@@ -413,19 +494,50 @@ impl Endpoint {
         }
     }
 
-    /// Answers the call and starts its media reactor.
+    /// Answers the call, and starts its media reactor once the session is known.
     fn start_call(&mut self, call: CallRef, r: Ringing, now: std::time::Instant) {
-        let Ringing {
-            answer,
+        self.ua.answer(call, &r.sdp, now);
+        match r.negotiated {
+            Some(n) => self.spawn_media(call, r.media, n),
+            None => {
+                tracing::info!(call = %r.media.call_id, "call answered with an offer (late offer)");
+                self.late.insert(call, r.media);
+            }
+        }
+    }
+
+    /// The ACK: it completes a late offer, or updates a session re-offered by Izwi.
+    fn confirmed(&mut self, call: CallRef, answer: Option<String>, now: std::time::Instant) {
+        let negotiated = answer.as_deref().map(|a| self.negotiate(a));
+        if let Some(m) = self.late.remove(&call) {
+            match negotiated {
+                Some(Ok(n)) => self.spawn_media(call, m, n),
+                other => {
+                    let why = match other {
+                        Some(Err(why)) => why,
+                        _ => "no answer in the ACK".to_string(),
+                    };
+                    tracing::info!(call = %m.call_id, reason = %why, "late offer failed; hanging up");
+                    self.ua.hangup(call, now);
+                }
+            }
+            return;
+        }
+        if let (Some(Ok(n)), Some(active)) = (negotiated, self.calls.get(&call))
+            && let Some(c) = &active.control
+        {
+            let _ = c.try_send(Control::Update(n));
+        }
+    }
+
+    fn spawn_media(&mut self, call: CallRef, m: CallMedia, negotiated: sdp::Negotiated) {
+        let CallMedia {
             socket,
             guard,
-            negotiated,
             session_id,
             call_id,
-            ..
-        } = r;
-        self.ua.answer(call, &answer, now);
-        tracing::info!(call = %call_id, codec = ?negotiated.codec, rtp_port = guard.port, "call answered");
+        } = m;
+        tracing::info!(call = %call_id, codec = ?negotiated.codec, ptime = negotiated.ptime, rtp_port = guard.port, "call answered");
         let (control, control_rx) = mpsc::channel(4);
         self.calls.insert(
             call,
@@ -508,4 +620,51 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// Reads and frames one TCP connection's messages for the user agent, and
+/// writes what the user agent sends on it.
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut out_rx: mpsc::Receiver<String>,
+    events: mpsc::Sender<TcpEvent>,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut framer = super::stream::Framer::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            n = reader.read(&mut buf) => {
+                let n = match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                framer.push(&buf[..n]);
+                loop {
+                    match framer.next_message() {
+                        Ok(Some(msg)) => {
+                            if events.send(TcpEvent::Message(peer, msg)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            // A stream out of frame cannot be resynchronised: drop it.
+                            tracing::info!(%peer, error = %e, "closing SIP TCP connection");
+                            let _ = events.send(TcpEvent::Closed(peer)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            msg = out_rx.recv() => {
+                let Some(msg) = msg else { break };
+                if writer.write_all(msg.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = events.send(TcpEvent::Closed(peer)).await;
 }

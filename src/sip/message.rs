@@ -109,6 +109,56 @@ fn expand_compact(name: &str) -> &str {
     }
 }
 
+/// Headers whose parameters rsip reads, and which it cannot read with the linear
+/// whitespace RFC 3261 allows in them.
+const STRUCTURED: [&str; 7] = [
+    "Via",
+    "From",
+    "To",
+    "Contact",
+    "CSeq",
+    "Route",
+    "Record-Route",
+];
+
+/// RFC 3261 §25.1 lets linear whitespace (spaces and tabs, SWS/LWS) run on and
+/// surround `;` and `=` (`<sip:a@b> ; tag = 1`, `CSeq: 1<TAB>INVITE`); rsip takes
+/// neither. Outside quoted strings, each run becomes one space, and none is left
+/// around `;` and `=`.
+fn canonical_whitespace(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let (mut quoted, mut escaped, mut space, mut separator) = (false, false, false, false);
+    for c in value.chars() {
+        if quoted {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                quoted = false;
+            }
+            continue;
+        }
+        match c {
+            ' ' | '\t' => space = true,
+            ';' | '=' => {
+                out.push(c);
+                (space, separator) = (false, true);
+            }
+            _ => {
+                if space && !separator && !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push(c);
+                quoted = c == '"';
+                (space, separator) = (false, false);
+            }
+        }
+    }
+    out
+}
+
 /// Unfolds continuation lines, expands compact header names and splits the body,
 /// checking Content-Length (RFC 3261 §18.3: a longer body is truncated, a shorter
 /// one is an error).
@@ -126,6 +176,16 @@ fn normalise(bytes: &[u8]) -> Result<Vec<u8>, ParseError> {
         .ok_or_else(|| ParseError::Syntax("no end of headers".into()))?;
     let head = std::str::from_utf8(&bytes[..split.0])
         .map_err(|_| ParseError::Syntax("headers are not UTF-8".into()))?;
+    // RFC 3261 §25.1: no control characters in a header but HTAB (and the CRLFs
+    // that end lines).
+    if head
+        .chars()
+        .any(|c| c.is_ascii_control() && !matches!(c, '\t' | '\r' | '\n'))
+    {
+        return Err(ParseError::Syntax(
+            "control character in the headers".into(),
+        ));
+    }
     let mut body = &bytes[split.1..];
     let mut lines: Vec<String> = Vec::new();
     for line in head.split('\n') {
@@ -155,7 +215,11 @@ fn normalise(bytes: &[u8]) -> Result<Vec<u8>, ParseError> {
                 }
                 out.push_str(name);
                 out.push_str(": ");
-                out.push_str(value.trim());
+                if STRUCTURED.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                    out.push_str(&canonical_whitespace(value.trim()));
+                } else {
+                    out.push_str(value.trim());
+                }
             } else if !line.is_empty() {
                 return Err(ParseError::Syntax("header line without a colon".into()));
             }
@@ -220,12 +284,18 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
         .collect();
     let top = vias.first().ok_or(ParseError::Header("Via"))?;
     let branch = via_param(top, "branch").ok_or(ParseError::Header("Via"))?;
-    if let SipMessage::Request(r) = &msg
-        && r.method != cseq.method
-        && r.method != Method::Ack
-        && r.method != Method::Cancel
-    {
-        return Err(ParseError::Header("CSeq"));
+    if let SipMessage::Request(r) = &msg {
+        // rsip takes SIP/1.0 and any case of a method name; the RFC 3261 ABNF has
+        // methods case-sensitive, so `options` is some other, unknown method.
+        if r.version != rsip::Version::V2 {
+            return Err(ParseError::Syntax("unsupported SIP version".into()));
+        }
+        if !clean.starts_with(format!("{} ", r.method).as_bytes()) {
+            return Err(ParseError::Syntax("unknown method".into()));
+        }
+        if r.method != cseq.method && r.method != Method::Ack && r.method != Method::Cancel {
+            return Err(ParseError::Header("CSeq"));
+        }
     }
     Ok(Parsed {
         call_id,
@@ -478,6 +548,46 @@ Content-Length: 4\r\n\r\nv=0\n";
         ));
         let long = INVITE.replace("Content-Length: 4", "Content-Length: 2");
         assert_eq!(parse(long.as_bytes()).unwrap().body(), b"v=");
+    }
+
+    #[test]
+    fn legal_linear_whitespace_in_parameters() {
+        // RFC 4475 §3.1.1.1 (wsinv) style: SWS around `;` and `=`, tabs, folding.
+        let m = "OPTIONS sip:izwi@h;unknownparam SIP/2.0\r\nTO :\r\n sip:izwi@h ;   tag    = 1918181833n\r\nfrom   : \"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8\r\nCall-ID: ws\r\ncseq: 0009\r\n  \tOPTIONS\r\nVia  : SIP  /   2.0\r\n /UDP\r\n    h:1 ; branch = z9hG4bKws\r\nm:\"Quoted ; = string\" <sip:jd@example.com> ; q = 0.33\r\nl: 0\r\n\r\n";
+        let p = parse(m.as_bytes()).unwrap();
+        assert_eq!(p.from_tag.as_deref(), Some("98asjd8"));
+        assert_eq!(p.to_tag.as_deref(), Some("1918181833n"));
+        assert_eq!((p.cseq, p.cseq_method), (9, Method::Options));
+        assert_eq!(p.branch, "z9hG4bKws");
+        assert_eq!(
+            p.header_value("From").unwrap(),
+            "\"J Rosenberg \\\\\\\"\" <sip:jdrosen@example.com>;tag=98asjd8"
+        );
+        // Quoted strings keep their spaces and separators.
+        assert_eq!(
+            p.header_value("Contact").unwrap(),
+            "\"Quoted ; = string\" <sip:jd@example.com>;q=0.33"
+        );
+        let tab = INVITE.replace("CSeq: 1 INVITE", "CSeq: 1\tINVITE");
+        assert_eq!(parse(tab.as_bytes()).unwrap().cseq_method, Method::Invite);
+    }
+
+    #[test]
+    fn other_versions_method_case_and_control_characters_are_errors() {
+        for bad in [
+            INVITE.replacen("SIP/2.0", "SIP/1.0", 1),
+            INVITE.replacen("INVITE sip:", "invite sip:", 1),
+            INVITE.replace("Max-Forwards: 70", "Max-Forwards: 7\u{0}0"),
+            INVITE.replace("Max-Forwards: 70", "Subject: \u{1b}[2J"),
+        ] {
+            assert!(
+                matches!(parse(bad.as_bytes()), Err(ParseError::Syntax(_))),
+                "{bad}"
+            );
+        }
+        // Tabs are whitespace, not control characters.
+        let tab = INVITE.replace("Max-Forwards: 70", "Subject:\ta\tb");
+        assert!(parse(tab.as_bytes()).is_ok());
     }
 
     #[test]

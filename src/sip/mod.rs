@@ -4,6 +4,7 @@ pub mod access;
 pub mod digest;
 pub mod endpoint;
 pub mod message;
+pub mod register;
 pub mod sdp;
 pub mod stream;
 pub mod ua;

@@ -23,10 +23,12 @@ pub const MAX_ATTRIBUTES_PER_MEDIA: usize = 256;
 
 /// Longest slice of an offending line quoted back in an error message.
 const MAX_QUOTED_CHARS: usize = 80;
-/// Our packetisation time; we always send 20 ms frames.
+/// Our packetisation time when the offer asks for none (or one we cannot do).
 const OUR_PTIME_MS: u32 = 20;
-/// Remote ptime wishes we record as-is; anything else is treated as 20 ms.
+/// Remote ptime wishes we honour; anything else is treated as 20 ms.
 const ACCEPTED_PTIMES_MS: [u32; 5] = [10, 20, 30, 40, 60];
+/// Opus frames are 2.5, 5, 10, 20, 40 or 60 ms (RFC 6716): no 30.
+const OPUS_PTIMES_MS: [u32; 4] = [10, 20, 40, 60];
 /// Payload type used for opus when Izwi makes the offer (a common choice that
 /// avoids clashing with the static types).
 const OPUS_OFFER_PT: u8 = 111;
@@ -372,8 +374,8 @@ pub struct Negotiated {
     pub payload_type: u8,
     /// The offerer's telephone-event payload type at the codec's clock rate.
     pub telephone_event: Option<u8>,
-    /// The remote's packetisation wish in ms (20 when absent or unusual). We
-    /// still send 20 ms.
+    /// Packetisation in ms, both ways: the offer's wish, or 20 when it has
+    /// none or one the codec cannot do.
     pub ptime: u32,
     /// Our direction, mirroring the offer.
     pub direction: Direction,
@@ -721,6 +723,7 @@ pub fn negotiate(
         ptime: media
             .ptime
             .filter(|p| ACCEPTED_PTIMES_MS.contains(p))
+            .filter(|p| codec != Codec::Opus || OPUS_PTIMES_MS.contains(p))
             .unwrap_or(OUR_PTIME_MS),
         direction: answer_direction(offered_direction, ip),
         remote: SocketAddr::new(ip, media.port),
@@ -834,7 +837,7 @@ fn push_accepted_media(out: &mut String, n: &Negotiated, offered: Option<&MediaL
     if let Some(te) = telephone_event {
         push_telephone_event(out, te, n.codec.clock_rate());
     }
-    push_line(out, format_args!("a=ptime:{OUR_PTIME_MS}"));
+    push_line(out, format_args!("a=ptime:{}", n.ptime));
     push_line(out, format_args!("a={}", n.direction.attribute()));
 }
 

@@ -11,6 +11,7 @@ use rsip::Method;
 
 use super::access::{AccessPolicy, Verdict};
 use super::message::{self, ALLOW, Identity, ParseError, Parsed};
+use super::register::{RegisterConfig, Registration};
 
 /// RFC 3261 timer values.
 pub const T1: Duration = Duration::from_millis(500);
@@ -61,9 +62,13 @@ pub enum Event {
         offer: Option<String>,
         peer: SocketAddr,
     },
-    /// The caller acknowledged the answer: media may flow both ways.
+    /// The caller acknowledged the answer: media may flow both ways. `answer`
+    /// is the ACK's SDP, which completes a late offer (an INVITE without SDP
+    /// that Izwi answered with an offer). Also sent for the ACK of a re-INVITE
+    /// when that ACK carries an answer.
     Confirmed {
         call: CallRef,
+        answer: Option<String>,
     },
     /// A re-INVITE (hold, codec change, refresh); answer with [`UserAgent::answer_reoffer`].
     Reoffer {
@@ -173,6 +178,8 @@ pub struct UserAgent {
     by_dialog: HashMap<(String, String), CallRef>,
     done: HashMap<(String, String), DoneServerTx>,
     clients: HashMap<String, ClientTx>,
+    /// Izwi's registration at a trunk, when configured.
+    registration: Option<Registration>,
     out: VecDeque<Output>,
     stats: Stats,
     next_call: u64,
@@ -192,6 +199,7 @@ impl UserAgent {
             by_dialog: HashMap::new(),
             done: HashMap::new(),
             clients: HashMap::new(),
+            registration: None,
             out: VecDeque::new(),
             stats: Stats::default(),
             next_call: 1,
@@ -207,7 +215,32 @@ impl UserAgent {
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(reg) = self.registration.as_mut() {
+            while let Some((to, transport, data)) = reg.poll_transmit() {
+                self.out.push_back(Output::Transmit {
+                    to,
+                    transport,
+                    data,
+                });
+            }
+        }
         self.out.pop_front()
+    }
+
+    /// Starts registering at a trunk (and keeps the registration fresh).
+    pub fn register(&mut self, cfg: RegisterConfig, now: Instant) {
+        self.registration = Some(Registration::new(cfg, now));
+    }
+
+    /// Removes the registration (`Expires: 0`), for shutdown.
+    pub fn unregister(&mut self, now: Instant) {
+        if let Some(reg) = self.registration.as_mut() {
+            reg.unregister(now);
+        }
+    }
+
+    pub fn registration(&self) -> Option<&Registration> {
+        self.registration.as_ref()
     }
 
     /// When [`UserAgent::handle_timeout`] must next be called.
@@ -218,7 +251,8 @@ impl UserAgent {
             .filter_map(|l| l.retransmit.as_ref().map(|r| r.at.min(r.until)));
         let done = self.done.values().map(|d| d.expires);
         let clients = self.clients.values().map(|c| c.next.min(c.give_up));
-        legs.chain(done).chain(clients).min()
+        let registration = self.registration.as_ref().and_then(|r| r.poll_timeout());
+        legs.chain(done).chain(clients).chain(registration).min()
     }
 
     fn send(&mut self, to: SocketAddr, transport: Transport, data: String) {
@@ -256,7 +290,12 @@ impl UserAgent {
             }
             rsip::SipMessage::Response(resp) => {
                 let code = resp.status_code.code();
-                // Only our BYEs are client transactions.
+                if let Some(reg) = self.registration.as_mut()
+                    && reg.handle_response(&parsed, now)
+                {
+                    return;
+                }
+                // Otherwise only our BYEs are client transactions.
                 if code >= 200 && self.clients.remove(&parsed.branch).is_none() {
                     self.stats.dropped += 1;
                 }
@@ -273,6 +312,11 @@ impl UserAgent {
         transport: Transport,
         err: &ParseError,
     ) {
+        // A keep-alive (RFC 5626 CRLFs, which phones send over UDP too, or an
+        // empty datagram) is no message to answer or count.
+        if bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            return;
+        }
         let Some(resp) = bad_request_response(bytes, from, err, &self.cfg.identity) else {
             tracing::debug!(%from, error = %err, "dropped unparseable SIP message");
             self.stats.dropped += 1;
@@ -602,8 +646,10 @@ impl UserAgent {
                 leg.retransmit = None;
                 leg.state = LegState::Confirmed;
                 let first = leg.pending.branch == leg.invite.branch;
-                if first {
-                    self.event(Event::Confirmed { call });
+                let answer =
+                    (!p.body().is_empty()).then(|| String::from_utf8_lossy(p.body()).into_owned());
+                if first || answer.is_some() {
+                    self.event(Event::Confirmed { call, answer });
                 }
             }
             LegState::Rejected => {
@@ -841,6 +887,9 @@ impl UserAgent {
 
     /// Retransmissions and give-ups that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(reg) = self.registration.as_mut() {
+            reg.handle_timeout(now);
+        }
         let mut resend = Vec::new();
         let mut no_ack = Vec::new();
         let mut drop = Vec::new();
@@ -895,8 +944,9 @@ impl UserAgent {
     }
 }
 
-/// A 400 (or 501) built from the raw header lines of a request that rsip
-/// could not take, when Via, From, To, Call-ID and CSeq are all present.
+/// A 400 (501 for an unknown method, 505 for another SIP version) built from the
+/// raw header lines of a request that rsip could not take, when Via, From, To,
+/// Call-ID and CSeq are all present.
 fn bad_request_response(
     bytes: &[u8],
     from: SocketAddr,
@@ -912,7 +962,16 @@ fn bad_request_response(
     let mut parts = start.split(' ');
     let method = parts.next()?;
     let _uri = parts.next()?;
-    if parts.next()? != "SIP/2.0" || method.starts_with("SIP/") {
+    let version = parts.next()?;
+    let other_version = version
+        .strip_prefix("SIP/")
+        .and_then(|v| v.split_once('.'))
+        .is_some_and(|(major, minor)| {
+            [major, minor]
+                .iter()
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+    if (version != "SIP/2.0" && !other_version) || method.starts_with("SIP/") {
         return None;
     }
     let mut vias = Vec::new();
@@ -938,8 +997,21 @@ fn bad_request_response(
         return None;
     }
     let (from_h, to_h, call_id, cseq) = (from_h?, to_h?, call_id?, cseq?);
-    let known = method.parse::<Method>().is_ok();
-    let (code, reason) = if known {
+    // Echoing a control character would make the response as bad as the request.
+    let echoed = vias.iter().chain([&from_h, &to_h, &call_id, &cseq]);
+    if echoed
+        .flat_map(|v| v.chars())
+        .any(|c| c.is_ascii_control() && c != '\t')
+    {
+        return None;
+    }
+    // Method names are case-sensitive (the RFC 3261 §25.1 ABNF); rsip's parse is not.
+    let known = method
+        .parse::<Method>()
+        .is_ok_and(|m| m.to_string() == method);
+    let (code, reason) = if version != "SIP/2.0" {
+        (505, "Version Not Supported".to_string())
+    } else if known {
         (
             400,
             match err {
@@ -967,7 +1039,7 @@ fn bad_request_response(
     out.push_str(&format!(
         "From: {from_h}\r\nTo: {to_h}{tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\n"
     ));
-    if !known {
+    if code == 501 {
         out.push_str(&format!("Allow: {ALLOW}\r\n"));
     }
     out.push_str(&format!(
@@ -1103,7 +1175,7 @@ mod tests {
             t0 + T1 * 3,
         );
         let (_, events) = drain(&mut ua);
-        assert_eq!(events, vec![Event::Confirmed { call }]);
+        assert_eq!(events, vec![Event::Confirmed { call, answer: None }]);
         ua.handle_timeout(t0 + Duration::from_secs(10));
         assert!(drain(&mut ua).0.is_empty(), "retransmission after ACK");
 
@@ -1237,6 +1309,42 @@ mod tests {
         assert!(drain(&mut ua).0.is_empty());
         assert_eq!(ua.stats().dropped, 2);
         assert_eq!(ua.stats().bad_requests, 1);
+    }
+
+    #[test]
+    fn other_versions_get_505_unknown_cases_501_and_keepalives_nothing() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let options = req("OPTIONS", "z9hG4bK-v", "v1", 1, None, "", "");
+        for (version, code) in [("SIP/3.0", 505), ("SIP/1.0", 505), ("SIP/2.0", 200)] {
+            feed(&mut ua, &options.replacen("SIP/2.0", version, 1), t0);
+            let (sent, _) = drain(&mut ua);
+            assert_eq!(status(&sent[0]), code, "{version}: {sent:?}");
+        }
+        // Method names are case-sensitive: `options` is an unknown method.
+        let lower = req("options", "z9hG4bK-l", "l1", 1, None, "", "");
+        feed(&mut ua, &lower, t0);
+        let (sent, _) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 501, "{sent:?}");
+        assert!(sent[0].contains("Allow: INVITE"), "{}", sent[0]);
+        // A control character is refused, and never echoed back.
+        let nul = "Subject: a\0b\r\n";
+        let nul = req("OPTIONS", "z9hG4bK-n", "n1", 1, None, nul, "");
+        feed(&mut ua, &nul, t0);
+        assert_eq!(status(&drain(&mut ua).0[0]), 400);
+        let nul_id = req("OPTIONS", "z9hG4bK-n2", "n\x012", 1, None, "", "");
+        feed(&mut ua, &nul_id, t0);
+        assert!(drain(&mut ua).0.is_empty());
+        let before = ua.stats().clone();
+        for keepalive in [&b"\r\n\r\n"[..], b"\r\n", b""] {
+            ua.handle_message(keepalive, peer(), Transport::Udp, t0);
+        }
+        assert!(drain(&mut ua).0.is_empty());
+        let after = ua.stats();
+        assert_eq!(after.dropped, before.dropped, "keep-alives are not drops");
+        assert_eq!(after.bad_requests, before.bad_requests);
+        assert_eq!(ua.stats().bad_requests, 4);
+        assert_eq!(ua.stats().dropped, 1);
     }
 
     #[test]

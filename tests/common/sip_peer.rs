@@ -183,11 +183,23 @@ pub struct MediaCall {
     pub packetizer: izwi::rtp::packet::Packetizer,
     /// Izwi's audio as received so far, decoded (8 kHz).
     pub received: Vec<f32>,
+    /// Payload bytes of each audio packet Izwi sent.
+    pub packet_sizes: Vec<usize>,
+    /// Keys Izwi sent as telephone-events (payload type 101).
+    pub digits: String,
+    dtmf: izwi::rtp::dtmf::DtmfReceiver,
+    /// Packet time the test sends and asks for, in ms.
+    pub ptime: u32,
 }
 
 impl MediaCall {
     /// Places the call; sipp hangs up after `hold_ms`.
     pub fn start(izwi: &Izwi, hold_ms: u32) -> MediaCall {
+        MediaCall::start_with(izwi, "call-media-by-test.xml", hold_ms, 20)
+    }
+
+    /// Places the call of a `*-by-test.xml` scenario asking for `ptime` ms packets.
+    pub fn start_with(izwi: &Izwi, scenario_name: &str, hold_ms: u32, ptime: u32) -> MediaCall {
         let media = UdpSocket::bind("127.0.0.1:0").unwrap();
         media
             .set_read_timeout(Some(Duration::from_millis(5)))
@@ -196,13 +208,16 @@ impl MediaCall {
         let fields = dir.path().join("fields.csv");
         std::fs::write(
             &fields,
-            format!("SEQUENTIAL\n{};\n", media.local_addr().unwrap().port()),
+            format!(
+                "SEQUENTIAL\n{};{ptime};\n",
+                media.local_addr().unwrap().port()
+            ),
         )
         .unwrap();
         let hold = hold_ms.to_string();
         let sipp = sipp(
             izwi,
-            &scenario("call-media-by-test.xml"),
+            &scenario(scenario_name),
             dir.path(),
             &["-inf", fields.to_str().unwrap(), "-d", &hold],
         )
@@ -216,30 +231,41 @@ impl MediaCall {
             dir,
             packetizer: izwi::rtp::packet::Packetizer::new(rand_ssrc(), 0),
             received: Vec::new(),
+            packet_sizes: Vec::new(),
+            digits: String::new(),
+            dtmf: Default::default(),
+            ptime,
         }
     }
 
-    /// Takes in whatever Izwi has sent (PCMU only).
+    /// Takes in whatever Izwi has sent (PCMU and telephone-events).
     pub fn receive(&mut self) {
         let mut buf = [0u8; 2048];
         while let Ok((n, _)) = self.media.recv_from(&mut buf) {
-            if let Ok((h, payload)) = izwi::rtp::packet::parse(&buf[..n])
-                && h.payload_type == 0
-            {
-                izwi::codec::g711::Law::Mu.decode(payload, &mut self.received);
+            let Ok((h, payload)) = izwi::rtp::packet::parse(&buf[..n]) else {
+                continue;
+            };
+            match h.payload_type {
+                0 => {
+                    izwi::codec::g711::Law::Mu.decode(payload, &mut self.received);
+                    self.packet_sizes.push(payload.len());
+                }
+                101 => self.digits.extend(self.dtmf.push(h.timestamp, payload)),
+                _ => {}
             }
         }
     }
 
-    /// Sends 8 kHz audio as PCMU in real time, 20 ms a packet, receiving meanwhile.
+    /// Sends 8 kHz audio as PCMU in real time, one packet per ptime, receiving meanwhile.
     pub fn stream(&mut self, audio: &[f32]) {
         let start = Instant::now();
-        for (i, chunk) in audio.chunks(160).enumerate() {
+        let samples = 8 * self.ptime as usize;
+        for (i, chunk) in audio.chunks(samples).enumerate() {
             let mut bytes = Vec::new();
             izwi::codec::g711::Law::Mu.encode(chunk, &mut bytes);
-            let pkt = self.packetizer.packet(&bytes, 160);
+            let pkt = self.packetizer.packet(&bytes, chunk.len() as u32);
             self.media.send_to(&pkt, &self.izwi_rtp).unwrap();
-            let due = start + Duration::from_millis(20 * (i as u64 + 1));
+            let due = start + Duration::from_millis(self.ptime as u64 * (i as u64 + 1));
             while Instant::now() < due {
                 self.receive();
             }
@@ -258,4 +284,205 @@ fn rand_ssrc() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(7, |d| d.subsec_nanos())
+}
+
+/// Fails the test at once, with Izwi's log, when sipp is not installed.
+pub fn require_sipp(izwi: &Izwi) {
+    if Command::new("sipp").arg("-v").output().is_err() {
+        panic!(
+            "sipp must be installed (scripts/setup.sh installs it)\nizwi:\n{}",
+            izwi.log()
+        );
+    }
+}
+
+impl Izwi {
+    /// Stops Izwi with SIGTERM, as a service manager does, and returns its log
+    /// once it has exited and its last line has been read.
+    pub fn terminate(&self, limit: Duration) -> String {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -TERM failed:\n{}", self.log());
+        let t = Instant::now();
+        let exit = loop {
+            if let Ok(Some(exit)) = self.child.lock().unwrap().try_wait() {
+                break exit;
+            }
+            assert!(
+                t.elapsed() < limit,
+                "izwi did not exit within {limit:?} of SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread may still be draining the pipe.
+        let t = Instant::now();
+        while !self.log().contains("SIP endpoint stopped") && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            exit.success(),
+            "izwi exited with {exit} on SIGTERM:\n{}",
+            self.log()
+        );
+        self.log()
+    }
+}
+
+/// The status code of a SIP response (`None` for anything else).
+pub fn status_code(msg: &[u8]) -> Option<u16> {
+    let rest = msg.strip_prefix(b"SIP/2.0 ")?;
+    std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()
+}
+
+/// The value of the first header `name` (full name, case-insensitive) of a message.
+pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+}
+
+/// The ACK for a non-2xx final `response` to `invite` (RFC 3261 §17.1.1.3): the
+/// INVITE's Request-URI, Via, From and Call-ID, the response's To.
+pub fn ack_for(invite: &str, response: &str) -> String {
+    let uri = invite.split(' ').nth(1).unwrap_or_default();
+    let get = |m, n| header(m, n).unwrap_or_default();
+    let cseq = get(invite, "CSeq").split_whitespace().next().unwrap_or("1");
+    format!(
+        "ACK {uri} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
+        get(invite, "Via"),
+        get(invite, "From"),
+        get(response, "To"),
+        get(invite, "Call-ID"),
+    )
+}
+
+/// What reading one message off a SIP stream came to.
+#[derive(Debug)]
+pub enum StreamRead {
+    Message(String),
+    /// The peer closed the connection (or reset it).
+    Closed,
+    /// Nothing whole arrived in time; the connection is still open.
+    Nothing,
+}
+
+/// Reads the next whole message from a TCP connection within `limit`, keeping
+/// what follows it in `pending`. CRLF keep-alives are skipped. Sets the
+/// connection's read timeout.
+pub fn read_stream_message(
+    stream: &mut std::net::TcpStream,
+    pending: &mut Vec<u8>,
+    limit: Duration,
+) -> StreamRead {
+    use std::io::Read;
+    let t = Instant::now();
+    loop {
+        let lead = pending
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
+        pending.drain(..lead);
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let body = header(&head, "Content-Length")
+                .or_else(|| header(&head, "l"))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if pending.len() >= end + 4 + body {
+                let msg: Vec<u8> = pending.drain(..end + 4 + body).collect();
+                return StreamRead::Message(String::from_utf8_lossy(&msg).into_owned());
+            }
+        }
+        let Some(left) = limit.checked_sub(t.elapsed()).filter(|d| !d.is_zero()) else {
+            return StreamRead::Nothing;
+        };
+        let _ = stream.set_read_timeout(Some(left.min(Duration::from_millis(50))));
+        let mut buf = [0u8; 8192];
+        match stream.read(&mut buf) {
+            Ok(0) => return StreamRead::Closed,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return StreamRead::Closed,
+        }
+    }
+}
+
+/// kamailio (Debian) running one of the configs in `sip/kamailio/`, whose
+/// `__NAME__` placeholders are filled in; stopped on drop.
+pub struct Kamailio {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Kamailio {
+    /// Starts it and waits until it answers OPTIONS on UDP `port`.
+    pub fn start(config: &str, port: u16, fill: &[(&str, String)]) -> Kamailio {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("sip/kamailio")
+                .join(config),
+        )
+        .unwrap();
+        for (name, value) in fill {
+            cfg = cfg.replace(name, value);
+        }
+        std::fs::write(dir.path().join("kamailio.cfg"), cfg).unwrap();
+        let run_dir = dir.path().join("run");
+        std::fs::create_dir(&run_dir).unwrap();
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(dir.path().join("kamailio.cfg"))
+            .args(["-DD", "-E", "-Y"])
+            .arg(&run_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kamailio must be installed (scripts/setup.sh)");
+        let k = Kamailio { child, _dir: dir };
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let t = Instant::now();
+        loop {
+            let ping = format!(
+                "OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKprobe{}\r\nFrom: <sip:t@x>;tag=1\r\nTo: <sip:k@x>\r\nCall-ID: probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 5\r\nContent-Length: 0\r\n\r\n",
+                probe.local_addr().unwrap(),
+                t.elapsed().as_millis()
+            );
+            probe
+                .send_to(ping.as_bytes(), format!("127.0.0.1:{port}"))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            if probe.recv_from(&mut buf).is_ok() {
+                return k;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "kamailio ({config}) did not start"
+            );
+        }
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // SIGTERM lets kamailio stop its worker processes too.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
 }
