@@ -145,6 +145,11 @@ fn rtp_junk() -> Vec<(&'static str, Vec<u8>, bool)> {
         ("extension longer than the packet", extension, true),
         ("64 KB of junk", junk, true),
         (
+            "PCMU payload of 250 ms (2000 bytes)",
+            rtp(0x80, 0, ssrc, 10, &[0xff; 2000]),
+            true,
+        ),
+        (
             "unknown payload type 99",
             rtp(0x80, 99, ssrc, 8, &PCMU_SILENCE),
             false,
@@ -311,9 +316,9 @@ fn malformed_sip_and_rtp_neither_crash_izwi_nor_disturb_a_call() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let malformed = junk.iter().filter(|j| j.2).count();
-    // A well-formed packet from a stranger: Izwi answers where RTP comes from
-    // (symmetric RTP), so a few of its packets may go astray until the caller's
-    // next one. Reported, not judged.
+    // A well-formed packet from a stranger: Izwi answers where the caller's RTP
+    // comes from (symmetric RTP), but only from the source it learned, so the
+    // stranger gets nothing and the caller's stream is not disturbed.
     let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
     stranger
         .send_to(&rtp(0x80, 0, 0x0bad_cafe, 1, &PCMU_SILENCE), izwi_rtp)
@@ -344,7 +349,7 @@ fn malformed_sip_and_rtp_neither_crash_izwi_nor_disturb_a_call() {
     while stranger.recv_from(&mut buf).is_ok() {
         diverted += 1;
     }
-    eprintln!("RTP from a stranger diverted {diverted} of Izwi's packets to it");
+    assert_eq!(diverted, 0, "RTP from a stranger diverted Izwi's audio");
     assert!(
         failures.is_empty(),
         "{} corpus case(s) failed:\n{}\n\nizwi:\n{}",
@@ -381,6 +386,10 @@ fn malformed_sip_and_rtp_neither_crash_izwi_nor_disturb_a_call() {
     assert!(
         line.split_whitespace().any(|w| w == want),
         "expected {want}: {line}"
+    );
+    assert!(
+        line.split_whitespace().any(|w| w == "foreign=1"),
+        "the stranger's packet should be counted as foreign: {line}"
     );
     assert!(log.contains("RemoteBye"), "{log}");
 

@@ -109,6 +109,8 @@ pub struct MediaStats {
     pub packets_in: u64,
     pub packets_out: u64,
     pub malformed: u64,
+    /// Well-formed RTP from an address other than the caller's, dropped.
+    pub foreign: u64,
     pub unknown_payload: u64,
     pub lost: u64,
     pub late: u64,
@@ -144,6 +146,33 @@ impl Wire {
             down: StreamResampler::new(ENGINE_RATE, rate).ok()?,
             codec,
         })
+    }
+}
+
+/// How long the caller's RTP source must be silent before another address
+/// may take its place (a NAT rebinding, a media server switching over).
+const RELATCH: Duration = Duration::from_secs(2);
+
+/// The address the caller's RTP comes from, learned from the first packet of
+/// the session's payload types. Packets from anywhere else are dropped while
+/// it is alive, so a stranger can neither divert Izwi's audio (symmetric RTP
+/// answers the source) nor disturb the caller's stream.
+#[derive(Default)]
+struct Source {
+    addr: Option<SocketAddr>,
+    last: Option<Instant>,
+}
+
+impl Source {
+    fn accepts(&mut self, from: SocketAddr, ours: bool, now: Instant) -> bool {
+        let stale = self.last.is_none_or(|t| now - t > RELATCH);
+        if self.addr == Some(from) || (ours && stale) {
+            self.addr = Some(from);
+            self.last = Some(now);
+            return true;
+        }
+        // Other packets of the caller's (RTCP muxed, comfort noise) are not learned from.
+        self.addr.is_none()
     }
 }
 
@@ -218,7 +247,8 @@ pub async fn run(
     let mut tick = tokio::time::interval(FRAME);
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut frames: u32 = 0;
-    let mut buf = vec![0u8; 2048];
+    let mut buf = vec![0u8; 4096];
+    let mut source = Source::default();
     let mut scratch_f32 = Vec::with_capacity(FRAME_SAMPLES * 2);
     let mut scratch_u8 = Vec::with_capacity(1500);
     // Buffers of the 20 ms path, reused every tick.
@@ -229,15 +259,30 @@ pub async fn run(
         tokio::select! {
             recv = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = recv else { continue };
-                let Ok((header, payload)) = packet::parse(&buf[..n]) else {
+                // A datagram that fills the buffer was cut short: no RTP of ours is that big.
+                let parsed = if n < buf.len() { packet::parse(&buf[..n]).ok() } else { None };
+                let Some((header, payload)) = parsed else {
                     stats.malformed += 1;
                     continue;
                 };
+                let ours = header.payload_type == session.payload_type
+                    || Some(header.payload_type) == session.telephone_event;
+                let now = Instant::now();
+                if !source.accepts(from, ours, now) {
+                    stats.foreign += 1;
+                    continue;
+                }
                 stats.packets_in += 1;
-                last_rx = Instant::now();
+                last_rx = now;
                 // Symmetric RTP: answer where the caller's packets come from (NAT).
-                remote = from;
+                if source.addr == Some(from) {
+                    remote = from;
+                }
                 if header.payload_type == session.payload_type {
+                    if payload.len() > wire.as_ref().map_or(0, |w| w.codec.max_payload()) {
+                        stats.malformed += 1;
+                        continue;
+                    }
                     jitter.push(&header, payload);
                 } else if Some(header.payload_type) == session.telephone_event {
                     // Events share the audio's sequence numbers: the jitter buffer
@@ -350,6 +395,8 @@ pub async fn run(
                             rx_packet_samples = wire.as_ref().map_or(0, |w| w.codec.frame());
                         }
                         remote = n.remote;
+                        // The session may have moved: learn its source again.
+                        source = Source::default();
                         session = n;
                     }
                     None => break Exit::Stopped,
@@ -434,5 +481,24 @@ mod tests {
         drop(a);
         drop(c);
         assert_eq!(pool.available(), 3);
+    }
+
+    #[test]
+    fn the_rtp_source_is_learned_and_strangers_are_kept_out() {
+        let caller: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let stranger: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let t0 = Instant::now();
+        let mut source = Source::default();
+        // Nothing learned from a packet that is not of the session.
+        assert!(source.accepts(stranger, false, t0));
+        assert!(source.addr.is_none());
+        assert!(source.accepts(caller, true, t0));
+        assert!(!source.accepts(stranger, true, t0 + Duration::from_millis(500)));
+        assert!(source.accepts(caller, false, t0 + Duration::from_secs(1)));
+        // Once the caller has been silent long enough, another address takes over.
+        let later = t0 + Duration::from_secs(1) + RELATCH + Duration::from_millis(1);
+        assert!(!source.accepts(stranger, false, later));
+        assert!(source.accepts(stranger, true, later));
+        assert_eq!(source.addr, Some(stranger));
     }
 }

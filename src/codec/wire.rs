@@ -58,6 +58,14 @@ impl WireCodec {
         }
     }
 
+    /// Largest payload accepted: 120 ms of G.711, or an Opus packet within an MTU.
+    pub fn max_payload(&self) -> usize {
+        match self {
+            WireCodec::G711 { .. } => 960,
+            WireCodec::Opus { .. } => MAX_OPUS_PACKET,
+        }
+    }
+
     /// Samples in one 20 ms packet.
     pub fn frame(&self) -> usize {
         self.rate() as usize / 50

@@ -385,6 +385,7 @@ impl Endpoint {
             lost = stats.lost,
             late = stats.late,
             malformed = stats.malformed,
+            foreign = stats.foreign,
             dtmf = stats.digits.len(),
             digits_sent = stats.digits_sent,
             turns = stats.turns.len(),

@@ -97,7 +97,7 @@ pub struct Stats {
     pub received: u64,
     /// Messages that could not be parsed or answered, dropped.
     pub dropped: u64,
-    /// Malformed requests answered with 400.
+    /// Malformed requests answered with 400, 501 or 505.
     pub bad_requests: u64,
     pub retransmissions_absorbed: u64,
     pub calls: u64,
