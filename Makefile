@@ -6,12 +6,12 @@ IZWI := target/release/izwi
 # The profile `make run` serves; tests always use the small one.
 PROFILE ?= default
 
-.PHONY: run test setup build models-run models-test lint fuzz clean-models
+.PHONY: run test setup build models-run models-test test-tools lint fuzz clean-models
 
 run: setup build models-run
 	IZWI_MODELS_PROFILE=$(PROFILE) $(IZWI) serve
 
-test: setup build models-test
+test: setup build models-test test-tools
 	IZWI_MODELS_PROFILE=small $(CARGO) test --release --locked
 
 setup:
@@ -25,6 +25,14 @@ models-run: build
 
 models-test: build
 	$(IZWI) models fetch --profile small
+
+# The tests' Python clients, pinned, in a venv of their own (PyPI only).
+PYTOOLS := target/pytools
+test-tools: $(PYTOOLS)/.installed
+$(PYTOOLS)/.installed: tests/python/requirements.txt
+	python3 -m venv $(PYTOOLS)
+	$(PYTOOLS)/bin/pip install --quiet --disable-pip-version-check --only-binary :all: -r tests/python/requirements.txt
+	touch $@
 
 lint:
 	$(CARGO) fmt --check

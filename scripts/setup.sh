@@ -6,8 +6,9 @@ set -euo pipefail
 # Build: whisper.cpp and llama.cpp (cmake, C/C++ compilers), bindgen (libclang).
 # Run: espeak-ng turns text into phonemes for the Piper voice (a separate program,
 # never linked: it is GPL-3.0). libopus for the Opus codec.
-# Tests: sipp (Debian package sip-tester), kamailio and baresip are the independent SIP peers.
-packages=(build-essential cmake clang libclang-dev pkg-config ca-certificates espeak-ng libopus-dev sip-tester kamailio baresip-core)
+# Tests: sipp (Debian package sip-tester), kamailio and baresip are the independent SIP peers;
+# python3-venv holds the Python clients (streamdouble, a Twilio Media Streams simulator).
+packages=(build-essential cmake clang libclang-dev pkg-config ca-certificates espeak-ng libopus-dev sip-tester kamailio baresip-core python3 python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -37,8 +37,66 @@ pub struct Config {
     pub turn: TurnConfig,
     pub dialplan: DialplanConfig,
     pub sip: SipConfig,
+    pub http: HttpConfig,
+    pub twilio: TwilioConfig,
     pub agents: BTreeMap<String, AgentProfile>,
     pub log: LogConfig,
+}
+
+/// The HTTP listener: cloud providers' webhooks and media streams (and, later,
+/// metrics and the operator API).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub listen: String,
+    /// The address callers' providers reach Izwi at, e.g. `https://izwi.example.org`
+    /// (Izwi usually sits behind a TLS proxy). Webhook signatures are computed
+    /// on it, and stream URLs handed out are built from it. Empty: taken from
+    /// each request's Host header, as `http://`.
+    pub public_url: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: "0.0.0.0:8080".into(),
+            public_url: String::new(),
+        }
+    }
+}
+
+/// Twilio's voice webhook and Media Streams.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwilioConfig {
+    pub enabled: bool,
+    /// The account's auth token: it keys webhook signatures (and stream tokens).
+    pub auth_token: String,
+    /// Checks `X-Twilio-Signature` on the webhook; turning it off accepts anyone.
+    pub validate_signature: bool,
+    pub voice_path: String,
+    pub stream_path: String,
+    /// Concurrent streams; more are refused at the webhook (TwiML `<Reject>`)
+    /// and at the WebSocket upgrade (503).
+    pub max_streams: usize,
+    /// A stream must start this soon after its webhook was answered.
+    pub stream_token_max_age_secs: u64,
+}
+
+impl Default for TwilioConfig {
+    fn default() -> Self {
+        TwilioConfig {
+            enabled: true,
+            auth_token: String::new(),
+            validate_signature: true,
+            voice_path: "/twilio/voice".into(),
+            stream_path: "/twilio/stream".into(),
+            max_streams: 100,
+            stream_token_max_age_secs: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -236,6 +294,8 @@ impl Default for Config {
             turn: TurnConfig::default(),
             dialplan: DialplanConfig::default(),
             sip: SipConfig::default(),
+            http: HttpConfig::default(),
+            twilio: TwilioConfig::default(),
             agents,
             log: LogConfig::default(),
         }
@@ -312,7 +372,9 @@ impl Default for LogConfig {
 }
 
 /// Sections whose scalar keys may be overridden from the environment.
-const ENV_SECTIONS: &[&str] = &["models", "engine", "turn", "dialplan", "sip", "log"];
+const ENV_SECTIONS: &[&str] = &[
+    "models", "engine", "turn", "dialplan", "sip", "http", "twilio", "log",
+];
 
 /// Environment variables that belong to Izwi but are not settings.
 const ENV_NOT_SETTINGS: &[&str] = &["IZWI_CONFIG"];
@@ -510,6 +572,37 @@ impl Config {
                     "must be between 10 and 86400 seconds",
                 ));
             }
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                format!("`{}` is not an address:port", self.http.listen),
+            ));
+        }
+        let public = &self.http.public_url;
+        if !public.is_empty() && !public.starts_with("http://") && !public.starts_with("https://") {
+            return Err(invalid(
+                "http.public_url",
+                "must start with http:// or https://",
+            ));
+        }
+        let tw = &self.twilio;
+        for (name, path) in [
+            ("twilio.voice_path", &tw.voice_path),
+            ("twilio.stream_path", &tw.stream_path),
+        ] {
+            if !path.starts_with('/') || path.contains(char::is_whitespace) {
+                return Err(invalid(name, "must be a path starting with /"));
+            }
+        }
+        if tw.voice_path == tw.stream_path {
+            return Err(invalid(
+                "twilio.stream_path",
+                "must differ from twilio.voice_path",
+            ));
+        }
+        if tw.max_streams == 0 {
+            return Err(invalid("twilio.max_streams", "must be at least 1"));
         }
         if !sip.auth_user.is_empty() && sip.auth_password.is_empty() {
             return Err(invalid(

@@ -374,7 +374,8 @@ fn transcribe(config: &Config, file: &std::path::Path, language: &str) -> Result
 }
 
 async fn serve(config: Config) -> Result<()> {
-    use izwi::sip::endpoint::{CallContext, Endpoint};
+    use izwi::call::session::CallContext;
+    use izwi::sip::endpoint::Endpoint;
     // The echo agent needs no models: a capacity test of the telephony side alone.
     let (engine, agent) = if config.dialplan.echo {
         tracing::info!("echo agent: calls hear themselves; no models loaded");
@@ -400,8 +401,8 @@ async fn serve(config: Config) -> Result<()> {
         }
         (Some(engine), default_agent)
     };
-    if !config.sip.enabled {
-        tracing::info!("sip.enabled is false and no other transport exists yet; nothing to serve");
+    if !config.sip.enabled && !config.http.enabled {
+        tracing::info!("sip.enabled and http.enabled are both false; nothing to serve");
         return Ok(());
     }
     let ctx = Arc::new(CallContext {
@@ -410,8 +411,38 @@ async fn serve(config: Config) -> Result<()> {
         turn: config.turn.clone(),
         echo: config.dialplan.echo,
     });
-    let endpoint = Endpoint::bind(&config.sip, ctx).await?;
+    // One stop signal for every transport.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let sip = if config.sip.enabled {
+        Some(Endpoint::bind(&config.sip, ctx.clone()).await?)
+    } else {
+        None
+    };
+    let http = if config.http.enabled {
+        Some(izwi::http::Server::bind(&config.http, &config.twilio, ctx.clone()).await?)
+    } else {
+        None
+    };
     tracing::info!("Izwi is ready; Ctrl-C or SIGTERM stops");
-    endpoint.run(stop_signal()).await;
+    tokio::spawn(async move {
+        stop_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let sip_task = sip.map(|e| tokio::spawn(e.run(stopped())));
+    let http_task = http.map(|s| tokio::spawn(s.run(stopped())));
+    if let Some(t) = sip_task {
+        t.await.context("the SIP endpoint stopped abnormally")?;
+    }
+    if let Some(t) = http_task {
+        t.await
+            .context("the HTTP server stopped abnormally")?
+            .context("the HTTP server failed")?;
+    }
     Ok(())
 }

@@ -98,6 +98,8 @@ fn ms(d: Duration) -> f64 {
 
 /// A phrase being played: its text and the frames not yet played.
 struct Playing {
+    /// Numbered across the call, for transports that confirm playback.
+    seq: u64,
     text: String,
     frames: VecDeque<Frame>,
     total: usize,
@@ -107,7 +109,8 @@ struct ActiveReply {
     /// `None` for the greeting, whose audio is all here from the start.
     stream: Option<ReplyStream>,
     phrases: VecDeque<Playing>,
-    spoken: Vec<String>,
+    /// Phrases sent whole, with their numbers.
+    spoken: Vec<(u64, String)>,
     done: bool,
     started: bool,
     /// Audio time before which the reply must not play (the caller may go on).
@@ -140,10 +143,21 @@ impl ActiveReply {
         }
     }
 
+    /// Text of the phrases the transport confirmed played (through `heard`):
+    /// a phrase only sent may still be in its playback buffer, unheard.
+    fn confirmed_text(&self, heard: Option<u64>) -> String {
+        self.spoken
+            .iter()
+            .filter(|(seq, _)| heard.is_some_and(|h| *seq <= h))
+            .map(|(_, t)| t.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Text of what the caller actually heard: whole phrases, plus the share of
     /// the current phrase's words that its played frames represent.
     fn played_text(&self) -> String {
-        let mut parts = self.spoken.clone();
+        let mut parts: Vec<String> = self.spoken.iter().map(|(_, t)| t.clone()).collect();
         if let Some(p) = self.phrases.front() {
             let played = p.total - p.frames.len();
             if played > 0 {
@@ -177,6 +191,18 @@ pub struct Conversation {
     turns: Vec<TurnRecord>,
     digits: Vec<DigitRecord>,
     vad_errors: u64,
+    next_phrase: u64,
+    barge_ins: u64,
+    playback: Option<Playback>,
+}
+
+/// What a transport that confirms playback (Twilio's marks) has reported.
+#[derive(Default)]
+struct Playback {
+    /// Phrases sent whole, waiting for the transport to be told (a mark each).
+    ended: Vec<u64>,
+    /// The last phrase the caller is known to have heard to its end.
+    heard: Option<u64>,
 }
 
 /// A key the caller pressed (RFC 4733 event or Twilio `dtmf`).
@@ -217,6 +243,9 @@ impl Conversation {
             turns: Vec::new(),
             digits: Vec::new(),
             vad_errors: 0,
+            next_phrase: 0,
+            barge_ins: 0,
+            playback: None,
         };
         c.greet();
         Ok(c)
@@ -230,11 +259,44 @@ impl Conversation {
         let mut record = TurnRecord::new(0, true);
         record.words_generated = self.agent.profile.greeting.split_whitespace().count();
         let greeting = Playing {
+            seq: self.phrase_seq(),
             text: self.agent.profile.greeting.clone(),
             total: frames.len(),
             frames,
         };
         self.reply = Some(ActiveReply::new(None, VecDeque::from([greeting]), record));
+    }
+
+    fn phrase_seq(&mut self) -> u64 {
+        self.next_phrase += 1;
+        self.next_phrase
+    }
+
+    /// The transport will confirm what the caller heard ([`Conversation::heard_through`]):
+    /// a barge-in then keeps in the history only phrases confirmed heard, not
+    /// what was sent, which may still sit in the transport's playback buffer.
+    pub fn confirm_playback(&mut self) {
+        self.playback.get_or_insert_with(Playback::default);
+    }
+
+    /// Phrases sent whole since the last call: the transport marks each.
+    pub fn take_phrase_ends(&mut self) -> Vec<u64> {
+        self.playback
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.ended))
+            .unwrap_or_default()
+    }
+
+    /// The caller heard phrase `seq` (and all before it) to its end.
+    pub fn heard_through(&mut self, seq: u64) {
+        if let Some(p) = self.playback.as_mut() {
+            p.heard = p.heard.max(Some(seq));
+        }
+    }
+
+    /// Barge-ins so far: a transport with its own playback buffer clears it on each.
+    pub fn barge_ins(&self) -> u64 {
+        self.barge_ins
     }
 
     pub fn state(&self) -> State {
@@ -377,7 +439,10 @@ impl Conversation {
             let reply = self.reply.as_mut()?;
             while reply.phrases.front().is_some_and(|p| p.frames.is_empty()) {
                 if let Some(p) = reply.phrases.pop_front() {
-                    reply.spoken.push(p.text);
+                    if let Some(playback) = self.playback.as_mut() {
+                        playback.ended.push(p.seq);
+                    }
+                    reply.spoken.push((p.seq, p.text));
                 }
             }
             let ready = reply.phrases.front().is_some_and(|p| !p.frames.is_empty());
@@ -431,6 +496,11 @@ impl Conversation {
     }
 
     fn handle(&mut self, event: ReplyEvent) {
+        let seq = if matches!(event, ReplyEvent::Phrase { .. }) {
+            self.phrase_seq()
+        } else {
+            0
+        };
         let Some(reply) = self.reply.as_mut() else {
             return;
         };
@@ -453,6 +523,7 @@ impl Conversation {
                 rec.tts_rtf =
                     Some(reply.synth.as_secs_f64() / reply.synth_audio.as_secs_f64().max(1e-3));
                 reply.phrases.push_back(Playing {
+                    seq,
                     text,
                     total: audio.len(),
                     frames: audio.into(),
@@ -493,7 +564,13 @@ impl Conversation {
         let Some(mut r) = self.reply.take() else {
             return;
         };
-        let played = r.played_text();
+        let played = match (&self.playback, interrupted) {
+            (Some(p), true) => r.confirmed_text(p.heard),
+            _ => r.played_text(),
+        };
+        if interrupted {
+            self.barge_ins += 1;
+        }
         r.record.words_spoken = played.split_whitespace().count();
         r.record.barged_in = interrupted;
         if interrupted {
@@ -521,13 +598,18 @@ mod tests {
         let mut phrases = VecDeque::new();
         if let Some((text, total, left)) = current {
             phrases.push_back(Playing {
+                seq: 9,
                 text: text.into(),
                 frames: std::iter::repeat_n(SILENCE, left).collect(),
                 total,
             });
         }
         let mut r = ActiveReply::new(None, phrases, TurnRecord::new(1, false));
-        r.spoken = spoken.iter().map(|s| s.to_string()).collect();
+        r.spoken = spoken
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as u64 + 1, s.to_string()))
+            .collect();
         r.started = true;
         r
     }
@@ -552,5 +634,29 @@ mod tests {
         assert_eq!(r.played_text(), "Hello", "a started word counts as heard");
         let r = reply(&["One.", "Two three."], None);
         assert_eq!(r.played_text(), "One. Two three.");
+    }
+
+    #[test]
+    fn confirmed_text_is_only_phrases_the_transport_played() {
+        // Phrases 1 and 2 sent whole, 3 half sent; marks came back for 1 only.
+        let r = reply(
+            &["We open at eight.", "On Saturday at nine."],
+            Some(("Sunday we are closed.", 100, 50)),
+        );
+        assert_eq!(r.confirmed_text(Some(1)), "We open at eight.");
+        assert_eq!(
+            r.confirmed_text(Some(2)),
+            "We open at eight. On Saturday at nine."
+        );
+        assert_eq!(
+            r.confirmed_text(None),
+            "",
+            "no mark back: nothing heard for sure"
+        );
+        // What was sent would have said more.
+        assert_eq!(
+            r.played_text(),
+            "We open at eight. On Saturday at nine. Sunday we"
+        );
     }
 }

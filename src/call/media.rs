@@ -12,84 +12,15 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::Agent;
-use super::conversation::{Conversation, TurnRecord};
-use crate::audio::{ENGINE_RATE, FRAME, FRAME_SAMPLES, Frame, SILENCE};
+use super::conversation::TurnRecord;
+use super::session::CallAgent;
+use crate::audio::{ENGINE_RATE, FRAME, FRAME_SAMPLES, SILENCE};
 use crate::codec::resample::StreamResampler;
 use crate::codec::wire::WireCodec;
-use crate::config::TurnConfig;
-use crate::engine::{Engine, EngineError};
 use crate::rtp::dtmf::{self, DtmfReceiver};
 use crate::rtp::jitter::{JitterBuffer, Playout};
 use crate::rtp::packet::{self, Packetizer};
 use crate::sip::sdp::{Codec, Negotiated};
-
-/// What answers the caller.
-pub enum CallAgent {
-    Engine(Box<Conversation>),
-    /// Plays the caller's audio back: for capacity tests without models.
-    Echo(VecDeque<Frame>),
-}
-
-impl CallAgent {
-    pub async fn start(
-        echo: bool,
-        engine: Option<Arc<Engine>>,
-        agent: Option<Arc<Agent>>,
-        turn: &TurnConfig,
-        call_id: &str,
-    ) -> Result<CallAgent, EngineError> {
-        match (echo, engine, agent) {
-            (true, _, _) => Ok(CallAgent::Echo(VecDeque::new())),
-            (false, Some(engine), Some(agent)) => Ok(CallAgent::Engine(Box::new(
-                Conversation::start(engine, agent, turn, call_id).await?,
-            ))),
-            _ => Err(EngineError::Worker("no engine loaded for this call".into())),
-        }
-    }
-
-    fn push(&mut self, frame: &Frame, at: Duration) {
-        match self {
-            CallAgent::Engine(c) => c.push_caller(frame, at),
-            CallAgent::Echo(q) => {
-                q.push_back(*frame);
-                // Bounded: a stalled sender must not grow the queue.
-                while q.len() > 8 {
-                    q.pop_front();
-                }
-            }
-        }
-    }
-
-    async fn next(&mut self, at: Duration) -> Option<Frame> {
-        match self {
-            CallAgent::Engine(c) => c.next_frame(at, false).await,
-            CallAgent::Echo(q) => q.pop_front(),
-        }
-    }
-
-    /// A key the caller pressed; returns keys to send back. The echo agent
-    /// echoes them, which lets a peer check DTMF both ways.
-    fn digit(&mut self, key: char, at: Duration) -> Option<String> {
-        match self {
-            CallAgent::Engine(c) => {
-                c.push_digit(key, at);
-                None
-            }
-            CallAgent::Echo(_) => Some(key.to_string()),
-        }
-    }
-
-    fn close(&mut self) -> Vec<TurnRecord> {
-        match self {
-            CallAgent::Engine(c) => {
-                c.close();
-                c.turns().to_vec()
-            }
-            CallAgent::Echo(_) => Vec::new(),
-        }
-    }
-}
 
 pub enum Control {
     /// A re-INVITE changed the session (hold, new address, new codec).

@@ -3,6 +3,7 @@
 pub mod conversation;
 pub mod media;
 pub mod reply;
+pub mod session;
 pub mod turn;
 
 use std::sync::Arc;

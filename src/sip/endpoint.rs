@@ -16,10 +16,9 @@ use super::message::Identity;
 use super::register::RegisterConfig;
 use super::sdp::{self, Codec};
 use super::ua::{CallRef, EndReason, Event, Output, Transport, UaConfig, UserAgent};
-use crate::call::Agent;
-use crate::call::media::{self, CallAgent, Control, Exit, MediaSettings, MediaStats, PortPool};
-use crate::config::{SipConfig, TurnConfig};
-use crate::engine::Engine;
+use crate::call::media::{self, Control, Exit, MediaSettings, MediaStats, PortPool};
+use crate::call::session::{CallAgent, CallContext};
+use crate::config::SipConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -32,14 +31,6 @@ pub enum EndpointError {
     Listen(String),
     #[error("setting `sip.register_to`: cannot resolve `{0}`")]
     Registrar(String),
-}
-
-/// What a call needs to be answered.
-pub struct CallContext {
-    pub engine: Option<Arc<Engine>>,
-    pub agent: Option<Arc<Agent>>,
-    pub turn: TurnConfig,
-    pub echo: bool,
 }
 
 /// A call's RTP socket, held from the offer/answer until its media reactor runs.
@@ -392,6 +383,7 @@ impl Endpoint {
             max_in_to_agent_ms = stats.max_in_to_agent.as_millis() as u64,
             "call media ended"
         );
+        crate::call::session::log_turns(&active.call_id, &stats.turns);
         // The media side ended a call SIP still holds (RTP timeout, maximum duration).
         if active.control.is_some() {
             self.ua.hangup(call, std::time::Instant::now());

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod sip_peer;
+pub mod twilio;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -17,9 +17,19 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub struct Izwi {
     child: Mutex<Child>,
     pub port: u16,
+    /// The HTTP listener (webhooks, media streams).
+    pub http_port: u16,
     log: Arc<Mutex<String>>,
 }
 
@@ -37,9 +47,11 @@ impl Izwi {
         let port = free_udp_port();
         // A private RTP range per test, away from the SIP ports the OS hands out.
         let rtp_min = 30_000 + (port % 100) * 100;
+        let http_port = free_tcp_port();
         let mut cmd = Command::new(izwi_bin());
         cmd.arg("serve")
             .env("IZWI_SIP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("IZWI_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
             .env("IZWI_DIALPLAN_ECHO", "true")
             .env("IZWI_SIP_RTP_PORT_MIN", rtp_min.to_string())
             .env("IZWI_SIP_RTP_PORT_MAX", (rtp_min + 99).to_string())
@@ -63,6 +75,7 @@ impl Izwi {
         let izwi = Izwi {
             child: Mutex::new(child),
             port,
+            http_port,
             log,
         };
         // Loading the models takes seconds, more on a busy 2-core machine.
