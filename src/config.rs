@@ -39,6 +39,8 @@ pub struct Config {
     pub sip: SipConfig,
     pub http: HttpConfig,
     pub twilio: TwilioConfig,
+    pub records: RecordsConfig,
+    pub api: ApiConfig,
     pub agents: BTreeMap<String, AgentProfile>,
     pub log: LogConfig,
 }
@@ -63,6 +65,62 @@ impl Default for HttpConfig {
             enabled: true,
             listen: "0.0.0.0:8080".into(),
             public_url: String::new(),
+        }
+    }
+}
+
+/// Call records (SQLite): timings and outcomes, never audio or transcripts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsConfig {
+    pub enabled: bool,
+    /// The SQLite file (created with its folder when missing).
+    pub path: PathBuf,
+    /// Key of the HMAC that stands in for callers' numbers. Empty: a random
+    /// key kept in a file beside the database (`<path>.key`), made on first use.
+    pub caller_key: String,
+    /// Records waiting for the writer; beyond this they are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for RecordsConfig {
+    fn default() -> Self {
+        RecordsConfig {
+            enabled: true,
+            path: PathBuf::from("data/izwi.db"),
+            caller_key: String::new(),
+            queue: 1024,
+        }
+    }
+}
+
+/// The operator API (`/v1/…`), metrics and health on the HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HS256 secret for bearer JWTs; empty: not accepted.
+    pub jwt_secret: String,
+    /// File holding the RS256 public key (PEM) for bearer JWTs; empty: not accepted.
+    pub jwt_public_key: String,
+    /// The `aud` a JWT must carry.
+    pub jwt_audience: String,
+    /// API keys (`X-Api-Key`): entries `NAME:KEY` or `NAME:KEY:admin`.
+    pub api_keys: Vec<String>,
+    /// Requests per minute per key or JWT subject; 0: no limit.
+    pub rate_per_minute: u32,
+    /// Origins allowed to call the API from a browser (CORS); empty: none.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            jwt_secret: String::new(),
+            jwt_public_key: String::new(),
+            jwt_audience: "izwi".into(),
+            api_keys: Vec::new(),
+            rate_per_minute: 120,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -296,6 +354,8 @@ impl Default for Config {
             sip: SipConfig::default(),
             http: HttpConfig::default(),
             twilio: TwilioConfig::default(),
+            records: RecordsConfig::default(),
+            api: ApiConfig::default(),
             agents,
             log: LogConfig::default(),
         }
@@ -373,7 +433,7 @@ impl Default for LogConfig {
 
 /// Sections whose scalar keys may be overridden from the environment.
 const ENV_SECTIONS: &[&str] = &[
-    "models", "engine", "turn", "dialplan", "sip", "http", "twilio", "log",
+    "models", "engine", "turn", "dialplan", "sip", "http", "twilio", "records", "api", "log",
 ];
 
 /// Environment variables that belong to Izwi but are not settings.
@@ -600,6 +660,9 @@ impl Config {
                 "twilio.stream_path",
                 "must differ from twilio.voice_path",
             ));
+        }
+        if self.records.queue == 0 {
+            return Err(invalid("records.queue", "must be at least 1"));
         }
         if tw.max_streams == 0 {
             return Err(invalid("twilio.max_streams", "must be at least 1"));

@@ -8,10 +8,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use izwi::call::Agent;
+use izwi::call::session::{CallTracker, Ending};
 use izwi::codec::{resample::resample, wav};
 use izwi::config::Config;
 use izwi::engine::Engine;
 use izwi::models::{ModelStore, fetch, store::Check};
+use izwi::records::{CallQuery, CallStart, Outcome, Recorder, Side, Store, Transport, now_ms};
 use izwi::talk::{self, Clock};
 
 #[derive(Parser)]
@@ -44,6 +46,41 @@ enum Command {
         #[command(subcommand)]
         action: ModelsAction,
     },
+    /// Read the call records (the same database `serve` writes).
+    Calls {
+        #[command(subcommand)]
+        action: CallsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CallsAction {
+    /// Calls, newest first.
+    List(ListArgs),
+    /// One call with its turns.
+    Show {
+        id: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Calls started at or after this many hours ago.
+    #[arg(long)]
+    since_hours: Option<f64>,
+    /// open, completed, failed or interrupted.
+    #[arg(long)]
+    outcome: Option<String>,
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -112,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve => runtime()?.block_on(serve(config)),
         Command::Bench(args) => runtime()?.block_on(bench_cmd(config, args)),
         Command::Transcribe { file, language } => transcribe(&config, &file, &language),
+        Command::Calls { action } => runtime()?.block_on(calls_cmd(config, action)),
     }
 }
 
@@ -326,7 +364,36 @@ async fn talk_cmd(config: Config, args: TalkArgs) -> Result<()> {
     } else {
         Clock::RealTime
     };
+    let (store, recorder, writer) = open_records(&config).await?;
+    let id = format!("talk-{:016x}", rand::random::<u64>());
+    let mut tracker = CallTracker::start(
+        &recorder,
+        CallStart {
+            id: id.clone(),
+            transport: Transport::Talk,
+            started_at_ms: now_ms(),
+            called: None,
+            caller: None,
+            agent: Some(name.to_string()),
+            codec: None,
+        },
+    );
+    tracker.answered(now_ms());
     let outcome = talk::talk(engine, agent, &config.turn, &audio, clock).await?;
+    tracker.finish(
+        Ending {
+            outcome: Outcome::Completed,
+            cause: "talk_end".into(),
+            side: Side::Caller,
+            dtmf: 0,
+            errors: 0,
+        },
+        &outcome.turns,
+    );
+    close_records(store, recorder, writer).await;
+    if config.records.enabled {
+        println!("call {id} recorded in {}", config.records.path.display());
+    }
     wav::write_mono(&args.output, &outcome.agent_audio, izwi::audio::ENGINE_RATE)?;
     print!("{}", talk::report(&outcome.turns));
     if args.json {
@@ -340,6 +407,132 @@ async fn talk_cmd(config: Config, args: TalkArgs) -> Result<()> {
         args.output.display(),
         outcome.agent_audio.len() as f64 / izwi::audio::ENGINE_RATE as f64
     );
+    Ok(())
+}
+
+/// The call records: opened (and migrated), calls left open by a killed
+/// process closed as interrupted, and the writer started. Off: a recorder that
+/// writes nowhere.
+async fn open_records(
+    config: &Config,
+) -> Result<(Option<Store>, Recorder, Option<tokio::task::JoinHandle<()>>)> {
+    if !config.records.enabled {
+        return Ok((None, Recorder::disabled(), None));
+    }
+    let path = &config.records.path;
+    let key = caller_key(config)?;
+    let store = Store::open(path, &key)
+        .await
+        .with_context(|| format!("opening the call records ({})", path.display()))?;
+    let closed = store.close_interrupted(now_ms()).await?;
+    if closed > 0 {
+        tracing::warn!(
+            calls = closed,
+            "calls left open by a stopped process marked interrupted"
+        );
+    }
+    let (recorder, writer) = store.writer(config.records.queue);
+    Ok((Some(store), recorder, Some(writer)))
+}
+
+/// Lets the writer drain what is queued, then closes the database.
+async fn close_records(
+    store: Option<Store>,
+    recorder: Recorder,
+    writer: Option<tokio::task::JoinHandle<()>>,
+) {
+    drop(recorder);
+    if let Some(w) = writer {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), w).await;
+    }
+    if let Some(s) = store {
+        s.close().await;
+    }
+}
+
+/// The caller-number HMAC key: configured, or kept in a file beside the
+/// database (made on first use, readable by its owner only).
+fn caller_key(config: &Config) -> Result<String> {
+    if !config.records.caller_key.is_empty() {
+        return Ok(config.records.caller_key.clone());
+    }
+    let mut path = config.records.path.clone().into_os_string();
+    path.push(".key");
+    let path = PathBuf::from(path);
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        let key = key.trim().to_string();
+        if !key.is_empty() {
+            return Ok(key);
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let key = hex::encode(rand::random::<[u8; 32]>());
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating the caller key {}", path.display()))?;
+    f.write_all(key.as_bytes())?;
+    tracing::info!(path = %path.display(), "made a new caller-number key");
+    Ok(key)
+}
+
+async fn calls_cmd(config: Config, action: CallsAction) -> Result<()> {
+    if !config.records.enabled {
+        bail!("call records are off (records.enabled = false)");
+    }
+    let path = &config.records.path;
+    if !path.exists() {
+        bail!("no call records at {} (records.path)", path.display());
+    }
+    let store = Store::open(path, &config.records.caller_key)
+        .await
+        .with_context(|| format!("opening the call records ({})", path.display()))?;
+    match action {
+        CallsAction::List(a) => {
+            let outcome = match a.outcome.as_deref() {
+                Some(o) => Some(Outcome::parse(o).with_context(|| {
+                    format!("--outcome {o}: expected open, completed, failed or interrupted")
+                })?),
+                None => None,
+            };
+            let q = CallQuery {
+                from_ms: a.since_hours.map(|h| now_ms() - (h * 3_600_000.0) as i64),
+                outcome,
+                agent: a.agent,
+                limit: a.limit,
+                ..CallQuery::default()
+            };
+            let page = store.list(&q).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                print!("{}", izwi::records::table(&page.calls));
+            }
+        }
+        CallsAction::Show { id, json } => {
+            let Some((call, turns)) = store.get(&id).await? else {
+                bail!("no call `{id}` in {}", path.display());
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"call": call, "turns": turns})
+                    )?
+                );
+            } else {
+                print!("{}", izwi::records::table(std::slice::from_ref(&call)));
+                print!("{}", izwi::records::turns_table(&turns));
+            }
+        }
+    }
+    store.close().await;
     Ok(())
 }
 
@@ -405,12 +598,18 @@ async fn serve(config: Config) -> Result<()> {
         tracing::info!("sip.enabled and http.enabled are both false; nothing to serve");
         return Ok(());
     }
+    let (store, recorder, writer) = open_records(&config).await?;
     let ctx = Arc::new(CallContext {
         engine,
         agent,
         turn: config.turn.clone(),
         echo: config.dialplan.echo,
+        recorder: recorder.clone(),
     });
+    drop(recorder);
+    // Agents are prepared (greeting synthesized, prompt evaluated): warm.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    izwi::metrics::metrics().set_ready(true);
     // One stop signal for every transport.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -425,7 +624,7 @@ async fn serve(config: Config) -> Result<()> {
         None
     };
     let http = if config.http.enabled {
-        Some(izwi::http::Server::bind(&config.http, &config.twilio, ctx.clone()).await?)
+        Some(izwi::http::Server::bind(&config, ctx.clone(), store.clone(), ready.clone()).await?)
     } else {
         None
     };
@@ -444,5 +643,9 @@ async fn serve(config: Config) -> Result<()> {
             .context("the HTTP server stopped abnormally")?
             .context("the HTTP server failed")?;
     }
+    // Every call has ended: the last records go to the writer, then the database closes.
+    let recorder = ctx.recorder.clone();
+    drop(ctx);
+    close_records(store, recorder, writer).await;
     Ok(())
 }

@@ -8,8 +8,10 @@ use std::process::{Command, Output};
 use common::izwi_bin;
 
 fn izwi(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let records = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(izwi_bin());
-    cmd.args(args);
+    cmd.args(args)
+        .env("IZWI_RECORDS_PATH", records.path().join("records.db"));
     for (k, v) in env {
         cmd.env(k, v);
     }

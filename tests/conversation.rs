@@ -41,8 +41,12 @@ fn izwi_talk_answers_a_spoken_question_with_speech() {
     let output = dir.path().join("agent.wav");
     wav::write_mono(&input, &caller, ENGINE_RATE).unwrap();
 
+    let records = dir.path().join("records.db");
     let out = Command::new(izwi_bin())
         .env("IZWI_MODELS_PROFILE", config().models.profile)
+        .env("IZWI_RECORDS_PATH", &records)
+        .env("IZWI_LOG_FORMAT", "json")
+        .env("IZWI_LOG_LEVEL", "debug")
         .args(["talk", "--fast", "--json", "--in"])
         .arg(&input)
         .arg("--out")
@@ -88,6 +92,116 @@ fn izwi_talk_answers_a_spoken_question_with_speech() {
         "the reply is not several words of speech: {heard:?}"
     );
     assert_ne!(words(QUESTION), w, "the agent repeated the question");
+
+    // The call's record: one row and its turns, with plausible timings.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("call ")?.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no call id printed: {stdout}"))
+        .to_string();
+    let show = Command::new(izwi_bin())
+        .env("IZWI_RECORDS_PATH", &records)
+        .args(["calls", "show", &id, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        show.status.success(),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let call = &record["call"];
+    assert_eq!(call["transport"], "talk", "{record}");
+    assert_eq!(call["outcome"], "completed", "{record}");
+    assert_eq!(call["agent"], "english", "{record}");
+    assert_eq!(call["turns"], 2, "greeting and the answer: {record}");
+    assert_eq!(call["barge_ins"], 0, "{record}");
+    assert!(call["duration_ms"].as_i64().unwrap() > 0, "{record}");
+    let answer = record["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["greeting"] == false)
+        .unwrap_or_else(|| panic!("no answered turn: {record}"));
+    assert_eq!(answer["outcome"], "answered", "{record}");
+    let ms = |k: &str| {
+        answer[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k}: {record}"))
+    };
+    assert!(
+        ms("response_ms") > 0.0 && ms("response_ms") < 3000.0,
+        "{record}"
+    );
+    for k in [
+        "asr_ms",
+        "llm_first_token_ms",
+        "tts_first_audio_ms",
+        "llm_tokens_per_s",
+    ] {
+        assert!(ms(k) > 0.0, "{k}: {record}");
+    }
+    assert!(answer["words_heard"].as_u64().unwrap() >= 5, "{record}");
+    assert!(answer["words_spoken"].as_u64().unwrap() >= 4, "{record}");
+    let list = Command::new(izwi_bin())
+        .env("IZWI_RECORDS_PATH", &records)
+        .args(["calls", "list"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&id));
+
+    // Logs are JSON lines; per-turn lines carry the call and turn ids.
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        if v["fields"]["message"] == "turn" {
+            assert_eq!(v["fields"]["call"], id.as_str(), "{line}");
+            assert!(v["fields"]["turn"].is_u64(), "{line}");
+        }
+    }
+    assert!(
+        stderr.contains("\"message\":\"turn\""),
+        "no turn log lines: {stderr}"
+    );
+    // Nothing the caller said, nor the agent's words, is kept: not in any log
+    // line, not in the database (its file and write-ahead log).
+    let mut db = std::fs::read(&records).unwrap();
+    let mut wal = records.clone().into_os_string();
+    wal.push("-wal");
+    db.extend(std::fs::read(&wal).unwrap_or_default());
+    let kept = format!("{stdout}\n{stderr}\n{}", String::from_utf8_lossy(&db)).to_lowercase();
+    let said: Vec<String> = words(QUESTION)
+        .into_iter()
+        .chain(w.iter().cloned())
+        .filter(|word| word.len() >= 6)
+        // Izwi's own vocabulary (field names, labels) may happen to be in a reply.
+        .filter(|word| {
+            ![
+                "answered",
+                "completed",
+                "english",
+                "greeting",
+                "records",
+                "caller",
+                "failed",
+                "interrupted",
+                "outcome",
+                "models",
+                "agent",
+                "heard",
+                "spoken",
+            ]
+            .contains(&word.as_str())
+        })
+        .collect();
+    assert!(said.len() >= 2, "{said:?}");
+    for word in &said {
+        assert!(
+            !kept.contains(word.as_str()),
+            "`{word}` was kept in the logs or the database"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,8 @@ pub enum Exit {
     Stopped,
     RtpTimeout,
     MaxDuration,
+    /// The call's agent could not be started.
+    AgentFailed,
 }
 
 #[derive(Debug, Clone, Default)]

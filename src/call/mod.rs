@@ -47,3 +47,22 @@ impl Agent {
         })
     }
 }
+
+impl Agent {
+    /// Runs each engine stage once on this agent's settings, so the first
+    /// caller does not pay for cold caches: what `/v1/admin/warmup` asks for.
+    pub async fn warm(&self, engine: &Arc<Engine>) -> Result<Duration, EngineError> {
+        let t = Instant::now();
+        let silence = vec![0.0; crate::audio::ENGINE_RATE as usize / 2];
+        engine
+            .transcribe(silence, self.profile.language.clone())
+            .await?;
+        engine
+            .speak("Hello.".into(), self.profile.espeak_voice.clone())
+            .await?;
+        engine
+            .llm_session(self.profile.system_prompt.clone())
+            .await?;
+        Ok(t.elapsed())
+    }
+}

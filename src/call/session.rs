@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Agent;
-use super::conversation::{Conversation, TurnRecord};
+use super::conversation::{Conversation, TurnOutcome, TurnRecord};
 use crate::audio::Frame;
 use crate::config::TurnConfig;
 use crate::engine::{Engine, EngineError};
+use crate::metrics::{TurnTimings, metrics};
+use crate::records::{CallEnd, CallGuard, CallStart, Outcome, Recorder, Side, Transport, TurnRow};
 
 /// What a call needs to be answered; shared by every call of every transport.
 pub struct CallContext {
@@ -18,6 +20,141 @@ pub struct CallContext {
     pub agent: Option<Arc<Agent>>,
     pub turn: TurnConfig,
     pub echo: bool,
+    /// Where calls' records go.
+    pub recorder: Recorder,
+}
+
+impl CallContext {
+    /// The agent's name as records show it.
+    pub fn agent_name(&self) -> String {
+        match (&self.agent, self.echo) {
+            (_, true) => "echo".into(),
+            (Some(a), false) => a.name.clone(),
+            (None, false) => "none".into(),
+        }
+    }
+}
+
+/// How a call ended, for its record.
+pub struct Ending {
+    pub outcome: Outcome,
+    pub cause: String,
+    pub side: Side,
+    pub dtmf: u32,
+    pub errors: u32,
+}
+
+/// One call's record and metrics from start to end: whatever way the call
+/// ends (its reactor returning, failing, panicking or being dropped), the
+/// record is written and the active-calls gauge comes back down.
+pub struct CallTracker {
+    transport: Transport,
+    guard: Option<CallGuard>,
+    answered_at_ms: Option<i64>,
+    codec: Option<String>,
+}
+
+impl CallTracker {
+    pub fn start(recorder: &Recorder, start: CallStart) -> CallTracker {
+        metrics().call_started(start.transport.as_str());
+        let transport = start.transport;
+        CallTracker {
+            transport,
+            guard: Some(recorder.start(start)),
+            answered_at_ms: None,
+            codec: None,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        self.guard.as_ref().map_or("", |g| g.id())
+    }
+
+    pub fn answered(&mut self, at_ms: i64) {
+        self.answered_at_ms = Some(at_ms);
+        if let Some(g) = self.guard.as_mut() {
+            g.answered(at_ms);
+        }
+    }
+
+    pub fn codec(&mut self, codec: &str) {
+        self.codec = Some(codec.to_string());
+        if let Some(g) = self.guard.as_mut() {
+            g.codec(codec);
+        }
+    }
+
+    pub fn finish(mut self, ending: Ending, turns: &[TurnRecord]) {
+        let m = metrics();
+        let transport = self.transport.as_str();
+        for t in turns {
+            m.turn(
+                transport,
+                &TurnTimings {
+                    response_ms: t.response_ms,
+                    asr_ms: t.asr_ms,
+                    llm_first_token_ms: t.llm_first_token_ms,
+                    tts_first_audio_ms: t.tts_first_audio_ms,
+                    llm_tokens_per_s: t.llm_tokens_per_s,
+                },
+            );
+            if t.barged_in {
+                m.barge_in(transport);
+            }
+        }
+        for _ in 0..ending.dtmf {
+            m.dtmf(transport);
+        }
+        m.call_ended(transport, ending.outcome.as_str());
+        log_turns(self.id(), turns);
+        if let Some(guard) = self.guard.take() {
+            let id = guard.id().to_string();
+            guard.finish(CallEnd {
+                id,
+                answered_at_ms: self.answered_at_ms,
+                ended_at_ms: crate::records::now_ms(),
+                outcome: ending.outcome,
+                hangup_cause: ending.cause,
+                hangup_side: ending.side,
+                codec: self.codec.take(),
+                dtmf: ending.dtmf,
+                errors: ending.errors,
+                turns: turns.iter().map(turn_row).collect(),
+            });
+        }
+    }
+}
+
+impl Drop for CallTracker {
+    fn drop(&mut self) {
+        // Unfinished: the guard records a failed end as it drops.
+        if self.guard.is_some() {
+            metrics().call_ended(self.transport.as_str(), Outcome::Failed.as_str());
+        }
+    }
+}
+
+fn turn_row(t: &TurnRecord) -> TurnRow {
+    TurnRow {
+        index: t.index as u32,
+        greeting: t.greeting,
+        outcome: match t.outcome {
+            TurnOutcome::Answered => "answered",
+            TurnOutcome::Interrupted => "interrupted",
+            TurnOutcome::NothingHeard => "nothing_heard",
+            TurnOutcome::Failed => "failed",
+            TurnOutcome::HungUp => "hung_up",
+        }
+        .to_string(),
+        response_ms: t.response_ms,
+        asr_ms: t.asr_ms,
+        llm_first_token_ms: t.llm_first_token_ms,
+        llm_tokens_per_s: t.llm_tokens_per_s,
+        tts_first_audio_ms: t.tts_first_audio_ms,
+        words_heard: t.words_heard as u32,
+        words_spoken: t.words_spoken as u32,
+        interrupted: t.barged_in,
+    }
 }
 
 /// What answers the caller.

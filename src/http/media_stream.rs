@@ -15,11 +15,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::audio::{ENGINE_RATE, FRAME, FRAME_SAMPLES, SILENCE};
 use crate::call::conversation::TurnRecord;
-use crate::call::session::{CallAgent, CallContext, log_turns};
+use crate::call::session::{CallAgent, CallContext, CallTracker, Ending};
 use crate::codec::g711::Law;
 use crate::codec::resample::StreamResampler;
+use crate::metrics::metrics;
 use crate::provider::twilio::check_stream_token;
 use crate::provider::{MediaStreamProvider, ProtocolError, StreamEvent, StreamStart};
+use crate::records::{CallStart, Outcome, Side, Transport, now_ms};
 
 /// The provider's audio rate: G.711 µ-law, 8 kHz.
 const WIRE_RATE: u32 = 8_000;
@@ -77,6 +79,7 @@ pub struct StreamSummary {
 struct Live {
     stream_id: String,
     agent: CallAgent,
+    tracker: CallTracker,
     up: StreamResampler,
     down: StreamResampler,
     caller_pcm: VecDeque<f32>,
@@ -256,7 +259,7 @@ pub async fn run(
     };
     if let Some(mut l) = live {
         summary.turns = l.agent.close();
-        log_turns(&summary.stream_id, &summary.turns);
+        l.tracker.finish(ending(&end, &summary), &summary.turns);
     }
     tracing::info!(
         stream = %summary.stream_id,
@@ -276,8 +279,50 @@ pub async fn run(
     summary
 }
 
+/// How a stream call ended, for its record.
+fn ending(end: &StreamEnd, summary: &StreamSummary) -> Ending {
+    let (outcome, cause, side) = match end {
+        StreamEnd::Stop => (Outcome::Completed, "stream_stop".to_string(), Side::Caller),
+        StreamEnd::Closed => (
+            Outcome::Completed,
+            "socket_closed".to_string(),
+            Side::Provider,
+        ),
+        StreamEnd::Shutdown => (Outcome::Completed, "shutdown".to_string(), Side::Izwi),
+        StreamEnd::Protocol(kind) => (Outcome::Failed, format!("protocol:{kind}"), Side::Izwi),
+        StreamEnd::Unauthorized => (Outcome::Failed, "unauthorized".to_string(), Side::Izwi),
+        StreamEnd::AgentFailed => (Outcome::Failed, "agent_failed".to_string(), Side::Izwi),
+    };
+    Ending {
+        errors: u32::from(outcome == Outcome::Failed),
+        outcome,
+        cause,
+        side,
+        dtmf: summary.digits as u32,
+    }
+}
+
 /// The call's agent and resamplers, once the stream has started.
 async fn begin(ctx: &CallContext, start: StreamStart) -> Option<Live> {
+    let id = if start.call_id.is_empty() {
+        start.stream_id.clone()
+    } else {
+        start.call_id.clone()
+    };
+    // Twilio is the only stream provider so far; the next adds its transport.
+    let mut tracker = CallTracker::start(
+        &ctx.recorder,
+        CallStart {
+            id,
+            transport: Transport::Twilio,
+            started_at_ms: now_ms(),
+            called: start.custom.get("called").cloned(),
+            caller: start.custom.get("caller").cloned(),
+            agent: Some(ctx.agent_name()),
+            codec: Some("PCMU".into()),
+        },
+    );
+    tracker.answered(now_ms());
     let agent = CallAgent::start(
         ctx.echo,
         ctx.engine.clone(),
@@ -297,6 +342,7 @@ async fn begin(ctx: &CallContext, start: StreamStart) -> Option<Live> {
     Some(Live {
         stream_id: start.stream_id,
         agent,
+        tracker,
         up: StreamResampler::new(WIRE_RATE, ENGINE_RATE).ok()?,
         down: StreamResampler::new(ENGINE_RATE, WIRE_RATE).ok()?,
         caller_pcm: VecDeque::with_capacity(FRAME_SAMPLES * 2),
@@ -333,6 +379,9 @@ fn close_code(e: &ProtocolError) -> u16 {
 /// Closes the stream with a reason; the label is what the log (and counters) carry.
 async fn close(socket: &mut WebSocket, code: u16, reason: &str, label: &'static str) -> StreamEnd {
     tracing::info!(code, reason, kind = label, "closing media stream");
+    if label != "shutdown" {
+        metrics().stream_rejected(label);
+    }
     // Close reasons are limited to 123 bytes.
     let mut reason = reason.to_string();
     while reason.len() > 120 {

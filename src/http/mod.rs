@@ -2,13 +2,15 @@
 //! WebSockets (Twilio first). One listener, one router; each stream is a call
 //! in its own task.
 
+pub mod api;
+pub mod auth;
 pub mod media_stream;
 pub mod twilio;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::call::session::CallContext;
-use crate::config::{HttpConfig, TwilioConfig};
+use crate::config::{ApiConfig, Config, HttpConfig, TwilioConfig};
+use crate::records::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -28,6 +31,13 @@ pub enum HttpError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("setting `api.jwt_public_key`: cannot read {path}")]
+    PublicKey {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Auth(#[from] auth::AuthConfigError),
 }
 
 /// What every handler shares.
@@ -35,6 +45,14 @@ pub struct AppState {
     pub ctx: Arc<CallContext>,
     pub http: HttpConfig,
     pub twilio: TwilioConfig,
+    pub api: ApiConfig,
+    pub auth: auth::Authenticator,
+    /// The call records, when kept.
+    pub store: Option<Store>,
+    /// Models loaded and warmed.
+    pub ready: Arc<AtomicBool>,
+    /// What the recorder had dropped at the last scrape.
+    pub records_dropped_seen: AtomicU64,
     /// Keys the stream tokens handed out in TwiML: the auth token, or a
     /// per-process random secret when there is none.
     pub stream_secret: String,
@@ -73,10 +91,32 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(
-        http: &HttpConfig,
-        twilio: &TwilioConfig,
+        config: &Config,
         ctx: Arc<CallContext>,
+        store: Option<Store>,
+        ready: Arc<AtomicBool>,
     ) -> Result<Server, HttpError> {
+        let (http, twilio, api) = (&config.http, &config.twilio, &config.api);
+        let jwt_public_key_pem = if api.jwt_public_key.is_empty() {
+            String::new()
+        } else {
+            std::fs::read_to_string(&api.jwt_public_key).map_err(|source| HttpError::PublicKey {
+                path: api.jwt_public_key.clone(),
+                source,
+            })?
+        };
+        let auth = auth::Authenticator::new(&auth::AuthSettings {
+            jwt_secret: api.jwt_secret.clone(),
+            jwt_public_key_pem,
+            audience: api.jwt_audience.clone(),
+            api_keys: api.api_keys.clone(),
+            rate_per_minute: api.rate_per_minute,
+        })?;
+        if !auth.configured() {
+            tracing::info!(
+                "no API credentials configured (api.jwt_secret, api.jwt_public_key, api.api_keys): /v1 answers 401"
+            );
+        }
         let listener = TcpListener::bind(&http.listen)
             .await
             .map_err(|source| HttpError::Bind {
@@ -98,6 +138,11 @@ impl Server {
             ctx,
             http: http.clone(),
             twilio: twilio.clone(),
+            api: api.clone(),
+            auth,
+            store,
+            ready,
+            records_dropped_seen: AtomicU64::new(0),
             stream_secret,
             active_streams: AtomicUsize::new(0),
             shutdown,
@@ -124,7 +169,23 @@ impl Server {
             state,
             stop,
         } = self;
-        let mut app = Router::new().route("/healthz", get(|| async { "ok\n" }));
+        let v1 = Router::new()
+            .route("/v1/calls", get(api::list_calls))
+            .route("/v1/calls/{id}", get(api::get_call))
+            .route("/v1/admin/warmup", post(api::warmup))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                api::authenticate,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                api::cors,
+            ));
+        let mut app = Router::new()
+            .route("/healthz", get(api::healthz))
+            .route("/readyz", get(api::readyz))
+            .route("/metrics", get(api::prometheus))
+            .merge(v1);
         if state.twilio.enabled {
             app = app
                 .route(&state.twilio.voice_path, post(twilio::voice))

@@ -43,6 +43,7 @@ pub async fn voice(
                 signed = signature.is_some(),
                 "voice webhook refused: missing or wrong X-Twilio-Signature"
             );
+            crate::metrics::metrics().webhook("twilio", "forbidden");
             return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
         }
     }
@@ -59,6 +60,7 @@ pub async fn voice(
         >= state.twilio.max_streams
     {
         tracing::warn!(call = %call_sid, "at capacity: call rejected as busy");
+        crate::metrics::metrics().webhook("twilio", "busy");
         return twiml(
             r#"<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>"#
                 .to_string(),
@@ -75,6 +77,7 @@ pub async fn voice(
         .map_or(0, |d| d.as_secs());
     let token = twilio::stream_token(&state.stream_secret, now);
     tracing::info!(call = %call_sid, "voice webhook: connecting the call to a media stream");
+    crate::metrics::metrics().webhook("twilio", "accepted");
     twiml(twilio::connect_stream(
         &stream_url,
         &[

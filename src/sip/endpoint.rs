@@ -17,8 +17,9 @@ use super::register::RegisterConfig;
 use super::sdp::{self, Codec};
 use super::ua::{CallRef, EndReason, Event, Output, Transport, UaConfig, UserAgent};
 use crate::call::media::{self, Control, Exit, MediaSettings, MediaStats, PortPool};
-use crate::call::session::{CallAgent, CallContext};
+use crate::call::session::{CallAgent, CallContext, CallTracker, Ending};
 use crate::config::SipConfig;
+use crate::records::{CallStart, Outcome, Side, Transport as CallTransport, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -39,6 +40,9 @@ struct CallMedia {
     guard: media::PortGuard,
     session_id: u64,
     call_id: String,
+    /// The user parts of From and To: the caller's and the called number.
+    caller: Option<String>,
+    called: Option<String>,
 }
 
 /// A call ringing, answered when its time comes. Without `negotiated` the
@@ -48,6 +52,55 @@ struct Ringing {
     sdp: String,
     media: CallMedia,
     negotiated: Option<sdp::Negotiated>,
+}
+
+/// A call's media reactor has finished.
+struct MediaEnded {
+    call: CallRef,
+    exit: Exit,
+    stats: MediaStats,
+    tracker: CallTracker,
+}
+
+/// The user part of a From or To (`"A" <sip:+26377…@host>;tag=x` → `+26377…`).
+fn user_of(name_addr: &str) -> Option<String> {
+    let uri = super::message::uri_of(name_addr);
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))
+        .or_else(|| uri.strip_prefix("tel:"))?;
+    let user = rest.split('@').next()?.split(';').next()?;
+    (!user.is_empty() && rest.contains('@') || uri.starts_with("tel:")).then(|| user.to_string())
+}
+
+/// How a SIP call ended, for its record.
+fn ending(exit: Exit, reason: Option<EndReason>, stats: &MediaStats) -> Ending {
+    let (outcome, cause, side) = match (exit, reason) {
+        (Exit::Stopped, Some(EndReason::RemoteBye)) => {
+            (Outcome::Completed, "caller_bye", Side::Caller)
+        }
+        (Exit::Stopped, Some(EndReason::LocalBye)) => (Outcome::Completed, "izwi_bye", Side::Izwi),
+        (Exit::Stopped, Some(EndReason::NoAck)) => (Outcome::Failed, "no_ack", Side::Caller),
+        (Exit::Stopped, Some(EndReason::Cancelled)) => (Outcome::Failed, "cancelled", Side::Caller),
+        (Exit::Stopped, Some(EndReason::Rejected(_))) => (Outcome::Failed, "rejected", Side::Izwi),
+        (Exit::Stopped, None) => (Outcome::Completed, "izwi_bye", Side::Izwi),
+        (Exit::RtpTimeout, _) => (Outcome::Failed, "rtp_timeout", Side::Izwi),
+        (Exit::MaxDuration, _) => (Outcome::Completed, "max_duration", Side::Izwi),
+        (Exit::AgentFailed, _) => (Outcome::Failed, "agent_failed", Side::Izwi),
+    };
+    let errors = stats
+        .turns
+        .iter()
+        .filter(|t| t.outcome == crate::call::conversation::TurnOutcome::Failed)
+        .count() as u32
+        + u32::from(outcome == Outcome::Failed);
+    Ending {
+        outcome,
+        cause: cause.to_string(),
+        side,
+        dtmf: stats.digits.chars().count() as u32,
+        errors,
+    }
 }
 
 /// What connection tasks tell the endpoint.
@@ -115,6 +168,8 @@ struct ActiveCall {
     sdp_version: u64,
     session_id: u64,
     call_id: String,
+    /// Why SIP ended the call, once it has.
+    reason: Option<EndReason>,
 }
 
 pub struct Endpoint {
@@ -133,8 +188,10 @@ pub struct Endpoint {
     ringing: HashMap<CallRef, Ringing>,
     /// Answered with an offer; waiting for the answer in the ACK.
     late: HashMap<CallRef, CallMedia>,
-    ended_tx: mpsc::Sender<(CallRef, Exit, MediaStats)>,
-    ended_rx: mpsc::Receiver<(CallRef, Exit, MediaStats)>,
+    /// The user agent's counters as last added to the metrics.
+    reported: super::ua::Stats,
+    ended_tx: mpsc::Sender<MediaEnded>,
+    ended_rx: mpsc::Receiver<MediaEnded>,
 }
 
 impl Endpoint {
@@ -216,6 +273,7 @@ impl Endpoint {
             calls: HashMap::new(),
             ringing: HashMap::new(),
             late: HashMap::new(),
+            reported: Default::default(),
             ended_tx,
             ended_rx,
         })
@@ -250,7 +308,7 @@ impl Endpoint {
                     self.ua.handle_timeout(std::time::Instant::now());
                     self.answer_due();
                 }
-                Some((call, exit, stats)) = self.ended_rx.recv() => self.media_ended(call, exit, stats),
+                Some(ended) = self.ended_rx.recv() => self.media_ended(ended),
                 accepted = self.tcp.accept() => {
                     if let Ok((stream, peer)) = accepted {
                         self.connection(stream, peer);
@@ -265,6 +323,7 @@ impl Endpoint {
                 _ = &mut shutdown => break,
             }
             self.flush().await;
+            self.report_stats();
         }
         let calls: Vec<CallRef> = self.calls.keys().chain(self.late.keys()).copied().collect();
         for call in calls {
@@ -303,6 +362,18 @@ impl Endpoint {
                 break;
             }
         }
+    }
+
+    /// Adds what the user agent refused since last time to the metrics.
+    fn report_stats(&mut self) {
+        let now = self.ua.stats().clone();
+        let m = crate::metrics::metrics();
+        let was = &self.reported;
+        m.sip_rejected("dropped", now.dropped - was.dropped);
+        m.sip_rejected("bad_request", now.bad_requests - was.bad_requests);
+        m.sip_rejected("challenged", now.challenged - was.challenged);
+        m.sip_rejected("forbidden", now.forbidden - was.forbidden);
+        self.reported = now;
     }
 
     async fn flush(&mut self) {
@@ -364,10 +435,22 @@ impl Endpoint {
         out_tx
     }
 
-    fn media_ended(&mut self, call: CallRef, exit: Exit, stats: MediaStats) {
+    fn media_ended(&mut self, ended: MediaEnded) {
+        let MediaEnded {
+            call,
+            exit,
+            stats,
+            tracker,
+        } = ended;
         let Some(active) = self.calls.remove(&call) else {
             return;
         };
+        let m = crate::metrics::metrics();
+        m.rtp_dropped("malformed", stats.malformed);
+        m.rtp_dropped("foreign", stats.foreign);
+        m.rtp_dropped("unknown_payload", stats.unknown_payload);
+        m.rtp_dropped("late", stats.late);
+        m.rtp_dropped("lost", stats.lost);
         tracing::info!(
             call = %active.call_id,
             ?exit,
@@ -383,7 +466,7 @@ impl Endpoint {
             max_in_to_agent_ms = stats.max_in_to_agent.as_millis() as u64,
             "call media ended"
         );
-        crate::call::session::log_turns(&active.call_id, &stats.turns);
+        tracker.finish(ending(exit, active.reason, &stats), &stats.turns);
         // The media side ended a call SIP still holds (RTP timeout, maximum duration).
         if active.control.is_some() {
             self.ua.hangup(call, std::time::Instant::now());
@@ -398,8 +481,13 @@ impl Endpoint {
                 call_id,
                 offer,
                 peer,
-                ..
-            } => self.incoming(call, call_id, offer, peer, now).await,
+                from,
+                to,
+            } => {
+                let parties = (user_of(&from), user_of(&to));
+                self.incoming(call, call_id, parties, offer, peer, now)
+                    .await
+            }
             Event::Confirmed { call, answer } => self.confirmed(call, answer, now),
             Event::Reoffer { call, offer } => self.reoffer(call, offer, now).await,
             Event::Ended { call, reason } => {
@@ -411,6 +499,7 @@ impl Endpoint {
                 }
                 if let Some(active) = self.calls.get_mut(&call) {
                     active.control = None;
+                    active.reason = Some(reason);
                     tracing::info!(call = %active.call_id, ?reason, "call ended");
                 } else if !matches!(reason, EndReason::Rejected(_) | EndReason::Cancelled) {
                     tracing::debug!(call = call.0, ?reason, "call ended");
@@ -423,6 +512,7 @@ impl Endpoint {
         &mut self,
         call: CallRef,
         call_id: String,
+        (caller, called): (Option<String>, Option<String>),
         offer: Option<String>,
         peer: SocketAddr,
         now: std::time::Instant,
@@ -455,6 +545,8 @@ impl Endpoint {
                 guard,
                 session_id,
                 call_id,
+                caller,
+                called,
             },
             negotiated,
         };
@@ -529,7 +621,22 @@ impl Endpoint {
             guard,
             session_id,
             call_id,
+            caller,
+            called,
         } = m;
+        let mut tracker = CallTracker::start(
+            &self.ctx.recorder,
+            CallStart {
+                id: call_id.clone(),
+                transport: CallTransport::Sip,
+                started_at_ms: now_ms(),
+                called,
+                caller,
+                agent: Some(self.ctx.agent_name()),
+                codec: Some(negotiated.codec.encoding_name().to_string()),
+            },
+        );
+        tracker.answered(now_ms());
         tracing::info!(call = %call_id, codec = ?negotiated.codec, ptime = negotiated.ptime, rtp_port = guard.port, "call answered");
         let (control, control_rx) = mpsc::channel(4);
         self.calls.insert(
@@ -540,6 +647,7 @@ impl Endpoint {
                 sdp_version: 1,
                 session_id,
                 call_id: call_id.clone(),
+                reason: None,
             },
         );
         let ctx = self.ctx.clone();
@@ -565,10 +673,18 @@ impl Endpoint {
                 }
                 Err(e) => {
                     tracing::warn!(call = %call_id, error = %e, "cannot start the call's agent");
-                    (Exit::RtpTimeout, MediaStats::default())
+                    (Exit::AgentFailed, MediaStats::default())
                 }
             };
-            let _ = ended.send((call, exit, stats)).await;
+            // Should the endpoint be gone, the tracker records the end as it drops.
+            let _ = ended
+                .send(MediaEnded {
+                    call,
+                    exit,
+                    stats,
+                    tracker,
+                })
+                .await;
         });
     }
 

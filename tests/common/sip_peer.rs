@@ -27,6 +27,8 @@ pub fn free_tcp_port() -> u16 {
 
 pub struct Izwi {
     child: Mutex<Child>,
+    /// Holds this Izwi's call records (`records.db`).
+    pub dir: tempfile::TempDir,
     pub port: u16,
     /// The HTTP listener (webhooks, media streams).
     pub http_port: u16,
@@ -48,10 +50,12 @@ impl Izwi {
         // A private RTP range per test, away from the SIP ports the OS hands out.
         let rtp_min = 30_000 + (port % 100) * 100;
         let http_port = free_tcp_port();
+        let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(izwi_bin());
         cmd.arg("serve")
             .env("IZWI_SIP_LISTEN", format!("127.0.0.1:{port}"))
             .env("IZWI_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+            .env("IZWI_RECORDS_PATH", dir.path().join("records.db"))
             .env("IZWI_DIALPLAN_ECHO", "true")
             .env("IZWI_SIP_RTP_PORT_MIN", rtp_min.to_string())
             .env("IZWI_SIP_RTP_PORT_MAX", (rtp_min + 99).to_string())
@@ -74,6 +78,7 @@ impl Izwi {
         });
         let izwi = Izwi {
             child: Mutex::new(child),
+            dir,
             port,
             http_port,
             log,
