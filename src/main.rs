@@ -490,7 +490,8 @@ async fn calls_cmd(config: Config, action: CallsAction) -> Result<()> {
     if !path.exists() {
         bail!("no call records at {} (records.path)", path.display());
     }
-    let store = Store::open(path, &config.records.caller_key)
+    // The same key as the writer's, so that opening never warns about it.
+    let store = Store::open(path, &caller_key(&config)?)
         .await
         .with_context(|| format!("opening the call records ({})", path.display()))?;
     match action {
