@@ -186,10 +186,7 @@ fn a_call_carries_rtp_both_ways_and_dtmf_and_survives_bad_input() {
         "the tone did not come back: {loud} loud packets"
     );
     let log = izwi.wait_log("call media ended", Duration::from_secs(5));
-    let line = log
-        .lines()
-        .find(|l| l.contains("call media ended"))
-        .unwrap();
+    let line = izwi.wait_line("call media ended", Duration::from_secs(5));
     assert!(line.contains("dtmf=1"), "{line}");
     assert!(line.contains("digits_sent=1"), "{line}");
     assert!(line.contains("malformed=3"), "{line}");
@@ -263,11 +260,7 @@ fn a_sip_caller_asks_and_hears_a_spoken_answer() {
         "the answer is not several words of speech: {heard:?}\n{}",
         izwi.log()
     );
-    let log = izwi.wait_log("call media ended", Duration::from_secs(5));
-    let line = log
-        .lines()
-        .find(|l| l.contains("call media ended"))
-        .unwrap();
+    let line = izwi.wait_line("call media ended", Duration::from_secs(5));
     assert!(
         line.contains("turns=2"),
         "greeting and one answered turn expected: {line}"
@@ -321,13 +314,10 @@ fn calls_work_through_a_record_routing_proxy() {
     izwi.wait_log("RemoteBye", Duration::from_secs(5));
 }
 
-/// baresip, a real softphone, calls Izwi with a spoken question as its
-/// microphone; what it received must hold a spoken answer.
-fn baresip_call(account_codec: &str, rate: u32, channels: usize, expect_codec: &str) {
-    let izwi = Izwi::start(&[
-        ("IZWI_DIALPLAN_ECHO", "false"),
-        ("IZWI_MODELS_PROFILE", "small"),
-    ]);
+/// A folder holding a baresip configuration (`sip/baresip/config`) whose one
+/// account offers `codec`, and a `snd/` folder for what it records. Returns
+/// it with baresip's ctrl_tcp command port.
+fn baresip_dir(codec: &str) -> (tempfile::TempDir, u16) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir(d.join("snd")).unwrap();
@@ -335,16 +325,29 @@ fn baresip_call(account_codec: &str, rate: u32, channels: usize, expect_codec: &
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip/baresip/config"),
     )
     .unwrap();
+    let ctrl = free_udp_port();
     let config = template
         .replace("__DIR__", d.to_str().unwrap())
         .replace("__PORT__", &free_udp_port().to_string())
-        .replace("__CTRL__", &free_udp_port().to_string());
+        .replace("__CTRL__", &ctrl.to_string());
     std::fs::write(d.join("config"), config).unwrap();
     std::fs::write(
         d.join("accounts"),
-        format!("<sip:baresip@127.0.0.1>;regint=0;audio_codecs={account_codec}\n"),
+        format!("<sip:baresip@127.0.0.1>;regint=0;audio_codecs={codec}\n"),
     )
     .unwrap();
+    (dir, ctrl)
+}
+
+/// baresip, a real softphone, calls Izwi with a spoken question as its
+/// microphone; what it received must hold a spoken answer.
+fn baresip_call(account_codec: &str, rate: u32, channels: usize, expect_codec: &str) {
+    let izwi = Izwi::start(&[
+        ("IZWI_DIALPLAN_ECHO", "false"),
+        ("IZWI_MODELS_PROFILE", "small"),
+    ]);
+    let (dir, _) = baresip_dir(account_codec);
+    let d = dir.path();
 
     let question = common::espeak("What time does the clinic open on Monday?");
     let ask_at = 4.0;
@@ -492,24 +495,8 @@ fn izwi_registers_with_a_trunk_refreshes_and_takes_its_calls() {
 fn baresip_and_izwi_exchange_dtmf() {
     use std::io::{BufRead, BufReader, Write};
     let izwi = Izwi::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, ctrl) = baresip_dir("PCMU/8000");
     let d = dir.path();
-    std::fs::create_dir(d.join("snd")).unwrap();
-    let template = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip/baresip/config"),
-    )
-    .unwrap();
-    let ctrl = free_udp_port();
-    let config = template
-        .replace("__DIR__", d.to_str().unwrap())
-        .replace("__PORT__", &free_udp_port().to_string())
-        .replace("__CTRL__", &ctrl.to_string());
-    std::fs::write(d.join("config"), config).unwrap();
-    std::fs::write(
-        d.join("accounts"),
-        "<sip:baresip@127.0.0.1>;regint=0;audio_codecs=PCMU/8000\n",
-    )
-    .unwrap();
     // Eight seconds of quiet microphone; baresip hangs up when it ends.
     let spec = hound::WavSpec {
         channels: 1,
@@ -573,11 +560,7 @@ fn baresip_and_izwi_exchange_dtmf() {
     wait_console("terminated");
     let _ = baresip.kill();
     let _ = baresip.wait();
-    let log = izwi.wait_log("call media ended", Duration::from_secs(10));
-    let line = log
-        .lines()
-        .find(|l| l.contains("call media ended"))
-        .unwrap();
+    let line = izwi.wait_line("call media ended", Duration::from_secs(10));
     assert!(line.contains("dtmf=2"), "{line}");
     assert!(line.contains("digits_sent=2"), "{line}");
     assert!(line.contains("lost=0"), "{line}");

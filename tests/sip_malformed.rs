@@ -378,10 +378,7 @@ fn malformed_sip_and_rtp_neither_crash_izwi_nor_disturb_a_call() {
         izwi.log()
     );
     let log = izwi.wait_log("call media ended", Duration::from_secs(5));
-    let line = log
-        .lines()
-        .find(|l| l.contains("call media ended"))
-        .unwrap();
+    let line = izwi.wait_line("call media ended", Duration::from_secs(5));
     let want = format!("malformed={malformed}");
     assert!(
         line.split_whitespace().any(|w| w == want),

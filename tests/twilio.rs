@@ -178,11 +178,7 @@ fn a_twilio_caller_asks_and_hears_a_spoken_answer() {
         "no spoken answer in what the caller heard: {heard:?}\n{}",
         izwi.log()
     );
-    let log = izwi.wait_log("media stream ended", Duration::from_secs(5));
-    let line = log
-        .lines()
-        .find(|l| l.contains("media stream ended"))
-        .unwrap();
+    let line = izwi.wait_line("media stream ended", Duration::from_secs(5));
     assert!(line.contains("end=Stop"), "{line}");
     assert!(line.contains("turns=2"), "greeting and one answer: {line}");
 }
@@ -236,10 +232,7 @@ fn barge_in_sends_clear_and_dtmf_arrives() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{report}\n{}", izwi.log());
     let log = izwi.wait_log("media stream ended", Duration::from_secs(10));
-    let line = log
-        .lines()
-        .find(|l| l.contains("media stream ended"))
-        .unwrap();
+    let line = izwi.wait_line("media stream ended", Duration::from_secs(10));
     assert!(line.contains("clears=1"), "{line}");
     assert!(line.contains("dtmf=2"), "{line}");
     assert!(log.contains("barge-in"), "{log}");

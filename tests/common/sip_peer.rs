@@ -96,6 +96,15 @@ impl Izwi {
         self.log.lock().unwrap().clone()
     }
 
+    /// The first log line holding `needle`, once it is there.
+    pub fn wait_line(&self, needle: &str, limit: Duration) -> String {
+        self.wait_log(needle, limit)
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
         let t = Instant::now();
         while t.elapsed() < limit {
