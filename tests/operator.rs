@@ -103,6 +103,16 @@ fn sipp_call(izwi: &Izwi, hold_ms: u32) -> std::process::Child {
     child
 }
 
+/// The SIP Call-ID of the call Izwi answered (its record's id), from its log.
+fn answered_call_id(izwi: &Izwi) -> String {
+    let line = izwi.wait_line("call answered", Duration::from_secs(10));
+    line.split("call=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no call id in {line}"))
+        .to_string()
+}
+
 #[test]
 fn the_operator_api_checks_credentials_and_limits_rates() {
     let izwi = start(&[]);
@@ -235,7 +245,7 @@ fn metrics_parse_and_move_with_a_call_whose_record_is_kept() {
 
     let out = sipp_call(&izwi, 1000).wait_with_output().unwrap();
     assert!(out.status.success(), "{}", izwi.log());
-    let log = izwi.wait_log("call media ended", Duration::from_secs(5));
+    izwi.wait_log("call media ended", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     let after = scrape();
     assert_eq!(
@@ -253,13 +263,7 @@ fn metrics_parse_and_move_with_a_call_whose_record_is_kept() {
     );
     assert_eq!(sample(&after, "izwi_ready", &[]), 1.0);
     // Its record, read back through the API.
-    let id = log
-        .lines()
-        .find(|l| l.contains("call answered"))
-        .and_then(|l| l.split("call=").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let id = answered_call_id(&izwi);
     let (code, _, body) = get(&izwi, &format!("/v1/calls/{id}"), &[("X-Api-Key", OPS_KEY)]);
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -297,14 +301,7 @@ fn a_call_cut_by_kill_9_is_recorded_as_interrupted() {
     let izwi = start(&[]);
     let records = izwi.dir.path().join("records.db");
     let mut caller = sipp_call(&izwi, 30_000);
-    let log = izwi.wait_log("call answered", Duration::from_secs(10));
-    let id = log
-        .lines()
-        .find(|l| l.contains("call answered"))
-        .and_then(|l| l.split("call=").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let id = answered_call_id(&izwi);
     // The start of the call reaches the database before the process dies.
     std::thread::sleep(Duration::from_millis(500));
     let status = Command::new("kill")
