@@ -7,8 +7,9 @@ set -euo pipefail
 # Run: espeak-ng turns text into phonemes for the Piper voice (a separate program,
 # never linked: it is GPL-3.0). libopus for the Opus codec.
 # Tests: sipp (Debian package sip-tester), kamailio and baresip are the independent SIP peers;
-# python3-venv holds the Python clients (streamdouble, a Twilio Media Streams simulator).
-packages=(build-essential cmake clang libclang-dev pkg-config ca-certificates espeak-ng libopus-dev sip-tester kamailio baresip-core python3 python3-venv)
+# python3-venv holds the Python clients (streamdouble, a Twilio Media Streams simulator);
+# iproute2 and util-linux (ip, unshare) give the attack tests network and mount namespaces.
+packages=(build-essential cmake clang libclang-dev pkg-config ca-certificates espeak-ng libopus-dev sip-tester kamailio baresip-core python3 python3-venv iproute2 util-linux)
 
 missing=()
 for p in "${packages[@]}"; do

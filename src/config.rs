@@ -57,6 +57,18 @@ pub struct HttpConfig {
     /// on it, and stream URLs handed out are built from it. Empty: taken from
     /// each request's Host header, as `http://`.
     pub public_url: String,
+    /// Connections (HTTP and the WebSockets they become) open at once; 0: as
+    /// many as the file limit leaves room for, at most 1024.
+    pub max_connections: usize,
+    /// Connections one source address may hold at once.
+    pub max_connections_per_source: usize,
+    /// A request's headers must arrive within this; it also closes a
+    /// keep-alive connection idle this long.
+    pub header_timeout_secs: u64,
+    /// A request (body included) must be answered within this.
+    pub request_timeout_secs: u64,
+    /// Who may read `/metrics` (CIDR blocks); empty: anyone who reaches the listener.
+    pub metrics_allow: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -65,6 +77,11 @@ impl Default for HttpConfig {
             enabled: true,
             listen: "0.0.0.0:8080".into(),
             public_url: String::new(),
+            max_connections: 0,
+            max_connections_per_source: 256,
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            metrics_allow: Vec::new(),
         }
     }
 }
@@ -141,6 +158,17 @@ pub struct TwilioConfig {
     pub max_streams: usize,
     /// A stream must start this soon after its webhook was answered.
     pub stream_token_max_age_secs: u64,
+    /// A WebSocket must send a valid `start` this soon after it opens.
+    pub start_timeout_secs: u64,
+    /// A started stream that sends no media for this long is closed.
+    pub media_timeout_secs: u64,
+    /// A WebSocket ping goes out this often.
+    pub ping_secs: u64,
+    /// A frame to Twilio that cannot be written within this closes the
+    /// stream: the other side has stopped reading.
+    pub send_timeout_secs: u64,
+    /// Bytes a stream may send in any one second (Twilio sends about 20 KB).
+    pub max_bytes_per_sec: usize,
 }
 
 impl Default for TwilioConfig {
@@ -153,6 +181,11 @@ impl Default for TwilioConfig {
             stream_path: "/twilio/stream".into(),
             max_streams: 100,
             stream_token_max_age_secs: 300,
+            start_timeout_secs: 10,
+            media_timeout_secs: 10,
+            ping_secs: 10,
+            send_timeout_secs: 5,
+            max_bytes_per_sec: 256 * 1024,
         }
     }
 }
@@ -251,6 +284,26 @@ pub struct SipConfig {
     pub rtp_timeout_secs: u32,
     pub max_call_secs: u32,
     pub max_calls: usize,
+    /// Calls one source address may hold at once; sources in `allow` (trusted
+    /// trunks) are bound only by `max_calls`.
+    pub max_calls_per_source: usize,
+    /// SIP requests a second one source address may send (twice as many in
+    /// a burst); beyond, they are dropped unanswered and counted. Sources in
+    /// `allow` are not limited. 0: no limit.
+    pub requests_per_source: u32,
+    /// Where a call's RTP may come from: `peer` (the SDP address, or any
+    /// port at the SDP's or the SIP peer's IP address, for callers behind
+    /// NAT) or `sdp` (only the SDP address and port).
+    pub rtp_latch: RtpLatch,
+    /// SIP-over-TCP connections open at once; 0: as many as the file limit
+    /// leaves room for, at most 1024.
+    pub tcp_max_connections: usize,
+    pub tcp_max_connections_per_source: usize,
+    /// A TCP connection that carries nothing (not even a keep-alive) for
+    /// this long is closed.
+    pub tcp_idle_secs: u64,
+    /// A SIP message begun on a TCP connection must be complete within this.
+    pub tcp_message_secs: u64,
     /// Packets the jitter buffer holds before playout (20 ms each).
     pub jitter_packets: usize,
     /// Ring (180) for this long before answering; 0 answers at once.
@@ -292,6 +345,13 @@ impl Default for SipConfig {
             rtp_timeout_secs: 30,
             max_call_secs: 3600,
             max_calls: 100,
+            max_calls_per_source: 50,
+            requests_per_source: 200,
+            rtp_latch: RtpLatch::Peer,
+            tcp_max_connections: 0,
+            tcp_max_connections_per_source: 64,
+            tcp_idle_secs: 300,
+            tcp_message_secs: 10,
             jitter_packets: 3,
             ring_ms: 0,
             allow: Vec::new(),
@@ -307,6 +367,16 @@ impl Default for SipConfig {
             register_expires: 3600,
         }
     }
+}
+
+/// Which addresses a call's RTP is taken from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RtpLatch {
+    /// The SDP address, or any port at the SDP's or the SIP peer's IP address.
+    Peer,
+    /// Only the SDP address and port.
+    Sdp,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -610,6 +680,38 @@ impl Config {
                 "sip",
                 "rtp_timeout_secs, max_call_secs and max_calls must be positive",
             ));
+        }
+        for (name, v) in [
+            ("sip.max_calls_per_source", sip.max_calls_per_source as u64),
+            (
+                "sip.tcp_max_connections_per_source",
+                sip.tcp_max_connections_per_source as u64,
+            ),
+            ("sip.tcp_idle_secs", sip.tcp_idle_secs),
+            ("sip.tcp_message_secs", sip.tcp_message_secs),
+            (
+                "http.max_connections_per_source",
+                self.http.max_connections_per_source as u64,
+            ),
+            ("http.header_timeout_secs", self.http.header_timeout_secs),
+            ("http.request_timeout_secs", self.http.request_timeout_secs),
+            ("twilio.start_timeout_secs", self.twilio.start_timeout_secs),
+            ("twilio.media_timeout_secs", self.twilio.media_timeout_secs),
+            ("twilio.ping_secs", self.twilio.ping_secs),
+            ("twilio.send_timeout_secs", self.twilio.send_timeout_secs),
+            (
+                "twilio.max_bytes_per_sec",
+                self.twilio.max_bytes_per_sec as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(name, "must be positive"));
+            }
+        }
+        for block in &self.http.metrics_allow {
+            if let Err(e) = block.parse::<crate::sip::access::Cidr>() {
+                return Err(invalid("http.metrics_allow", e));
+            }
         }
         for block in &sip.allow {
             if let Err(e) = block.parse::<crate::sip::access::Cidr>() {

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 pub mod provider;

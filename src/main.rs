@@ -365,11 +365,12 @@ async fn talk_cmd(config: Config, args: TalkArgs) -> Result<()> {
         Clock::RealTime
     };
     let (store, recorder, writer) = open_records(&config).await?;
-    let id = format!("talk-{:016x}", rand::random::<u64>());
+    let id = izwi::records::new_call_id();
     let mut tracker = CallTracker::start(
         &recorder,
         CallStart {
             id: id.clone(),
+            remote_id: None,
             transport: Transport::Talk,
             started_at_ms: now_ms(),
             called: None,
@@ -570,6 +571,18 @@ fn transcribe(config: &Config, file: &std::path::Path, language: &str) -> Result
 async fn serve(config: Config) -> Result<()> {
     use izwi::call::session::CallContext;
     use izwi::sip::endpoint::Endpoint;
+    // Every connection and RTP socket is a file: take all the system allows.
+    match izwi::limits::raise_file_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(
+                before,
+                after,
+                "raised the open-file limit to its hard limit"
+            )
+        }
+        Ok((_, limit)) => tracing::info!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     // The echo agent needs no models: a capacity test of the telephony side alone.
     let (engine, agent) = if config.dialplan.echo {
         tracing::info!("echo agent: calls hear themselves; no models loaded");

@@ -189,6 +189,8 @@ pub struct Metrics {
     result: LabelValues,
     route: LabelValues,
     status: LabelValues,
+    listener: LabelValues,
+    conn_reason: LabelValues,
 
     calls_active: Family<L1, Gauge>,
     calls_started: Family<L1, Counter>,
@@ -204,8 +206,13 @@ pub struct Metrics {
     sip_rejected: Family<L1, Counter>,
     stream_rejected: Family<L1, Counter>,
     records_dropped: Counter,
+    records_write_errors: Counter,
+    records_pending: Gauge,
     webhooks: Family<L2, Counter>,
     api_requests: Family<L2, Counter>,
+    accept_errors: Family<L2, Counter>,
+    connections_refused: Family<L2, Counter>,
+    connections_closed: Family<L2, Counter>,
     ready: Gauge,
 }
 
@@ -295,13 +302,13 @@ impl Metrics {
         let rtp_dropped = Family::<L1, Counter>::default();
         registry.register(
             "izwi_rtp_packets_dropped",
-            "RTP packets dropped or lost, by reason (malformed, foreign, unknown_payload, late, lost)",
+            "RTP packets dropped or lost, by reason (malformed, foreign, unknown_payload, late, lost); counted while calls last",
             rtp_dropped.clone(),
         );
         let sip_rejected = Family::<L1, Counter>::default();
         registry.register(
             "izwi_sip_messages_rejected",
-            "SIP messages rejected, by reason (dropped, bad_request, challenged, forbidden)",
+            "SIP messages rejected, by reason (dropped, bad_request, challenged, forbidden, rate_limited, busy, source_busy, merged, auth_blocked, auth_*)",
             sip_rejected.clone(),
         );
         let stream_rejected = Family::<L1, Counter>::default();
@@ -315,6 +322,36 @@ impl Metrics {
             "izwi_call_records_dropped",
             "Call records dropped before they could be stored",
             records_dropped.clone(),
+        );
+        let records_write_errors = Counter::default();
+        registry.register(
+            "izwi_call_records_write_errors",
+            "Call record writes that failed (each is kept and retried)",
+            records_write_errors.clone(),
+        );
+        let records_pending = Gauge::default();
+        registry.register(
+            "izwi_call_records_pending",
+            "Call records waiting to be written again after a failed write",
+            records_pending.clone(),
+        );
+        let accept_errors = Family::<L2, Counter>::default();
+        registry.register(
+            "izwi_accept_errors",
+            "Failed accepts of connections, by listener and kind (process_fd_limit, system_fd_limit, memory, other)",
+            accept_errors.clone(),
+        );
+        let connections_refused = Family::<L2, Counter>::default();
+        registry.register(
+            "izwi_connections_refused",
+            "Connections refused at accept, by listener and cap (total, per_source)",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::<L2, Counter>::default();
+        registry.register(
+            "izwi_connections_closed",
+            "Connections closed by Izwi, by listener and reason (idle_timeout, message_timeout, header_timeout, write_timeout)",
+            connections_closed.clone(),
         );
         let webhooks = Family::<L2, Counter>::default();
         registry.register(
@@ -346,6 +383,8 @@ impl Metrics {
             result: LabelValues::default(),
             route: LabelValues::default(),
             status: LabelValues::default(),
+            listener: LabelValues::default(),
+            conn_reason: LabelValues::default(),
             calls_active,
             calls_started,
             calls,
@@ -360,8 +399,13 @@ impl Metrics {
             sip_rejected,
             stream_rejected,
             records_dropped,
+            records_write_errors,
+            records_pending,
             webhooks,
             api_requests,
+            accept_errors,
+            connections_refused,
+            connections_closed,
             ready,
         }
     }
@@ -458,6 +502,48 @@ impl Metrics {
     /// `n` call records dropped: `izwi_call_records_dropped_total`.
     pub fn records_dropped(&self, n: u64) {
         self.records_dropped.inc_by(n);
+    }
+
+    /// `n` call record writes failed: `izwi_call_records_write_errors_total`.
+    pub fn records_write_errors(&self, n: u64) {
+        self.records_write_errors.inc_by(n);
+    }
+
+    /// Records waiting for a retry: `izwi_call_records_pending`.
+    pub fn set_records_pending(&self, n: u64) {
+        self.records_pending
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// An accept failed: `izwi_accept_errors_total{listener,kind}`.
+    pub fn accept_error(&self, listener: &str, kind: &str) {
+        self.accept_errors
+            .get_or_create(&[
+                ("listener", self.listener.intern(listener)),
+                ("kind", self.conn_reason.intern(kind)),
+            ])
+            .inc();
+    }
+
+    /// A connection was refused at accept:
+    /// `izwi_connections_refused_total{listener,reason}`.
+    pub fn connection_refused(&self, listener: &str, reason: &str) {
+        self.connections_refused
+            .get_or_create(&[
+                ("listener", self.listener.intern(listener)),
+                ("reason", self.conn_reason.intern(reason)),
+            ])
+            .inc();
+    }
+
+    /// Izwi closed a connection: `izwi_connections_closed_total{listener,reason}`.
+    pub fn connection_closed(&self, listener: &str, reason: &str) {
+        self.connections_closed
+            .get_or_create(&[
+                ("listener", self.listener.intern(listener)),
+                ("reason", self.conn_reason.intern(reason)),
+            ])
+            .inc();
     }
 
     /// A provider webhook was answered:

@@ -440,6 +440,7 @@ fn the_corpus_through_the_user_agent() {
         },
         via_host: "127.0.0.1:5060".into(),
         max_calls: 100,
+        max_calls_per_source: 100,
     });
     let peer: SocketAddr = "127.0.0.1:5061".parse().unwrap();
     let now = Instant::now();

@@ -183,26 +183,32 @@ fn bad_stream_input_closes_only_that_stream_with_a_reason() {
         // The bad streams come while the good call is live.
         izwi.wait_log("media stream started", Duration::from_secs(10));
 
-        let mut bad = Command::new(&tools.python);
-        bad.arg(&tools.client)
-            .arg("bad")
-            .arg(&url)
-            .args(["--param", &format!("token={token}")])
-            .args(["--param", "callSid=CAbadcalls0001"]);
-        let (status, out, err) = run(bad, Duration::from_secs(60), &izwi);
-        assert!(
-            status.success(),
-            "stream_client bad: {status}\n{err}\nizwi:\n{}",
-            izwi.log()
-        );
-        let seen: BTreeMap<String, Value> = out
-            .lines()
-            .map(|l| {
+        // One call, and so one token, per case: a token opens one stream only.
+        let mut seen: BTreeMap<String, Value> = BTreeMap::new();
+        for (i, (case, _, _)) in BAD_CASES.iter().enumerate() {
+            let call_sid = format!("CAbadcall{i:04}");
+            let (_, params) = twilio::connect(&izwi, &call_sid);
+            let mut bad = Command::new(&tools.python);
+            bad.arg(&tools.client)
+                .arg("bad")
+                .arg(&url)
+                .args(["--case", case])
+                .args(["--param", &format!("token={}", param(&params, "token"))])
+                .args(["--param", &format!("callSid={call_sid}")]);
+            let (status, out, err) = run(bad, Duration::from_secs(30), &izwi);
+            assert!(
+                status.success(),
+                "stream_client bad {case}: {status}\n{err}\nizwi:\n{}",
+                izwi.log()
+            );
+            for l in out.lines() {
                 let v: Value =
                     serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{err}"));
-                (v["case"].as_str().unwrap().to_string(), v)
-            })
-            .collect();
+                seen.insert(v["case"].as_str().unwrap().to_string(), v);
+            }
+        }
+        let out = format!("{seen:?}");
+        let err = "";
         for (case, code, _) in BAD_CASES {
             let v = seen
                 .get(*case)
@@ -260,9 +266,17 @@ fn bad_stream_input_closes_only_that_stream_with_a_reason() {
 fn fifty_concurrent_streams_with_the_echo_agent_for_thirty_seconds() {
     let izwi = Izwi::start(&twilio::env());
     let tools = tools(&izwi);
-    // Tokens are not single-use: one webhook's token opens every stream.
-    let (_, params) = twilio::connect(&izwi, "CAloadtest0001");
-    let token = param(&params, "token");
+    // A token opens one stream, of the call it was issued for: one webhook per stream.
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let lines: Vec<String> = (0..LOAD_STREAMS)
+        .map(|i| {
+            let call_sid = format!("CAloadtest{i:04}");
+            let (_, params) = twilio::connect(&izwi, &call_sid);
+            format!("{call_sid} {}", param(&params, "token"))
+        })
+        .collect();
+    std::fs::write(&tokens, lines.join("\n")).unwrap();
     let url = twilio::local_stream_url(&izwi);
 
     let before = cpu_ticks(izwi.pid());
@@ -272,8 +286,8 @@ fn fifty_concurrent_streams_with_the_echo_agent_for_thirty_seconds() {
         .arg(&url)
         .arg(LOAD_STREAMS.to_string())
         .arg(LOAD_SECONDS.to_string())
-        .args(["--param", &format!("token={token}")])
-        .args(["--param", "callSid=CAloadtest0001"]);
+        .arg("--tokens")
+        .arg(&tokens);
     let (status, out, err) = run(load, Duration::from_secs(LOAD_SECONDS + 30), &izwi);
     let ended = ended_lines(&izwi, LOAD_STREAMS, Duration::from_secs(10));
     let ticks = cpu_ticks(izwi.pid()) - before;

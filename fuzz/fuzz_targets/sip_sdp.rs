@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
         },
         via_host: "127.0.0.1:5060".into(),
         max_calls: 4,
+        max_calls_per_source: 4,
     });
     let from: SocketAddr = "127.0.0.1:5061".parse().unwrap();
     let now = Instant::now();

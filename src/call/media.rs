@@ -4,7 +4,7 @@
 //! the agent's frames go back resampled, encoded and paced on the same clock.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +17,18 @@ use super::session::CallAgent;
 use crate::audio::{ENGINE_RATE, FRAME, FRAME_SAMPLES, SILENCE};
 use crate::codec::resample::StreamResampler;
 use crate::codec::wire::WireCodec;
+use crate::config::RtpLatch;
+use crate::limits::LogGate;
+use crate::metrics::metrics;
 use crate::rtp::dtmf::{self, DtmfReceiver};
 use crate::rtp::jitter::{JitterBuffer, Playout};
 use crate::rtp::packet::{self, Packetizer};
+use crate::rtp::source::SourceFilter;
 use crate::sip::sdp::{Codec, Negotiated};
 
 pub enum Control {
+    /// The caller acknowledged the answer: media may go out.
+    Confirmed,
     /// A re-INVITE changed the session (hold, new address, new codec).
     Update(Negotiated),
 }
@@ -35,6 +41,8 @@ pub enum Exit {
     MaxDuration,
     /// The call's agent could not be started.
     AgentFailed,
+    /// The call's reactor panicked; its call was still ended and recorded.
+    Panicked,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -61,6 +69,14 @@ pub struct MediaSettings {
     pub jitter_packets: usize,
     pub rtp_timeout: Duration,
     pub max_duration: Duration,
+    /// Which sources the call's RTP is taken from.
+    pub latch: RtpLatch,
+    /// The SIP peer's address (the caller or its proxy).
+    pub peer_ip: IpAddr,
+    /// Whether the answer was already acknowledged; until it is, nothing is
+    /// sent (so an INVITE naming a third party's address never makes Izwi
+    /// send that party anything).
+    pub confirmed: bool,
 }
 
 /// The codec on the wire and the resamplers between it and the engine.
@@ -79,33 +95,6 @@ impl Wire {
             down: StreamResampler::new(ENGINE_RATE, rate).ok()?,
             codec,
         })
-    }
-}
-
-/// How long the caller's RTP source must be silent before another address
-/// may take its place (a NAT rebinding, a media server switching over).
-const RELATCH: Duration = Duration::from_secs(2);
-
-/// The address the caller's RTP comes from, learned from the first packet of
-/// the session's payload types. Packets from anywhere else are dropped while
-/// it is alive, so a stranger can neither divert Izwi's audio (symmetric RTP
-/// answers the source) nor disturb the caller's stream.
-#[derive(Default)]
-struct Source {
-    addr: Option<SocketAddr>,
-    last: Option<Instant>,
-}
-
-impl Source {
-    fn accepts(&mut self, from: SocketAddr, ours: bool, now: Instant) -> bool {
-        let stale = self.last.is_none_or(|t| now - t > RELATCH);
-        if self.addr == Some(from) || (ours && stale) {
-            self.addr = Some(from);
-            self.last = Some(now);
-            return true;
-        }
-        // Other packets of the caller's (RTCP muxed, comfort noise) are not learned from.
-        self.addr.is_none()
     }
 }
 
@@ -167,7 +156,10 @@ pub async fn run(
     let mut digits_out = DigitSender::default();
     let mut packetizer = Packetizer::new(rand::random(), session.payload_type);
     packetizer.start_talkspurt();
-    let mut remote = session.remote;
+    let mut source = SourceFilter::new(settings.latch, session.remote, settings.peer_ip);
+    let mut confirmed = settings.confirmed;
+    let mut reported = Dropped::default();
+    let mut dtmf_log = LogGate::new(5, Duration::from_secs(10));
     let mut wire = Wire::new(session.codec);
     // Caller audio at the wire rate, decoded but not yet resampled: packets
     // may be 10–60 ms long while the engine takes 20 ms frames.
@@ -181,7 +173,6 @@ pub async fn run(
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut frames: u32 = 0;
     let mut buf = vec![0u8; 4096];
-    let mut source = Source::default();
     let mut scratch_f32 = Vec::with_capacity(FRAME_SAMPLES * 2);
     let mut scratch_u8 = Vec::with_capacity(1500);
     // Buffers of the 20 ms path, reused every tick.
@@ -201,16 +192,12 @@ pub async fn run(
                 let ours = header.payload_type == session.payload_type
                     || Some(header.payload_type) == session.telephone_event;
                 let now = Instant::now();
-                if !source.accepts(from, ours, now) {
+                if !source.accepts(from, ours, now.into_std()) {
                     stats.foreign += 1;
                     continue;
                 }
                 stats.packets_in += 1;
                 last_rx = now;
-                // Symmetric RTP: answer where the caller's packets come from (NAT).
-                if source.addr == Some(from) {
-                    remote = from;
-                }
                 if header.payload_type == session.payload_type {
                     if payload.len() > wire.as_ref().map_or(0, |w| w.codec.max_payload()) {
                         stats.malformed += 1;
@@ -222,8 +209,12 @@ pub async fn run(
                     // must know them or count their slots as lost audio.
                     jitter.skip(&header);
                     if let Some(d) = dtmf_in.push(header.timestamp, payload) {
-                        tracing::info!(call = %call_id, "DTMF digit received");
-                        stats.digits.push(d);
+                        if let Some(held) = dtmf_log.pass(now.into_std()) {
+                            tracing::info!(call = %call_id, held, "DTMF digit received");
+                        }
+                        if stats.digits.len() < MAX_DIGITS {
+                            stats.digits.push(d);
+                        }
                         if let Some(echo) = agent.digit(d, FRAME * frames) {
                             digits_out.queue(&echo);
                         }
@@ -239,6 +230,12 @@ pub async fn run(
                 }
                 if now - started > settings.max_duration {
                     break Exit::MaxDuration;
+                }
+                if frames % 50 == 0 {
+                    reported.report(&stats, &jitter);
+                }
+                if !confirmed {
+                    continue;
                 }
                 let at = FRAME * frames;
                 frames += 1;
@@ -296,7 +293,7 @@ pub async fn run(
                     let pkt = packetizer.event(pt, &dtmf::encode(&event), marker, start);
                     packetizer.skip(wire_frame as u32);
                     agent_pcm.drain(..wire_frame.min(agent_pcm.len()));
-                    if socket.send_to(&pkt, remote).await.is_ok() {
+                    if socket.send_to(&pkt, source.destination()).await.is_ok() {
                         stats.packets_out += 1;
                         stats.digits_sent += u64::from(marker);
                     }
@@ -309,13 +306,19 @@ pub async fn run(
                     scratch_u8.clear();
                     w.codec.encode(&samples, &mut scratch_u8);
                     let pkt = packetizer.packet(&scratch_u8, packet_samples as u32);
-                    if socket.send_to(&pkt, remote).await.is_ok() {
+                    if socket.send_to(&pkt, source.destination()).await.is_ok() {
                         stats.packets_out += 1;
                     }
                 }
             }
             msg = control.recv() => {
                 match msg {
+                    Some(Control::Confirmed) => {
+                        if !confirmed {
+                            confirmed = true;
+                            last_rx = last_rx.max(Instant::now());
+                        }
+                    }
                     Some(Control::Update(n)) => {
                         if n.payload_type != session.payload_type {
                             packetizer = Packetizer::new(rand::random(), n.payload_type);
@@ -327,9 +330,8 @@ pub async fn run(
                             decoded.clear();
                             rx_packet_samples = wire.as_ref().map_or(0, |w| w.codec.frame());
                         }
-                        remote = n.remote;
                         // The session may have moved: learn its source again.
-                        source = Source::default();
+                        source.moved(n.remote);
                         session = n;
                     }
                     None => break Exit::Stopped,
@@ -340,14 +342,54 @@ pub async fn run(
     let js = jitter.stats();
     stats.lost = js.lost;
     stats.late = js.late;
+    reported.report(&stats, &jitter);
     stats.turns = agent.close();
     (exit, stats)
 }
 
-/// RTP ports handed out one per call and given back when the call's guard drops.
+/// Digits a call keeps for its record; a flood of keys is counted, not kept.
+const MAX_DIGITS: usize = 256;
+
+/// The drop counters of a call as last added to the process's metrics: they
+/// go in once a second, so an attack shows while it lasts.
+#[derive(Default)]
+struct Dropped {
+    malformed: u64,
+    foreign: u64,
+    unknown_payload: u64,
+    late: u64,
+    lost: u64,
+}
+
+impl Dropped {
+    fn report(&mut self, stats: &MediaStats, jitter: &JitterBuffer) {
+        let js = jitter.stats();
+        let now = Dropped {
+            malformed: stats.malformed,
+            foreign: stats.foreign,
+            unknown_payload: stats.unknown_payload,
+            late: js.late,
+            lost: js.lost,
+        };
+        let m = metrics();
+        m.rtp_dropped("malformed", now.malformed - self.malformed);
+        m.rtp_dropped("foreign", now.foreign - self.foreign);
+        m.rtp_dropped(
+            "unknown_payload",
+            now.unknown_payload - self.unknown_payload,
+        );
+        m.rtp_dropped("late", now.late.saturating_sub(self.late));
+        m.rtp_dropped("lost", now.lost.saturating_sub(self.lost));
+        *self = now;
+    }
+}
+
+/// RTP ports handed out one per call, at random from the free ones (so a
+/// stranger cannot guess the next call's port), and given back when the
+/// call's guard drops.
 #[derive(Clone)]
 pub struct PortPool {
-    free: Arc<std::sync::Mutex<VecDeque<u16>>>,
+    free: Arc<std::sync::Mutex<Vec<u16>>>,
 }
 
 pub struct PortGuard {
@@ -358,7 +400,7 @@ pub struct PortGuard {
 impl Drop for PortGuard {
     fn drop(&mut self) {
         if let Ok(mut f) = self.pool.free.lock() {
-            f.push_back(self.port);
+            f.push(self.port);
         }
     }
 }
@@ -373,7 +415,12 @@ impl PortPool {
     }
 
     pub fn take(&self) -> Option<PortGuard> {
-        let port = self.free.lock().ok()?.pop_front()?;
+        let mut free = self.free.lock().ok()?;
+        if free.is_empty() {
+            return None;
+        }
+        let i = rand::random_range(0..free.len());
+        let port = free.swap_remove(i);
         Some(PortGuard {
             port,
             pool: self.clone(),
@@ -401,37 +448,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_are_even_and_come_back() {
+    fn ports_are_even_come_back_and_are_not_handed_out_in_order() {
         let pool = PortPool::new(20_000, 20_005);
         assert_eq!(pool.available(), 3);
         let a = pool.take().unwrap();
         let b = pool.take().unwrap();
         let c = pool.take().unwrap();
-        assert_eq!((a.port, b.port, c.port), (20_000, 20_002, 20_004));
+        let mut got = vec![a.port, b.port, c.port];
+        got.sort();
+        assert_eq!(got, vec![20_000, 20_002, 20_004]);
         assert!(pool.take().is_none());
+        let port = b.port;
         drop(b);
-        assert_eq!(pool.take().unwrap().port, 20_002);
+        assert_eq!(pool.take().unwrap().port, port);
         drop(a);
         drop(c);
         assert_eq!(pool.available(), 3);
-    }
-
-    #[test]
-    fn the_rtp_source_is_learned_and_strangers_are_kept_out() {
-        let caller: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let stranger: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let t0 = Instant::now();
-        let mut source = Source::default();
-        // Nothing learned from a packet that is not of the session.
-        assert!(source.accepts(stranger, false, t0));
-        assert!(source.addr.is_none());
-        assert!(source.accepts(caller, true, t0));
-        assert!(!source.accepts(stranger, true, t0 + Duration::from_millis(500)));
-        assert!(source.accepts(caller, false, t0 + Duration::from_secs(1)));
-        // Once the caller has been silent long enough, another address takes over.
-        let later = t0 + Duration::from_secs(1) + RELATCH + Duration::from_millis(1);
-        assert!(!source.accepts(stranger, false, later));
-        assert!(source.accepts(stranger, true, later));
-        assert_eq!(source.addr, Some(stranger));
+        // Over many draws from a wide range, the next port is not the one after the last.
+        let pool = PortPool::new(20_000, 29_999);
+        let mut sequential = 0;
+        let mut last = pool.take().unwrap().port;
+        for _ in 0..200 {
+            let g = pool.take().unwrap();
+            if g.port == last + 2 {
+                sequential += 1;
+            }
+            last = g.port;
+        }
+        assert!(sequential < 5, "{sequential} of 200 ports came in order");
     }
 }

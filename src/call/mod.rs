@@ -6,6 +6,7 @@ pub mod reply;
 pub mod session;
 pub mod turn;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,5 +65,30 @@ impl Agent {
             .llm_session(self.profile.system_prompt.clone())
             .await?;
         Ok(t.elapsed())
+    }
+}
+
+/// Runs a call's reactor as a task of its own and waits for it: `None` when it
+/// panicked, so that whoever holds the call can still end it, record it and
+/// give its slot back instead of losing it with the task.
+pub async fn supervise<T: Send + 'static>(
+    reactor: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    match tokio::spawn(reactor).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(panicked = e.is_panic(), "a call's reactor failed");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_panicking_reactor_is_reported_not_lost() {
+        assert_eq!(super::supervise(async { 7 }).await, Some(7));
+        let r: Option<u8> = super::supervise(async { panic!("a bug in a reactor") }).await;
+        assert_eq!(r, None);
     }
 }

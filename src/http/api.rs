@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -22,14 +24,24 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: models loaded and warmed, and the call records reachable.
+/// `GET /readyz`: models loaded and warmed, and the call records written.
+/// `records` is `ok`, `off`, `degraded` (writes are failing: records wait in
+/// memory and are written once the database takes them again) or
+/// `unreachable`; anything but `ok` or `off` answers 503.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let warmed = state.ready.load(Ordering::SeqCst);
-    let db = match &state.store {
-        Some(s) => s.ping().await,
-        None => true,
+    let records = match &state.store {
+        None => "off",
+        Some(_) if state.ctx.recorder.degraded() => "degraded",
+        Some(s) if s.ping().await => "ok",
+        Some(_) => "unreachable",
     };
-    let body = Json(serde_json::json!({ "models": warmed, "records": db }));
+    let db = matches!(records, "ok" | "off");
+    let body = Json(serde_json::json!({
+        "models": warmed,
+        "records": records,
+        "records_pending": state.ctx.recorder.pending(),
+    }));
     if warmed && db {
         (StatusCode::OK, body).into_response()
     } else {
@@ -43,11 +55,35 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
     let dropped = state.ctx.recorder.dropped();
     let before = state.records_dropped_seen.swap(dropped, Ordering::SeqCst);
     metrics().records_dropped(dropped.saturating_sub(before));
+    let errors = state.ctx.recorder.write_errors();
+    let before = state.records_errors_seen.swap(errors, Ordering::SeqCst);
+    metrics().records_write_errors(errors.saturating_sub(before));
+    metrics().set_records_pending(state.ctx.recorder.pending());
     (
         [(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)],
         metrics().encode(),
     )
         .into_response()
+}
+
+/// `/metrics` only for the addresses in `http.metrics_allow` (when set).
+pub async fn metrics_allowed(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if state.metrics_allow.is_empty() {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if peer.is_some_and(|ip| state.metrics_allow.iter().any(|c| c.contains(ip))) {
+        next.run(req).await
+    } else {
+        StatusCode::FORBIDDEN.into_response()
+    }
 }
 
 /// Checks the request's credentials; the principal goes on as an extension.
@@ -160,6 +196,8 @@ pub struct ListParams {
     to: Option<i64>,
     outcome: Option<String>,
     agent: Option<String>,
+    /// The transport's id for the call (SIP Call-ID, Twilio CallSid).
+    remote_id: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
 }
@@ -198,6 +236,7 @@ pub async fn list_calls(
         to_ms: p.to,
         outcome,
         agent: p.agent,
+        remote_id: p.remote_id,
         limit: p.limit.unwrap_or(CallQuery::default().limit),
         cursor: p.cursor,
     };

@@ -20,10 +20,9 @@
 //! Pure logic: no HTTP types; the caller passes header values in and maps
 //! [`AuthError::status`] to the response.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -31,6 +30,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::limits::TokenBuckets;
 
 /// The shortest API key accepted.
 pub const MIN_API_KEY_LEN: usize = 16;
@@ -487,71 +488,24 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// Token buckets per principal: `per_minute` deep, refilled continuously at
 /// `per_minute` a minute.
 struct RateLimiter {
-    per_minute: u32,
-    max_entries: usize,
-    buckets: HashMap<(Via, String), Bucket>,
-}
-
-struct Bucket {
-    tokens: f64,
-    /// Last seen (refilled up to here).
-    last: Instant,
+    buckets: TokenBuckets<(Via, String)>,
 }
 
 impl RateLimiter {
     fn new(per_minute: u32, max_entries: usize) -> RateLimiter {
+        let capacity = f64::from(per_minute);
         RateLimiter {
-            per_minute,
-            max_entries: max_entries.max(1),
-            buckets: HashMap::new(),
+            buckets: TokenBuckets::new(capacity, capacity / 60.0, max_entries),
         }
     }
 
     /// Takes one token from the principal's bucket, or says how long until there is one.
     fn check(&mut self, via: Via, name: &str, now: Instant) -> Result<(), AuthError> {
-        let capacity = f64::from(self.per_minute);
-        let key = (via, name.to_owned());
-        if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_entries {
-            self.make_room(now);
-        }
-        let bucket = self.buckets.entry(key).or_insert(Bucket {
-            tokens: capacity,
-            last: now,
-        });
-        // Requests may arrive with slightly out-of-order instants: never go back.
-        let elapsed = now.saturating_duration_since(bucket.last);
-        bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * capacity / 60.0).min(capacity);
-        bucket.last = bucket.last.max(now);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - bucket.tokens) * 60.0 / capacity;
-            Err(AuthError::RateLimited {
-                retry_after_secs: (wait.ceil() as u64).max(1),
-            })
-        }
-    }
-
-    /// Frees at least one slot: first every bucket idle for a minute (it has
-    /// refilled, so forgetting it changes nothing), then the least recently seen.
-    fn make_room(&mut self, now: Instant) {
-        let full_after = Duration::from_secs(60);
         self.buckets
-            .retain(|_, b| now.saturating_duration_since(b.last) < full_after);
-        while self.buckets.len() >= self.max_entries {
-            let oldest = self
-                .buckets
-                .iter()
-                .min_by_key(|(_, b)| b.last)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => {
-                    self.buckets.remove(&k);
-                }
-                None => break,
-            }
-        }
+            .take(&(via, name.to_owned()), now)
+            .map_err(|wait| AuthError::RateLimited {
+                retry_after_secs: (wait.as_secs_f64().ceil() as u64).max(1),
+            })
     }
 }
 
@@ -560,6 +514,7 @@ mod tests {
     use super::*;
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
+    use std::time::Duration;
     use std::time::{SystemTime, UNIX_EPOCH};
 
     const SECRET: &str = "test-hs256-secret-0123456789abcdef-xyz";
@@ -1032,7 +987,7 @@ KQIDAQAB
         // d pushes out a, the least recently seen.
         assert!(limiter.check(Via::ApiKey, "d", at(3)).is_ok());
         assert_eq!(limiter.buckets.len(), 3);
-        assert!(!limiter.buckets.contains_key(&(Via::ApiKey, "a".into())));
+        assert!(!limiter.buckets.contains(&(Via::ApiKey, "a".into())));
         // c is still remembered (and still limited).
         assert!(limiter.check(Via::ApiKey, "c", at(4)).is_err());
         // Idle for over a minute: all dropped at once, not just one.

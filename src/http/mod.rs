@@ -1,6 +1,13 @@
 //! The HTTP side of Izwi: cloud providers' voice webhooks and media-stream
-//! WebSockets (Twilio first). One listener, one router; each stream is a call
-//! in its own task.
+//! WebSockets (Twilio first), health, metrics and the operator API. One
+//! listener, one router; each stream is a call in its own task.
+//!
+//! The accept loop is Izwi's own (on hyper), so that it holds under attack:
+//! connections are capped in all and per source (a refused one gets a short
+//! 503), a request's headers must arrive within `http.header_timeout_secs`
+//! (which also closes idle keep-alive connections), a request must be
+//! answered within `http.request_timeout_secs`, and accept errors (no file
+//! descriptor left) pause accepting instead of spinning, counted.
 
 pub mod api;
 pub mod auth;
@@ -9,17 +16,25 @@ pub mod twilio;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::routing::{get, post};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tower::ServiceExt as _;
 
 use crate::call::session::CallContext;
 use crate::config::{ApiConfig, Config, HttpConfig, TwilioConfig};
+use crate::limits::{AcceptBackoff, Cidr, ConnectionCaps, ConnectionGuard, SharedLogGate};
+use crate::metrics::metrics;
 use crate::records::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +68,13 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// What the recorder had dropped at the last scrape.
     pub records_dropped_seen: AtomicU64,
+    /// The recorder's failed writes at the last scrape.
+    pub records_errors_seen: AtomicU64,
+    /// Who may read `/metrics` (empty: anyone).
+    pub metrics_allow: Vec<Cidr>,
+    /// Stream tokens already used (each starts one stream only), with the
+    /// time they stop being valid anyway.
+    pub used_tokens: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Keys the stream tokens handed out in TwiML: the auth token, or a
     /// per-process random secret when there is none.
     pub stream_secret: String,
@@ -61,6 +83,9 @@ pub struct AppState {
     /// Flips to true at shutdown: every stream closes.
     pub shutdown: watch::Receiver<bool>,
 }
+
+/// Lines about refused connections per window.
+static REFUSED_LOG: SharedLogGate = SharedLogGate::new(10, Duration::from_secs(10));
 
 /// Counts a stream for as long as it lives.
 pub struct StreamSlot(Arc<AppState>);
@@ -87,6 +112,7 @@ pub struct Server {
     listener: TcpListener,
     state: Arc<AppState>,
     stop: watch::Sender<bool>,
+    caps: ConnectionCaps,
 }
 
 impl Server {
@@ -134,6 +160,16 @@ impl Server {
                 "twilio.auth_token is not set: the voice webhook refuses every request (403)"
             );
         }
+        let max = match http.max_connections {
+            0 => crate::limits::connection_share(config.sip.max_calls),
+            n => n,
+        };
+        let caps = ConnectionCaps::new(max, http.max_connections_per_source);
+        let metrics_allow = http
+            .metrics_allow
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
         let state = Arc::new(AppState {
             ctx,
             http: http.clone(),
@@ -143,6 +179,9 @@ impl Server {
             store,
             ready,
             records_dropped_seen: AtomicU64::new(0),
+            records_errors_seen: AtomicU64::new(0),
+            metrics_allow,
+            used_tokens: Default::default(),
             stream_secret,
             active_streams: AtomicUsize::new(0),
             shutdown,
@@ -151,6 +190,7 @@ impl Server {
             listener,
             state,
             stop,
+            caps,
         })
     }
 
@@ -168,6 +208,7 @@ impl Server {
             listener,
             state,
             stop,
+            caps,
         } = self;
         let v1 = Router::new()
             .route("/v1/calls", get(api::list_calls))
@@ -181,28 +222,97 @@ impl Server {
                 state.clone(),
                 api::cors,
             ));
+        let metrics_route = Router::new()
+            .route("/metrics", get(api::prometheus))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                api::metrics_allowed,
+            ));
         let mut app = Router::new()
             .route("/healthz", get(api::healthz))
             .route("/readyz", get(api::readyz))
-            .route("/metrics", get(api::prometheus))
+            .merge(metrics_route)
             .merge(v1);
         if state.twilio.enabled {
             app = app
                 .route(&state.twilio.voice_path, post(twilio::voice))
                 .route(&state.twilio.stream_path, get(twilio::stream));
         }
-        let app = app.with_state(state.clone());
+        let request_timeout = Duration::from_secs(state.http.request_timeout_secs);
+        let app = app
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                    match tokio::time::timeout(request_timeout, next.run(req)).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            metrics().connection_closed("http", "request_timeout");
+                            axum::http::StatusCode::REQUEST_TIMEOUT.into_response()
+                        }
+                    }
+                },
+            ))
+            .with_state(state.clone());
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(listen = %addr, "HTTP listening");
+            tracing::info!(
+                listen = %addr,
+                max_connections = caps.max_total(),
+                max_connections_per_source = caps.max_per_source(),
+                "HTTP listening"
+            );
         }
-        let stopped = async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-            .map_err(HttpError::Serve)?;
+        let header_timeout = Duration::from_secs(state.http.header_timeout_secs);
+        let (closing, _) = watch::channel(false);
+        let mut accept = AcceptBackoff::new("http");
+        tokio::pin!(shutdown);
+        loop {
+            if let Some(at) = accept
+                .resume_at()
+                .filter(|_| !accept.open(std::time::Instant::now()))
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = &mut shutdown => break,
+                }
+            }
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => {
+                        accept.accepted();
+                        c
+                    }
+                    Err(e) => {
+                        accept.failed(&e, std::time::Instant::now());
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let guard = match caps.admit(peer.ip()) {
+                Ok(g) => g,
+                Err(refusal) => {
+                    metrics().connection_refused("http", refusal.label());
+                    if let Some(held) = REFUSED_LOG.pass() {
+                        tracing::info!(%peer, cap = refusal.label(), held, "HTTP connection refused");
+                    }
+                    // A short answer, written only if the socket takes it at once.
+                    let _ = stream.try_write(BUSY);
+                    continue;
+                }
+            };
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
+            tokio::spawn(serve_connection(
+                Guarded {
+                    io: stream,
+                    _guard: guard,
+                },
+                peer,
+                app.clone(),
+                header_timeout,
+                closing.subscribe(),
+            ));
+        }
+        let _ = stop.send(true);
+        let _ = closing.send(true);
         // Upgraded connections outlive the server: give the streams a moment to close.
         for _ in 0..50 {
             if state.active_streams.load(Ordering::SeqCst) == 0 {
@@ -211,5 +321,104 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
+    }
+}
+
+/// The kernel's send buffer of each HTTP connection. A media stream is real
+/// time: audio queued deeper than this is audio a `clear` cannot take back,
+/// and a client that has stopped reading must block Izwi's writes within
+/// seconds (then its stream is closed), not after megabytes of autotuned
+/// buffer. Twilio's outbound audio is about 17 KB/s; API answers take a few
+/// more round trips.
+const SEND_BUFFER: usize = 32 * 1024;
+
+/// What a connection over the cap is told before it is closed.
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+use axum::response::IntoResponse as _;
+
+/// One connection: HTTP/1.1 (upgrades to WebSocket included), with the peer's
+/// address given to handlers as [`ConnectInfo`]. Its header-read timeout runs
+/// from the connection's first moment and again while it waits for the next
+/// request, so a silent or trickling client is closed.
+async fn serve_connection(
+    io: Guarded,
+    peer: SocketAddr,
+    app: Router,
+    header_timeout: Duration,
+    mut closing: watch::Receiver<bool>,
+) {
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                if e.is_timeout() {
+                    metrics().connection_closed("http", "header_timeout");
+                }
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        }
+        _ = async { let _ = closing.wait_for(|c| *c).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}
+
+/// A connection that counts against its caps for as long as it is open,
+/// upgraded (a WebSocket) or not.
+struct Guarded {
+    io: TcpStream,
+    _guard: ConnectionGuard,
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }

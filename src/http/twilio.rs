@@ -2,13 +2,14 @@
 //! media stream) and the stream's WebSocket upgrade.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{OriginalUri, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::AppState;
 use super::media_stream::{self, StreamLimits};
-use super::{AppState, StreamSlot};
 use crate::provider::twilio::{self, Twilio};
 
 /// Largest WebSocket message read at all; frames over `MAX_FRAME` are refused
@@ -75,7 +76,7 @@ pub async fn voice(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let token = twilio::stream_token(&state.stream_secret, now);
+    let token = twilio::stream_token(&state.stream_secret, now, call_sid);
     tracing::info!(call = %call_sid, "voice webhook: connecting the call to a media stream");
     crate::metrics::metrics().webhook("twilio", "accepted");
     twiml(twilio::connect_stream(
@@ -89,35 +90,30 @@ pub async fn voice(
     ))
 }
 
-/// `GET /twilio/stream`: the media stream's WebSocket.
+/// `GET /twilio/stream`: the media stream's WebSocket. No stream slot is
+/// taken here: only a `start` with a valid token takes one (see
+/// [`media_stream::run`]); until then the socket has `twilio.start_timeout_secs`.
 pub async fn stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
-    let Some(slot) = StreamSlot::take(&state, state.twilio.max_streams) else {
-        tracing::warn!("at capacity: media stream refused");
-        return (StatusCode::SERVICE_UNAVAILABLE, "at capacity\n").into_response();
-    };
+    let tw = &state.twilio;
     let limits = StreamLimits {
         max_frame: MAX_FRAME,
         max_frames_per_sec: MAX_FRAMES_PER_SEC,
+        max_bytes_per_sec: tw.max_bytes_per_sec,
         // With signatures checked, only streams our own TwiML started are taken.
-        token: state.twilio.validate_signature.then(|| {
-            (
-                state.stream_secret.clone(),
-                state.twilio.stream_token_max_age_secs,
-            )
-        }),
+        token: tw
+            .validate_signature
+            .then(|| (state.stream_secret.clone(), tw.stream_token_max_age_secs)),
+        start_timeout: Duration::from_secs(tw.start_timeout_secs),
+        media_timeout: Duration::from_secs(tw.media_timeout_secs),
+        ping: Duration::from_secs(tw.ping_secs),
+        send_timeout: Duration::from_secs(tw.send_timeout_secs),
+        max_streams: tw.max_streams,
     };
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| async move {
-            let _slot = slot;
-            media_stream::run(
-                socket,
-                Arc::new(Twilio),
-                state.ctx.clone(),
-                limits,
-                state.shutdown.clone(),
-            )
-            .await;
+            let shutdown = state.shutdown.clone();
+            media_stream::run(socket, Arc::new(Twilio), state, limits, shutdown).await;
         })
 }
 

@@ -443,20 +443,28 @@ fn push_attr(out: &mut String, s: &str) {
 // Stream tokens
 // ---------------------------------------------------------------------------
 
-/// A short-lived credential for opening a media stream. The stream WebSocket
-/// carries no Twilio signature, so we hand this out only inside TwiML answering
-/// a signature-checked webhook; whoever presents it got our TwiML.
-pub fn stream_token(secret: &str, now_unix: u64) -> String {
+/// A short-lived credential for opening the media stream of one call. The
+/// stream WebSocket carries no Twilio signature, so we hand this out only
+/// inside TwiML answering a signature-checked webhook, bound to that
+/// webhook's CallSid: whoever presents it got our TwiML for that call.
+pub fn stream_token(secret: &str, now_unix: u64, call_sid: &str) -> String {
     let ts = now_unix.to_string();
-    token_mac(secret, &ts)
+    token_mac(secret, &ts, call_sid)
         .map(|mac| format!("{ts}.{}", hex::encode(mac.finalize().into_bytes())))
         .unwrap_or_default()
 }
 
-/// Whether `token` came from [`stream_token`] with this secret, is at most
-/// `max_age_secs` old and at most 30 s in the future (clock skew). Any
-/// malformed token is simply false; an empty secret never validates.
-pub fn check_stream_token(secret: &str, token: &str, now_unix: u64, max_age_secs: u64) -> bool {
+/// Whether `token` came from [`stream_token`] with this secret for this
+/// call, is at most `max_age_secs` old and at most 30 s in the future (clock
+/// skew). Any malformed token is simply false; an empty secret never
+/// validates. (That it is used once is the caller's to check.)
+pub fn check_stream_token(
+    secret: &str,
+    token: &str,
+    call_sid: &str,
+    now_unix: u64,
+    max_age_secs: u64,
+) -> bool {
     if secret.is_empty() {
         return false;
     }
@@ -479,13 +487,15 @@ pub fn check_stream_token(secret: &str, token: &str, now_unix: u64, max_age_secs
     let Ok(tag) = hex::decode(mac_hex) else {
         return false;
     };
-    token_mac(secret, ts).is_some_and(|mac| mac.verify_slice(&tag).is_ok())
+    token_mac(secret, ts, call_sid).is_some_and(|mac| mac.verify_slice(&tag).is_ok())
 }
 
-fn token_mac(secret: &str, ts: &str) -> Option<HmacSha256> {
+fn token_mac(secret: &str, ts: &str, call_sid: &str) -> Option<HmacSha256> {
     let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).ok()?;
     mac.update(b"izwi-stream:");
     mac.update(ts.as_bytes());
+    mac.update(b":");
+    mac.update(call_sid.as_bytes());
     Some(mac)
 }
 
@@ -1135,14 +1145,14 @@ mod tests {
 
     #[test]
     fn stream_token_round_trip() {
-        let t = stream_token("k", NOW);
+        let t = stream_token("k", NOW, "CA1");
         assert!(t.starts_with("1700000000."), "{t}");
         assert_eq!(t.len(), "1700000000.".len() + 64);
-        assert!(check_stream_token("k", &t, NOW, 60));
-        assert!(check_stream_token("k", &t, NOW + 60, 60));
+        assert!(check_stream_token("k", &t, "CA1", NOW, 60));
+        assert!(check_stream_token("k", &t, "CA1", NOW + 60, 60));
         // Known value pins the message format ("izwi-stream:{ts}").
         let mut mac = HmacSha256::new_from_slice(b"k").unwrap();
-        mac.update(b"izwi-stream:1700000000");
+        mac.update(b"izwi-stream:1700000000:CA1");
         assert_eq!(
             t,
             format!("1700000000.{}", hex::encode(mac.finalize().into_bytes()))
@@ -1150,26 +1160,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_token_is_good_only_for_its_call() {
+        let t = stream_token("k", NOW, "CA1");
+        assert!(check_stream_token("k", &t, "CA1", NOW, 60));
+        assert!(!check_stream_token("k", &t, "CA2", NOW, 60));
+        assert!(!check_stream_token("k", &t, "", NOW, 60));
+    }
+
+    #[test]
     fn stream_token_expiry_and_future() {
-        let t = stream_token("k", NOW);
-        assert!(!check_stream_token("k", &t, NOW + 61, 60));
-        assert!(check_stream_token("k", &t, NOW - 30, 60));
-        assert!(!check_stream_token("k", &t, NOW - 31, 60));
-        let far = stream_token("k", u64::MAX);
-        assert!(!check_stream_token("k", &far, NOW, u64::MAX));
-        assert!(check_stream_token("k", &far, u64::MAX, 0));
+        let t = stream_token("k", NOW, "CA1");
+        assert!(!check_stream_token("k", &t, "CA1", NOW + 61, 60));
+        assert!(check_stream_token("k", &t, "CA1", NOW - 30, 60));
+        assert!(!check_stream_token("k", &t, "CA1", NOW - 31, 60));
+        let far = stream_token("k", u64::MAX, "CA1");
+        assert!(!check_stream_token("k", &far, "CA1", NOW, u64::MAX));
+        assert!(check_stream_token("k", &far, "CA1", u64::MAX, 0));
     }
 
     #[test]
     fn stream_token_tampering() {
-        let t = stream_token("k", NOW);
-        assert!(!check_stream_token("other", &t, NOW, 60));
-        assert!(!check_stream_token("", &stream_token("", NOW), NOW, 60));
+        let t = stream_token("k", NOW, "CA1");
+        assert!(!check_stream_token("other", &t, "CA1", NOW, 60));
+        assert!(!check_stream_token(
+            "",
+            &stream_token("", NOW, "CA1"),
+            "CA1",
+            NOW,
+            60
+        ));
         let (ts, mac) = t.split_once('.').unwrap();
         // Same MAC on a fresher timestamp must fail, or tokens never expire.
         assert!(!check_stream_token(
             "k",
             &format!("{}.{mac}", NOW + 1),
+            "CA1",
             NOW + 1,
             60
         ));
@@ -1179,22 +1204,25 @@ mod tests {
         assert!(!check_stream_token(
             "k",
             &format!("{ts}.{flipped}"),
+            "CA1",
             NOW,
             60
         ));
         assert!(!check_stream_token(
             "k",
             &format!("{ts}.{}", &mac[..32]),
+            "CA1",
             NOW,
             60
         ));
-        assert!(!check_stream_token("k", &format!("+{t}"), NOW, 60));
-        assert!(!check_stream_token("k", &format!("0{t}"), NOW, 60));
-        assert!(!check_stream_token("k", &format!("{t}00"), NOW, 60));
+        assert!(!check_stream_token("k", &format!("+{t}"), "CA1", NOW, 60));
+        assert!(!check_stream_token("k", &format!("0{t}"), "CA1", NOW, 60));
+        assert!(!check_stream_token("k", &format!("{t}00"), "CA1", NOW, 60));
         // Uppercase hex of the right MAC is the same bytes; accepted.
         assert!(check_stream_token(
             "k",
             &format!("{ts}.{}", mac.to_uppercase()),
+            "CA1",
             NOW,
             60
         ));
@@ -1220,14 +1248,17 @@ mod tests {
             &huge,
         ] {
             assert!(
-                !check_stream_token("k", garbage, NOW, u64::MAX),
+                !check_stream_token("k", garbage, "CA1", NOW, u64::MAX),
                 "{garbage:?}"
             );
             assert!(
-                !check_stream_token("k", garbage, u64::MAX, u64::MAX),
+                !check_stream_token("k", garbage, "CA1", u64::MAX, u64::MAX),
                 "{garbage:?}"
             );
-            assert!(!check_stream_token("k", garbage, 0, 0), "{garbage:?}");
+            assert!(
+                !check_stream_token("k", garbage, "CA1", 0, 0),
+                "{garbage:?}"
+            );
         }
     }
 

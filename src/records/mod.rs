@@ -17,7 +17,7 @@ mod tests;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
@@ -94,11 +94,31 @@ text_enum!(Outcome {
     Interrupted => "interrupted",
 });
 
+/// Longest transport id of a call kept ([`CallStart::remote_id`]), in characters.
+pub const MAX_REMOTE_ID: usize = 128;
+
+/// A new call's id: 128 random bits in hex, unique whatever the transport's
+/// own id for the call says (two SIP dialogs may share a Call-ID).
+pub fn new_call_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// At most `n` characters of `s`.
+pub fn cap(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 /// A call began. Sent once, when the call is accepted.
 #[derive(Clone, PartialEq)]
 pub struct CallStart {
-    /// Unique per call (SIP Call-ID, Twilio stream SID, talk uuid).
+    /// Izwi's own id for the call ([`new_call_id`]).
     pub id: String,
+    /// The transport's id for the call: the SIP Call-ID, Twilio's CallSid
+    /// (stored capped at [`MAX_REMOTE_ID`] characters).
+    pub remote_id: Option<String>,
     pub transport: Transport,
     /// Unix milliseconds.
     pub started_at_ms: i64,
@@ -115,6 +135,7 @@ impl fmt::Debug for CallStart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallStart")
             .field("id", &self.id)
+            .field("remote_id", &self.remote_id)
             .field("transport", &self.transport)
             .field("started_at_ms", &self.started_at_ms)
             .field("called", &self.called)
@@ -171,6 +192,8 @@ pub struct TurnRow {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CallRow {
     pub id: String,
+    /// The transport's id for the call (SIP Call-ID, Twilio CallSid), capped.
+    pub remote_id: Option<String>,
     /// `None` only when the call's End arrived without its Start (the Start
     /// was dropped under load).
     pub transport: Option<Transport>,
@@ -201,6 +224,8 @@ pub struct CallQuery {
     pub to_ms: Option<i64>,
     pub outcome: Option<Outcome>,
     pub agent: Option<String>,
+    /// The transport's id for the call (exact).
+    pub remote_id: Option<String>,
     /// Page size, clamped to `1..=500`.
     pub limit: u32,
     /// Opaque, from [`Page::next_cursor`].
@@ -219,6 +244,7 @@ impl Default for CallQuery {
             to_ms: None,
             outcome: None,
             agent: None,
+            remote_id: None,
             limit: Self::DEFAULT_LIMIT,
             cursor: None,
         }
@@ -275,6 +301,10 @@ pub enum Record {
 struct Counters {
     dropped: AtomicU64,
     write_errors: AtomicU64,
+    /// Records kept for a retry after a failed write.
+    pending: AtomicU64,
+    /// The last write failed and records wait for a retry.
+    degraded: AtomicBool,
 }
 
 /// The handle calls use. Cheap to clone. Never blocks: a full channel drops
@@ -323,9 +353,19 @@ impl Recorder {
         self.counters.dropped.load(Ordering::Relaxed)
     }
 
-    /// Records the writer failed to write (each logged with its call id).
+    /// Writes that failed (each record is kept and written again later).
     pub fn write_errors(&self) -> u64 {
         self.counters.write_errors.load(Ordering::Relaxed)
+    }
+
+    /// Records waiting to be written again after a failed write.
+    pub fn pending(&self) -> u64 {
+        self.counters.pending.load(Ordering::Relaxed)
+    }
+
+    /// Whether writes are failing (records wait in memory for the database).
+    pub fn degraded(&self) -> bool {
+        self.counters.degraded.load(Ordering::Relaxed)
     }
 
     /// A recorder that writes nowhere and counts nothing as dropped (for

@@ -1,5 +1,6 @@
 //! The SQLite side: open + migrate, the writer task, and the queries.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -9,20 +10,32 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::{
-    CallEnd, CallQuery, CallRow, CallStart, Counters, Outcome, Page, Record, RecordError, Recorder,
-    Side, TurnRow, caller_hash,
+    CallEnd, CallQuery, CallRow, CallStart, Counters, MAX_REMOTE_ID, Outcome, Page, Record,
+    RecordError, Recorder, Side, TurnRow, caller_hash, cap,
 };
+use crate::limits::LogGate;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-const CALL_COLUMNS: &str = "id, transport, started_at_ms, answered_at_ms, ended_at_ms, \
+/// Records kept in memory while writes fail (a full disk); beyond, the
+/// oldest are dropped and counted.
+const MAX_PENDING: usize = 10_000;
+/// The first wait before writing again after a failure, doubling up to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// At shutdown, how long failing writes are retried before what is left is
+/// counted as dropped.
+const RETRY_AT_EXIT: Duration = Duration::from_secs(3);
+
+const CALL_COLUMNS: &str = "id, remote_id, transport, started_at_ms, answered_at_ms, ended_at_ms, \
      duration_ms, called, caller_hash, agent, codec, outcome, hangup_cause, hangup_side, \
      turns, barge_ins, dtmf, errors";
 
@@ -33,6 +46,8 @@ const TURN_COLUMNS: &str = "idx, greeting, outcome, response_ms, asr_ms, llm_fir
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// For the writer's own connection.
+    options: SqliteConnectOptions,
     path: Arc<Path>,
     caller_key: Arc<str>,
 }
@@ -66,7 +81,7 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|source| RecordError::Open {
                 path: shown.clone(),
@@ -87,6 +102,7 @@ impl Store {
         }
         Ok(Store {
             pool,
+            options,
             path: Arc::from(path.to_path_buf().into_boxed_path()),
             caller_key: Arc::from(caller_key),
         })
@@ -136,14 +152,39 @@ impl Store {
         (Recorder::new(tx, counters), task)
     }
 
-    async fn write(&self, record: &Record) -> Result<(), sqlx::Error> {
-        match record {
-            Record::Start(s) => self.write_start(s).await,
-            Record::End(e) => self.write_end(e).await,
+    /// Writes one record on the writer's own connection (opened if need be).
+    /// On failure the connection is rolled back and closed, so that no half
+    /// transaction outlives the error and holds the database's write lock:
+    /// the next attempt starts on a fresh connection.
+    async fn write(
+        &self,
+        conn: &mut Option<SqliteConnection>,
+        record: &Record,
+    ) -> Result<(), sqlx::Error> {
+        if conn.is_none() {
+            *conn = Some(self.options.connect().await?);
         }
+        let Some(c) = conn.as_mut() else {
+            return Err(sqlx::Error::PoolClosed);
+        };
+        let result = match record {
+            Record::Start(s) => self.write_start(c, s).await,
+            Record::End(e) => self.write_end(c, e).await,
+        };
+        if result.is_err()
+            && let Some(mut c) = conn.take()
+        {
+            let _ = sqlx::query("ROLLBACK").execute(&mut c).await;
+            let _ = c.close().await;
+        }
+        result
     }
 
-    async fn write_start(&self, s: &CallStart) -> Result<(), sqlx::Error> {
+    async fn write_start(
+        &self,
+        c: &mut SqliteConnection,
+        s: &CallStart,
+    ) -> Result<(), sqlx::Error> {
         let hash = match (&s.caller, self.caller_key.is_empty()) {
             (Some(number), false) if !super::normalise_number(number).is_empty() => {
                 Some(caller_hash(&self.caller_key, number))
@@ -152,9 +193,10 @@ impl Store {
         };
         // A repeated Start only fills in what is missing.
         sqlx::query(
-            "INSERT INTO calls (id, transport, started_at_ms, called, caller_hash, agent, codec, outcome) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open') \
+            "INSERT INTO calls (id, transport, started_at_ms, called, caller_hash, agent, codec, outcome, remote_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8) \
              ON CONFLICT (id) DO UPDATE SET \
+               remote_id = COALESCE(calls.remote_id, excluded.remote_id), \
                transport = COALESCE(calls.transport, excluded.transport), \
                called = COALESCE(calls.called, excluded.called), \
                caller_hash = COALESCE(calls.caller_hash, excluded.caller_hash), \
@@ -168,15 +210,16 @@ impl Store {
         .bind(hash)
         .bind(s.agent.as_deref().map(|v| cap(v, 128)))
         .bind(s.codec.as_deref().map(|v| cap(v, 32)))
-        .execute(&self.pool)
+        .bind(s.remote_id.as_deref().map(|v| cap(v, MAX_REMOTE_ID)))
+        .execute(&mut *c)
         .await?;
         Ok(())
     }
 
-    async fn write_end(&self, e: &CallEnd) -> Result<(), sqlx::Error> {
+    async fn write_end(&self, c: &mut SqliteConnection, e: &CallEnd) -> Result<(), sqlx::Error> {
         let turns = e.turns.len() as i64;
         let barge_ins = e.turns.iter().filter(|t| t.interrupted).count() as i64;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = c.begin().await?;
         // Without a Start, the best known start is the answer (or the end).
         sqlx::query(
             "INSERT INTO calls (id, started_at_ms, answered_at_ms, ended_at_ms, duration_ms, codec, \
@@ -262,6 +305,9 @@ impl Store {
         if let Some(agent) = &q.agent {
             b.push(" AND agent = ").push_bind(agent.clone());
         }
+        if let Some(remote) = &q.remote_id {
+            b.push(" AND remote_id = ").push_bind(remote.clone());
+        }
         if let Some((ms, id)) = after {
             b.push(" AND (started_at_ms < ")
                 .push_bind(ms)
@@ -333,6 +379,7 @@ impl Store {
         let outcome: String = r.try_get("outcome").map_err(&err)?;
         Ok(CallRow {
             id: r.try_get("id").map_err(&err)?,
+            remote_id: text("remote_id")?,
             transport: self.parse(text("transport")?, "transport")?,
             started_at_ms: r.try_get("started_at_ms").map_err(&err)?,
             answered_at_ms: int("answered_at_ms")?,
@@ -393,25 +440,130 @@ impl Store {
     }
 }
 
+/// The one writer: records in the order they came. A write that fails (a
+/// full disk, a locked or broken file) is counted and kept, with what came
+/// after it, and written again after a pause that doubles while failures
+/// last; the records are degraded meanwhile (`/readyz` says so). Only past
+/// [`MAX_PENDING`] records, or at exit, are the oldest dropped, and counted.
 async fn write_loop(store: Store, mut rx: mpsc::Receiver<Record>, counters: Arc<Counters>) {
-    while let Some(record) = rx.recv().await {
-        if let Err(e) = store.write(&record).await {
-            counters.write_errors.fetch_add(1, Ordering::Relaxed);
-            let (kind, id) = match &record {
-                Record::Start(s) => ("start", s.id.as_str()),
-                Record::End(e) => ("end", e.id.as_str()),
-            };
-            tracing::warn!(call_id = id, record = kind, error = %e, "call records: write failed");
+    let mut conn: Option<SqliteConnection> = None;
+    let mut pending: VecDeque<Record> = VecDeque::new();
+    let mut pause = RETRY_FIRST;
+    let mut retry_at: Option<Instant> = None;
+    let mut open = true;
+    let mut exit_deadline: Option<Instant> = None;
+    let mut log = LogGate::new(5, Duration::from_secs(60));
+    loop {
+        if pending.is_empty() {
+            if !open {
+                break;
+            }
+            match rx.recv().await {
+                Some(r) => pending.push_back(r),
+                None => break,
+            }
+        } else {
+            // Waiting to retry: take new records meanwhile, keep their order.
+            let wait = retry_at.filter(|t| *t > Instant::now());
+            if let Some(at) = wait {
+                tokio::select! {
+                    r = rx.recv(), if open => match r {
+                        Some(r) => {
+                            keep(&mut pending, r, &counters);
+                            continue;
+                        }
+                        None => {
+                            open = false;
+                            exit_deadline = Some(Instant::now() + RETRY_AT_EXIT);
+                        }
+                    },
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
         }
+        while let Ok(r) = rx.try_recv() {
+            keep(&mut pending, r, &counters);
+        }
+        while let Some(record) = pending.front() {
+            match store.write(&mut conn, record).await {
+                Ok(()) => {
+                    pending.pop_front();
+                    if retry_at.take().is_some() {
+                        tracing::info!(waiting = pending.len(), "call records: writing again");
+                    }
+                    pause = RETRY_FIRST;
+                }
+                Err(e) => {
+                    counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    let (kind, id) = match record {
+                        Record::Start(s) => ("start", s.id.clone()),
+                        Record::End(e) => ("end", e.id.clone()),
+                    };
+                    if !transient(&e) {
+                        // This record can never be written (a constraint): the
+                        // others must not wait behind it.
+                        tracing::error!(call_id = %id, record = kind, error = %e, "call records: a record the database refuses; dropped");
+                        pending.pop_front();
+                        continue;
+                    }
+                    counters.degraded.store(true, Ordering::Relaxed);
+                    if let Some(held) = log.pass(std::time::Instant::now()) {
+                        tracing::warn!(call_id = %id, record = kind, error = %e, waiting = pending.len(), retry_ms = pause.as_millis() as u64, held, "call records: write failed; kept for a retry");
+                    }
+                    retry_at = Some(Instant::now() + pause);
+                    pause = (pause * 2).min(RETRY_MAX);
+                    break;
+                }
+            }
+        }
+        if pending.is_empty() {
+            counters.degraded.store(false, Ordering::Relaxed);
+        }
+        counters
+            .pending
+            .store(pending.len() as u64, Ordering::Relaxed);
+        if exit_deadline.is_some_and(|d| Instant::now() >= d) && !pending.is_empty() {
+            counters
+                .dropped
+                .fetch_add(pending.len() as u64, Ordering::Relaxed);
+            tracing::error!(
+                lost = pending.len(),
+                "call records: the database stayed unwritable at exit; records lost"
+            );
+            break;
+        }
+    }
+    if let Some(c) = conn {
+        let _ = c.close().await;
     }
     tracing::debug!("call records: writer done");
 }
 
-/// At most `n` characters of `s`.
-fn cap(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
-        None => s,
+/// Whether a failed write may succeed later: the disk full or failing, the
+/// file locked, busy, read-only or gone, the connection broken. A refusal by
+/// the schema (a constraint) is not.
+pub(super) fn transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
+            // SQLITE_BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
+            matches!(code & 0xff, 5 | 6 | 8 | 10 | 13 | 14 | 15)
+        }
+        _ => true,
+    }
+}
+
+/// Queues a record behind those waiting; past [`MAX_PENDING`] the oldest goes,
+/// counted as dropped.
+fn keep(pending: &mut VecDeque<Record>, r: Record, counters: &Counters) {
+    pending.push_back(r);
+    if pending.len() > MAX_PENDING {
+        pending.pop_front();
+        counters.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            kept = MAX_PENDING,
+            "call records: too many waiting for the database; the oldest was dropped"
+        );
     }
 }
 

@@ -19,6 +19,7 @@ async fn open_temp() -> (tempfile::TempDir, PathBuf, Store) {
 fn start(id: &str, at: i64) -> CallStart {
     CallStart {
         id: id.to_owned(),
+        remote_id: Some(format!("sip-{id}")),
         transport: Transport::Sip,
         started_at_ms: at,
         called: Some("+263242700000".to_owned()),
@@ -96,7 +97,7 @@ async fn migrates_from_empty_and_reopens() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
     assert!(store.ping().await);
     store.close().await;
     assert!(!store.ping().await);
@@ -107,7 +108,7 @@ async fn migrates_from_empty_and_reopens() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
     assert!(again.ping().await);
 }
 
@@ -135,6 +136,9 @@ async fn schema_has_no_room_for_words_or_audio() {
                 "barge_ins",
                 "dtmf",
                 "errors",
+                // The transport's id for the call (SIP Call-ID, CallSid),
+                // capped at 128 characters: no number, no words.
+                "remote_id",
             ][..],
         ),
         (
@@ -180,6 +184,81 @@ async fn schema_has_no_room_for_words_or_audio() {
             .execute(store.pool())
             .await;
     assert!(bad.is_err());
+    let long = "x".repeat(129);
+    let bad = sqlx::query("INSERT INTO calls (id, started_at_ms, remote_id) VALUES ('z', 1, ?1)")
+        .bind(&long)
+        .execute(store.pool())
+        .await;
+    assert!(bad.is_err(), "remote_id is capped");
+}
+
+#[tokio::test]
+async fn a_30kb_call_id_is_stored_capped_and_calls_sharing_one_stay_apart() {
+    let (_dir, _path, store) = open_temp().await;
+    let huge = "c".repeat(30_000);
+    let mut a = start("izwi-a", 1);
+    a.remote_id = Some(huge.clone());
+    let mut b = start("izwi-b", 2);
+    b.remote_id = Some(huge.clone());
+    write_all(
+        &store,
+        vec![
+            Record::Start(a),
+            Record::Start(b),
+            Record::End(end("izwi-a", Some(1), 10, vec![])),
+        ],
+    )
+    .await;
+    let page = store
+        .list(&CallQuery {
+            remote_id: Some(cap(&huge, MAX_REMOTE_ID).to_string()),
+            ..CallQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.calls.len(), 2, "two calls, one Call-ID: two rows");
+    for c in &page.calls {
+        assert_eq!(c.remote_id.as_deref().map(str::len), Some(MAX_REMOTE_ID));
+    }
+    let a = store.get("izwi-a").await.unwrap().unwrap().0;
+    let b = store.get("izwi-b").await.unwrap().unwrap().0;
+    assert_eq!(a.outcome, Outcome::Completed);
+    assert_eq!(b.outcome, Outcome::Open, "b's record is its own");
+}
+
+#[tokio::test]
+async fn a_full_database_is_a_transient_failure_a_constraint_is_not() {
+    let (_dir, _path, store) = open_temp().await;
+    let mut conn = store.pool().acquire().await.unwrap();
+    let pages: i64 = sqlx::query("PRAGMA page_count")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+        .get(0);
+    sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let mut full = None;
+    for i in 0..200 {
+        let r = sqlx::query("INSERT INTO calls (id, started_at_ms, agent) VALUES (?1, 1, ?2)")
+            .bind(format!("fill{i}"))
+            .bind("a".repeat(120))
+            .execute(&mut *conn)
+            .await;
+        if let Err(e) = r {
+            full = Some(e);
+            break;
+        }
+    }
+    let full = full.expect("the database filled up");
+    assert!(super::store::transient(&full), "{full}");
+    let constraint =
+        sqlx::query("INSERT INTO calls (id, started_at_ms, outcome) VALUES ('y', 1, 'weird')")
+            .execute(store.pool())
+            .await
+            .unwrap_err();
+    assert!(!super::store::transient(&constraint), "{constraint}");
 }
 
 #[tokio::test]
@@ -227,6 +306,7 @@ async fn start_then_end_derives_the_call_row_and_turns() {
         call,
         CallRow {
             id: "c1".to_owned(),
+            remote_id: Some("sip-c1".to_owned()),
             transport: Some(Transport::Sip),
             started_at_ms: 1_000_000,
             answered_at_ms: Some(1_000_500),

@@ -3,3 +3,4 @@
 pub mod dtmf;
 pub mod jitter;
 pub mod packet;
+pub mod source;

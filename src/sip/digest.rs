@@ -6,6 +6,7 @@
 //! [`parse_credentials`] and [`verify`]. Client side: [`parse_challenge`] and
 //! [`respond`]. Everything is sans-IO; times are passed in.
 
+use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -203,7 +204,9 @@ pub enum NonceState {
 }
 
 /// Issues nonces that can be checked without storing them: each nonce is the
-/// issue time in hex followed by a keyed hash of it.
+/// issue time in hex followed by a keyed hash of that time and of what the
+/// nonce was issued for (its binding: the source and the call it challenged),
+/// so a nonce answered for one call and source is worth nothing for another.
 #[derive(Clone)]
 pub struct NonceIssuer {
     secret: Vec<u8>,
@@ -229,14 +232,20 @@ impl NonceIssuer {
         NonceIssuer::new(rand::random::<[u8; 32]>())
     }
 
-    /// A nonce stamped with `now_unix_secs`.
-    pub fn issue(&self, now_unix_secs: u64) -> String {
-        format!("{now_unix_secs:016x}{}", self.tag(now_unix_secs))
+    /// A nonce stamped with `now_unix_secs`, good only for `binding`.
+    pub fn issue(&self, now_unix_secs: u64, binding: &[u8]) -> String {
+        format!("{now_unix_secs:016x}{}", self.tag(now_unix_secs, binding))
     }
 
-    /// Whether `nonce` is one of ours and no older than `max_age_secs`.
-    pub fn check(&self, nonce: &str, now_unix_secs: u64, max_age_secs: u64) -> NonceState {
-        let Some(issued) = self.authentic_issue_time(nonce) else {
+    /// Whether `nonce` is one of ours for `binding` and no older than `max_age_secs`.
+    pub fn check(
+        &self,
+        nonce: &str,
+        now_unix_secs: u64,
+        max_age_secs: u64,
+        binding: &[u8],
+    ) -> NonceState {
+        let Some(issued) = self.authentic_issue_time(nonce, binding) else {
             return NonceState::Invalid;
         };
         let from_future = issued > now_unix_secs.saturating_add(NONCE_FUTURE_SKEW_SECS);
@@ -247,22 +256,22 @@ impl NonceIssuer {
         }
     }
 
-    fn authentic_issue_time(&self, nonce: &str) -> Option<u64> {
+    fn authentic_issue_time(&self, nonce: &str, binding: &[u8]) -> Option<u64> {
         if nonce.len() != NONCE_TIME_HEX_LEN + NONCE_TAG_HEX_LEN || !is_lower_hex(nonce) {
             return None;
         }
         let (time_hex, tag) = nonce.split_at_checked(NONCE_TIME_HEX_LEN)?;
         let issued = u64::from_str_radix(time_hex, 16).ok()?;
-        constant_time_eq(tag.as_bytes(), self.tag(issued).as_bytes()).then_some(issued)
+        constant_time_eq(tag.as_bytes(), self.tag(issued, binding).as_bytes()).then_some(issued)
     }
 
-    /// SHA-256(secret || time). Length extension cannot forge a nonce because
-    /// the time field has a fixed width and the whole nonce a fixed length.
-    fn tag(&self, issued: u64) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(&self.secret);
-        hasher.update(issued.to_be_bytes());
-        let mut tag = hex::encode(hasher.finalize());
+    /// HMAC-SHA256(secret, time ‖ binding), truncated.
+    fn tag(&self, issued: u64, binding: &[u8]) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
+            .expect("HMAC takes keys of any size");
+        mac.update(&issued.to_be_bytes());
+        mac.update(binding);
+        let mut tag = hex::encode(mac.finalize().into_bytes());
         tag.truncate(NONCE_TAG_HEX_LEN);
         tag
     }
@@ -669,7 +678,7 @@ mod tests {
     fn round_trip_both_algorithms() {
         let issuer = NonceIssuer::new("shared secret");
         for algorithm in [Algorithm::Md5, Algorithm::Sha256] {
-            let challenge = Challenge::new("izwi", issuer.issue(1_000), algorithm);
+            let challenge = Challenge::new("izwi", issuer.issue(1_000, b"x"), algorithm);
             let parsed = parse_challenge(&challenge.to_header_value()).unwrap();
             assert_eq!(parsed, challenge);
 
@@ -679,12 +688,15 @@ mod tests {
             assert_eq!(creds.nc.as_deref(), Some("00000007"));
             assert_eq!(creds.uri, uri);
             assert!(verify(&creds, "REGISTER", "s3cr3t"), "{algorithm:?}");
-            assert_eq!(issuer.check(&creds.nonce, 1_010, 300), NonceState::Valid);
+            assert_eq!(
+                issuer.check(&creds.nonce, 1_010, 300, b"x"),
+                NonceState::Valid
+            );
 
             assert!(!verify(&creds, "REGISTER", "s3cr3t!"));
             assert!(!verify(&creds, "INVITE", "s3cr3t"));
             let tampered = Credentials {
-                nonce: issuer.issue(1_001),
+                nonce: issuer.issue(1_001, b"x"),
                 ..creds.clone()
             };
             assert!(!verify(&tampered, "REGISTER", "s3cr3t"));
@@ -827,34 +839,57 @@ mod tests {
     #[test]
     fn nonce_lifecycle() {
         let issuer = NonceIssuer::new(b"k1");
-        let nonce = issuer.issue(1_700_000_000);
+        let b = b"192.0.2.1 call-1";
+        let nonce = issuer.issue(1_700_000_000, b);
         assert_eq!(nonce.len(), 48);
-        assert_eq!(issuer.check(&nonce, 1_700_000_000, 60), NonceState::Valid);
-        assert_eq!(issuer.check(&nonce, 1_700_000_060, 60), NonceState::Valid);
-        assert_eq!(issuer.check(&nonce, 1_700_000_061, 60), NonceState::Stale);
+        let check = |now| issuer.check(&nonce, now, 60, b);
+        assert_eq!(check(1_700_000_000), NonceState::Valid);
+        assert_eq!(check(1_700_000_060), NonceState::Valid);
+        assert_eq!(check(1_700_000_061), NonceState::Stale);
         // Issued "in the future": a clock step back, not a forgery.
-        assert_eq!(issuer.check(&nonce, 1_699_999_990, 60), NonceState::Stale);
-        assert_eq!(issuer.check(&nonce, 1_699_999_998, 60), NonceState::Valid);
+        assert_eq!(check(1_699_999_990), NonceState::Stale);
+        assert_eq!(check(1_699_999_998), NonceState::Valid);
+    }
+
+    #[test]
+    fn a_nonce_is_good_only_for_what_it_was_issued_for() {
+        let issuer = NonceIssuer::new(b"k1");
+        let nonce = issuer.issue(1_000, b"192.0.2.1 call-1");
+        assert_eq!(
+            issuer.check(&nonce, 1_000, 60, b"192.0.2.1 call-1"),
+            NonceState::Valid
+        );
+        for other in [&b"192.0.2.1 call-2"[..], b"192.0.2.9 call-1", b""] {
+            assert_eq!(
+                issuer.check(&nonce, 1_000, 60, other),
+                NonceState::Invalid,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 
     #[test]
     fn forged_nonces_are_invalid() {
         let issuer = NonceIssuer::new(b"k1");
-        let nonce = issuer.issue(1_000);
+        let nonce = issuer.issue(1_000, b"");
         let now = 1_000;
         assert_eq!(
-            NonceIssuer::new(b"k2").check(&nonce, now, 60),
+            NonceIssuer::new(b"k2").check(&nonce, now, 60, b""),
             NonceState::Invalid
         );
 
         // Re-stamping with a newer time keeps the old tag, which no longer fits.
         let restamped = format!("{:016x}{}", 2_000u64, &nonce[16..]);
-        assert_eq!(issuer.check(&restamped, 2_000, 60), NonceState::Invalid);
+        assert_eq!(
+            issuer.check(&restamped, 2_000, 60, b""),
+            NonceState::Invalid
+        );
 
         let mut flipped = nonce.clone().into_bytes();
         flipped[47] = if flipped[47] == b'0' { b'1' } else { b'0' };
         let flipped = String::from_utf8(flipped).unwrap();
-        assert_eq!(issuer.check(&flipped, now, 60), NonceState::Invalid);
+        assert_eq!(issuer.check(&flipped, now, 60, b""), NonceState::Invalid);
 
         for junk in [
             "",
@@ -863,11 +898,18 @@ mod tests {
             &format!("{nonce}0"),
             &nonce.to_ascii_uppercase(),
         ] {
-            assert_eq!(issuer.check(junk, now, 60), NonceState::Invalid, "{junk:?}");
+            assert_eq!(
+                issuer.check(junk, now, 60, b""),
+                NonceState::Invalid,
+                "{junk:?}"
+            );
         }
         let random = NonceIssuer::random();
-        assert_eq!(random.check(&random.issue(5), 5, 1), NonceState::Valid);
-        assert_eq!(random.check(&nonce, now, 60), NonceState::Invalid);
+        assert_eq!(
+            random.check(&random.issue(5, b""), 5, 1, b""),
+            NonceState::Valid
+        );
+        assert_eq!(random.check(&nonce, now, 60, b""), NonceState::Invalid);
         assert!(!format!("{random:?}").contains("k1"));
     }
 

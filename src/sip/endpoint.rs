@@ -1,5 +1,7 @@
-//! The SIP endpoint's thin async shell: one UDP socket, the sans-IO user agent,
-//! and one media reactor task per answered call.
+//! The SIP endpoint's thin async shell: one UDP socket, a TCP listener, the
+//! sans-IO user agent, and one media reactor task per answered call. Before
+//! anything reaches the user agent, each source address is held to its
+//! request rate, and TCP connections to their caps and timeouts.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::access::{AccessPolicy, Credentials};
+use super::access::{AccessPolicy, Cidr, Credentials, Failure};
 use super::message::Identity;
 use super::register::RegisterConfig;
 use super::sdp::{self, Codec};
@@ -19,7 +21,11 @@ use super::ua::{CallRef, EndReason, Event, Output, Transport, UaConfig, UserAgen
 use crate::call::media::{self, Control, Exit, MediaSettings, MediaStats, PortPool};
 use crate::call::session::{CallAgent, CallContext, CallTracker, Ending};
 use crate::config::SipConfig;
-use crate::records::{CallStart, Outcome, Side, Transport as CallTransport, now_ms};
+use crate::limits::{
+    self, AcceptBackoff, ConnectionCaps, ConnectionGuard, SharedLogGate, TokenBuckets,
+};
+use crate::metrics::metrics;
+use crate::records::{self, CallStart, Outcome, Side, Transport as CallTransport, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -39,10 +45,15 @@ struct CallMedia {
     socket: UdpSocket,
     guard: media::PortGuard,
     session_id: u64,
+    /// Izwi's own id for the call (what its record and log lines carry).
     call_id: String,
+    /// The SIP Call-ID, capped (two dialogs may share one).
+    sip_call_id: String,
     /// The user parts of From and To: the caller's and the called number.
     caller: Option<String>,
     called: Option<String>,
+    /// The SIP peer (the caller, or its proxy).
+    peer: SocketAddr,
 }
 
 /// A call ringing, answered when its time comes. Without `negotiated` the
@@ -87,6 +98,7 @@ fn ending(exit: Exit, reason: Option<EndReason>, stats: &MediaStats) -> Ending {
         (Exit::RtpTimeout, _) => (Outcome::Failed, "rtp_timeout", Side::Izwi),
         (Exit::MaxDuration, _) => (Outcome::Completed, "max_duration", Side::Izwi),
         (Exit::AgentFailed, _) => (Outcome::Failed, "agent_failed", Side::Izwi),
+        (Exit::Panicked, _) => (Outcome::Failed, "reactor_panicked", Side::Izwi),
     };
     let errors = stats
         .turns
@@ -112,7 +124,21 @@ enum TcpEvent {
 /// Messages waiting to be written to one TCP connection.
 const TCP_QUEUE: usize = 32;
 const TCP_CONNECT: Duration = Duration::from_secs(5);
+/// A message to a TCP peer that cannot be written within this closes the
+/// connection: the peer has stopped reading.
+const TCP_WRITE: Duration = Duration::from_secs(10);
 const UNREGISTER_LIMIT: Duration = Duration::from_secs(3);
+/// Source addresses whose request rates are tracked at most.
+const MAX_TRACKED_SOURCES: usize = 65_536;
+/// Lines about refused connections and dropped requests per window.
+static REFUSED_LOG: SharedLogGate = SharedLogGate::new(10, Duration::from_secs(10));
+
+/// Timeouts of one SIP TCP connection.
+#[derive(Debug, Clone, Copy)]
+struct TcpTimeouts {
+    idle: Duration,
+    message: Duration,
+}
 
 /// The trunk registration the settings ask for, if any. `host` is Izwi's
 /// advertised SIP address, put in the Contact the trunk will call.
@@ -164,6 +190,8 @@ async fn registration(
 struct ActiveCall {
     /// Dropped when the SIP side ends the call, which stops its media reactor.
     control: Option<mpsc::Sender<Control>>,
+    /// Whether the caller's ACK has come (media goes out only then).
+    confirmed: bool,
     rtp_port: u16,
     sdp_version: u64,
     session_id: u64,
@@ -175,7 +203,13 @@ struct ActiveCall {
 pub struct Endpoint {
     socket: Arc<UdpSocket>,
     tcp: TcpListener,
+    tcp_caps: ConnectionCaps,
+    tcp_timeouts: TcpTimeouts,
+    accept: AcceptBackoff,
     tcp_conns: HashMap<SocketAddr, mpsc::Sender<String>>,
+    /// Requests per second per source (sources in `allow` are not limited).
+    rates: Option<TokenBuckets<IpAddr>>,
+    trusted: Vec<Cidr>,
     tcp_tx: mpsc::Sender<TcpEvent>,
     tcp_rx: mpsc::Receiver<TcpEvent>,
     ua: UserAgent,
@@ -223,7 +257,8 @@ impl Endpoint {
             Err(_) => local.ip(),
         };
         let host = SocketAddr::new(media_ip, local.port());
-        let allow = cfg.allow.iter().filter_map(|c| c.parse().ok()).collect();
+        let trusted: Vec<Cidr> = cfg.allow.iter().filter_map(|c| c.parse().ok()).collect();
+        let allow = trusted.clone();
         let credentials = (!cfg.auth_user.is_empty()).then(|| Credentials {
             realm: cfg.auth_realm.clone(),
             username: cfg.auth_user.clone(),
@@ -238,6 +273,7 @@ impl Endpoint {
                 },
                 via_host: host.to_string(),
                 max_calls: cfg.max_calls,
+                max_calls_per_source: cfg.max_calls_per_source,
             },
             access,
         );
@@ -257,11 +293,35 @@ impl Endpoint {
         }
         let (ended_tx, ended_rx) = mpsc::channel(64);
         let (tcp_tx, tcp_rx) = mpsc::channel(256);
-        tracing::info!(listen = %local, advertise = %media_ip, "SIP listening (UDP and TCP)");
+        let tcp_max = match cfg.tcp_max_connections {
+            0 => limits::connection_share(cfg.max_calls),
+            n => n,
+        };
+        let tcp_caps = ConnectionCaps::new(tcp_max, cfg.tcp_max_connections_per_source);
+        let rate = f64::from(cfg.requests_per_source);
+        let rates = (cfg.requests_per_source > 0)
+            .then(|| TokenBuckets::new(2.0 * rate, rate, MAX_TRACKED_SOURCES));
+        tracing::info!(
+            listen = %local,
+            advertise = %media_ip,
+            tcp_max_connections = tcp_caps.max_total(),
+            tcp_max_connections_per_source = tcp_caps.max_per_source(),
+            requests_per_source = cfg.requests_per_source,
+            max_calls_per_source = cfg.max_calls_per_source,
+            "SIP listening (UDP and TCP)"
+        );
         Ok(Endpoint {
             socket: Arc::new(socket),
             tcp,
+            tcp_caps,
+            tcp_timeouts: TcpTimeouts {
+                idle: Duration::from_secs(cfg.tcp_idle_secs),
+                message: Duration::from_secs(cfg.tcp_message_secs),
+            },
+            accept: AcceptBackoff::new("sip_tcp"),
             tcp_conns: HashMap::new(),
+            rates,
+            trusted,
             tcp_tx,
             tcp_rx,
             ua,
@@ -295,12 +355,14 @@ impl Endpoint {
                 .map(Instant::from_std)
                 .into_iter()
                 .chain(self.ringing.values().map(|r| r.due))
+                .chain(self.accept.resume_at().map(Instant::from_std))
                 .min()
                 .unwrap_or_else(|| Instant::now() + far);
+            let accepting = self.accept.open(std::time::Instant::now());
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => {
                     match r {
-                        Ok((n, from)) => self.ua.handle_message(&buf[..n], from, Transport::Udp, std::time::Instant::now()),
+                        Ok((n, from)) => self.message(&buf[..n], from, Transport::Udp),
                         Err(e) => tracing::debug!(error = %e, "SIP receive error"),
                     }
                 }
@@ -309,13 +371,15 @@ impl Endpoint {
                     self.answer_due();
                 }
                 Some(ended) = self.ended_rx.recv() => self.media_ended(ended),
-                accepted = self.tcp.accept() => {
-                    if let Ok((stream, peer)) = accepted {
+                accepted = self.tcp.accept(), if accepting => match accepted {
+                    Ok((stream, peer)) => {
+                        self.accept.accepted();
                         self.connection(stream, peer);
                     }
-                }
+                    Err(e) => self.accept.failed(&e, std::time::Instant::now()),
+                },
                 Some(ev) = self.tcp_rx.recv() => match ev {
-                    TcpEvent::Message(from, bytes) => self.ua.handle_message(&bytes, from, Transport::Tcp, std::time::Instant::now()),
+                    TcpEvent::Message(from, bytes) => self.message(&bytes, from, Transport::Tcp),
                     TcpEvent::Closed(peer) => {
                         self.tcp_conns.remove(&peer);
                     }
@@ -365,14 +429,39 @@ impl Endpoint {
     }
 
     /// Adds what the user agent refused since last time to the metrics.
+    /// One message from the network: taken to the user agent unless its
+    /// source is over its request rate (then dropped unanswered and counted:
+    /// answering a flood would only feed it).
+    fn message(&mut self, bytes: &[u8], from: SocketAddr, transport: Transport) {
+        let now = std::time::Instant::now();
+        if let Some(rates) = self.rates.as_mut()
+            && !self.trusted.iter().any(|c| c.contains(from.ip()))
+            && rates.take(&from.ip(), now).is_err()
+        {
+            metrics().sip_rejected("rate_limited", 1);
+            if let Some(held) = REFUSED_LOG.pass() {
+                tracing::info!(source = %from.ip(), held, "SIP requests over the source's rate; dropped");
+            }
+            return;
+        }
+        self.ua.handle_message(bytes, from, transport, now);
+    }
+
     fn report_stats(&mut self) {
         let now = self.ua.stats().clone();
-        let m = crate::metrics::metrics();
+        let m = metrics();
         let was = &self.reported;
         m.sip_rejected("dropped", now.dropped - was.dropped);
         m.sip_rejected("bad_request", now.bad_requests - was.bad_requests);
         m.sip_rejected("challenged", now.challenged - was.challenged);
         m.sip_rejected("forbidden", now.forbidden - was.forbidden);
+        m.sip_rejected("auth_blocked", now.auth_blocked - was.auth_blocked);
+        m.sip_rejected("busy", now.busy - was.busy);
+        m.sip_rejected("source_busy", now.source_busy - was.source_busy);
+        m.sip_rejected("merged", now.merged - was.merged);
+        for (i, f) in Failure::ALL.iter().enumerate() {
+            m.sip_rejected(f.label(), now.auth_failures[i] - was.auth_failures[i]);
+        }
         self.reported = now;
     }
 
@@ -406,11 +495,28 @@ impl Endpoint {
         }
     }
 
-    /// A connection the peer opened.
+    /// A connection the peer opened, if its source and the listener have room.
     fn connection(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let guard = match self.tcp_caps.admit(peer.ip()) {
+            Ok(g) => g,
+            Err(refusal) => {
+                metrics().connection_refused("sip_tcp", refusal.label());
+                if let Some(held) = REFUSED_LOG.pass() {
+                    tracing::info!(%peer, cap = refusal.label(), held, "SIP TCP connection refused");
+                }
+                return;
+            }
+        };
         let (out_tx, out_rx) = mpsc::channel::<String>(TCP_QUEUE);
         self.tcp_conns.insert(peer, out_tx);
-        tokio::spawn(serve_tcp(stream, peer, out_rx, self.tcp_tx.clone()));
+        tokio::spawn(serve_tcp(
+            stream,
+            peer,
+            out_rx,
+            self.tcp_tx.clone(),
+            guard,
+            self.tcp_timeouts,
+        ));
     }
 
     /// A connection Izwi opens (to a registrar, or a peer whose connection
@@ -419,9 +525,16 @@ impl Endpoint {
         let (out_tx, out_rx) = mpsc::channel::<String>(TCP_QUEUE);
         self.tcp_conns.insert(peer, out_tx.clone());
         let events = self.tcp_tx.clone();
+        let timeouts = self.tcp_timeouts;
+        let guard = self.tcp_caps.admit(peer.ip());
         tokio::spawn(async move {
+            let Ok(guard) = guard else {
+                tracing::info!(%peer, "no room for another SIP TCP connection");
+                let _ = events.send(TcpEvent::Closed(peer)).await;
+                return;
+            };
             match tokio::time::timeout(TCP_CONNECT, TcpStream::connect(peer)).await {
-                Ok(Ok(stream)) => serve_tcp(stream, peer, out_rx, events).await,
+                Ok(Ok(stream)) => serve_tcp(stream, peer, out_rx, events, guard, timeouts).await,
                 failed => {
                     let error = match failed {
                         Ok(Err(e)) => e.to_string(),
@@ -445,12 +558,6 @@ impl Endpoint {
         let Some(active) = self.calls.remove(&call) else {
             return;
         };
-        let m = crate::metrics::metrics();
-        m.rtp_dropped("malformed", stats.malformed);
-        m.rtp_dropped("foreign", stats.foreign);
-        m.rtp_dropped("unknown_payload", stats.unknown_payload);
-        m.rtp_dropped("late", stats.late);
-        m.rtp_dropped("lost", stats.lost);
         tracing::info!(
             call = %active.call_id,
             ?exit,
@@ -485,7 +592,8 @@ impl Endpoint {
                 to,
             } => {
                 let parties = (user_of(&from), user_of(&to));
-                self.incoming(call, call_id, parties, offer, peer, now)
+                let sip_call_id = records::cap(&call_id, records::MAX_REMOTE_ID).to_string();
+                self.incoming(call, sip_call_id, parties, offer, peer, now)
                     .await
             }
             Event::Confirmed { call, answer } => self.confirmed(call, answer, now),
@@ -511,12 +619,14 @@ impl Endpoint {
     async fn incoming(
         &mut self,
         call: CallRef,
-        call_id: String,
+        sip_call_id: String,
         (caller, called): (Option<String>, Option<String>),
         offer: Option<String>,
         peer: SocketAddr,
         now: std::time::Instant,
     ) {
+        let call_id = records::new_call_id();
+        tracing::info!(call = %call_id, sip_call_id = %sip_call_id, %peer, "call offered");
         let negotiated = match offer.as_deref().map(|o| self.negotiate(o)) {
             Some(Ok(n)) => Some(n),
             Some(Err(why)) => {
@@ -545,8 +655,10 @@ impl Endpoint {
                 guard,
                 session_id,
                 call_id,
+                sip_call_id,
                 caller,
                 called,
+                peer,
             },
             negotiated,
         };
@@ -583,7 +695,7 @@ impl Endpoint {
     fn start_call(&mut self, call: CallRef, r: Ringing, now: std::time::Instant) {
         self.ua.answer(call, &r.sdp, now);
         match r.negotiated {
-            Some(n) => self.spawn_media(call, r.media, n),
+            Some(n) => self.spawn_media(call, r.media, n, false),
             None => {
                 tracing::info!(call = %r.media.call_id, "call answered with an offer (late offer)");
                 self.late.insert(call, r.media);
@@ -596,7 +708,7 @@ impl Endpoint {
         let negotiated = answer.as_deref().map(|a| self.negotiate(a));
         if let Some(m) = self.late.remove(&call) {
             match negotiated {
-                Some(Ok(n)) => self.spawn_media(call, m, n),
+                Some(Ok(n)) => self.spawn_media(call, m, n, true),
                 other => {
                     let why = match other {
                         Some(Err(why)) => why,
@@ -608,26 +720,44 @@ impl Endpoint {
             }
             return;
         }
-        if let (Some(Ok(n)), Some(active)) = (negotiated, self.calls.get(&call))
-            && let Some(c) = &active.control
-        {
-            let _ = c.try_send(Control::Update(n));
+        let Some(active) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if let Some(c) = &active.control {
+            if !active.confirmed {
+                active.confirmed = true;
+                let _ = c.try_send(Control::Confirmed);
+            }
+            if let Some(Ok(n)) = negotiated {
+                let _ = c.try_send(Control::Update(n));
+            }
         }
     }
 
-    fn spawn_media(&mut self, call: CallRef, m: CallMedia, negotiated: sdp::Negotiated) {
+    /// Starts the call's media reactor; `confirmed`: the ACK has come already
+    /// (a late offer), so media may go out at once.
+    fn spawn_media(
+        &mut self,
+        call: CallRef,
+        m: CallMedia,
+        negotiated: sdp::Negotiated,
+        confirmed: bool,
+    ) {
         let CallMedia {
             socket,
             guard,
             session_id,
             call_id,
+            sip_call_id,
             caller,
             called,
+            peer,
         } = m;
         let mut tracker = CallTracker::start(
             &self.ctx.recorder,
             CallStart {
                 id: call_id.clone(),
+                remote_id: Some(sip_call_id),
                 transport: CallTransport::Sip,
                 started_at_ms: now_ms(),
                 called,
@@ -643,6 +773,7 @@ impl Endpoint {
             call,
             ActiveCall {
                 control: Some(control),
+                confirmed,
                 rtp_port: guard.port,
                 sdp_version: 1,
                 session_id,
@@ -656,8 +787,11 @@ impl Endpoint {
             jitter_packets: self.cfg.jitter_packets,
             rtp_timeout: Duration::from_secs(self.cfg.rtp_timeout_secs as u64),
             max_duration: Duration::from_secs(self.cfg.max_call_secs as u64),
+            latch: self.cfg.rtp_latch,
+            peer_ip: peer.ip(),
+            confirmed,
         };
-        tokio::spawn(async move {
+        let reactor = async move {
             let _port = guard;
             let agent = CallAgent::start(
                 ctx.echo,
@@ -667,7 +801,7 @@ impl Endpoint {
                 &call_id,
             )
             .await;
-            let (exit, stats) = match agent {
+            match agent {
                 Ok(agent) => {
                     media::run(socket, negotiated, agent, control_rx, settings, call_id).await
                 }
@@ -675,7 +809,13 @@ impl Endpoint {
                     tracing::warn!(call = %call_id, error = %e, "cannot start the call's agent");
                     (Exit::AgentFailed, MediaStats::default())
                 }
-            };
+            }
+        };
+        tokio::spawn(async move {
+            // A reactor that panics still ends its call: BYE, record, slot.
+            let (exit, stats) = crate::call::supervise(reactor)
+                .await
+                .unwrap_or((Exit::Panicked, MediaStats::default()));
             // Should the endpoint be gone, the tracker records the end as it drops.
             let _ = ended
                 .send(MediaEnded {
@@ -732,27 +872,40 @@ impl Endpoint {
 }
 
 /// Reads and frames one TCP connection's messages for the user agent, and
-/// writes what the user agent sends on it.
+/// writes what the user agent sends on it. The connection closes when it
+/// carries nothing for `idle`, when a message begun is not complete within
+/// `message` (a trickle), or when a write cannot finish (the peer stopped
+/// reading); the guard gives its place back as the task ends.
 async fn serve_tcp(
     stream: TcpStream,
     peer: SocketAddr,
     mut out_rx: mpsc::Receiver<String>,
     events: mpsc::Sender<TcpEvent>,
+    _guard: ConnectionGuard,
+    timeouts: TcpTimeouts,
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let mut framer = super::stream::Framer::default();
     let mut buf = vec![0u8; 16 * 1024];
+    let mut last_read = Instant::now();
+    let mut message_began: Option<Instant> = None;
     loop {
+        let idle_at = last_read + timeouts.idle;
+        let deadline = message_began.map_or(idle_at, |t| (t + timeouts.message).min(idle_at));
         tokio::select! {
             n = reader.read(&mut buf) => {
                 let n = match n {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
+                let now = Instant::now();
+                last_read = now;
                 framer.push(&buf[..n]);
+                let mut whole = false;
                 loop {
                     match framer.next_message() {
                         Ok(Some(msg)) => {
+                            whole = true;
                             if events.send(TcpEvent::Message(peer, msg)).await.is_err() {
                                 return;
                             }
@@ -766,12 +919,30 @@ async fn serve_tcp(
                         }
                     }
                 }
+                message_began = match (framer.pending(), whole) {
+                    (false, _) => None,
+                    (true, true) => Some(now),
+                    (true, false) => message_began.or(Some(now)),
+                };
             }
             msg = out_rx.recv() => {
                 let Some(msg) = msg else { break };
-                if writer.write_all(msg.as_bytes()).await.is_err() {
-                    break;
+                match tokio::time::timeout(TCP_WRITE, writer.write_all(msg.as_bytes())).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        metrics().connection_closed("sip_tcp", "write_timeout");
+                        break;
+                    }
                 }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let why = if message_began.is_some() && deadline < idle_at { "message_timeout" } else { "idle_timeout" };
+                metrics().connection_closed("sip_tcp", why);
+                if let Some(held) = REFUSED_LOG.pass() {
+                    tracing::info!(%peer, reason = why, held, "closing SIP TCP connection");
+                }
+                break;
             }
         }
     }

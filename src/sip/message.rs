@@ -36,6 +36,9 @@ pub struct Parsed {
     pub to_tag: Option<String>,
     /// Every Via header line as received, in order (for responses).
     pub vias: Vec<String>,
+    /// A request's Request-URI exactly as its request line has it (empty for
+    /// a response): what a digest `uri` must equal.
+    pub request_uri: String,
 }
 
 impl Parsed {
@@ -297,8 +300,18 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
             return Err(ParseError::Header("CSeq"));
         }
     }
+    let request_uri = match &msg {
+        SipMessage::Request(_) => clean
+            .split(|b| *b == b'\r' || *b == b'\n')
+            .next()
+            .and_then(|line| line.split(|b| *b == b' ').nth(1))
+            .map(|u| String::from_utf8_lossy(u).into_owned())
+            .unwrap_or_default(),
+        SipMessage::Response(_) => String::new(),
+    };
     Ok(Parsed {
         call_id,
+        request_uri,
         cseq: cseq.seq,
         cseq_method: cseq.method,
         branch,

@@ -11,15 +11,26 @@ pub enum FrameError {
     ContentLength,
 }
 
-/// Collects bytes from a stream and cuts them into whole messages.
+/// Collects bytes from a stream and cuts them into whole messages. Each byte
+/// is looked at a bounded number of times however it is trickled in (the end
+/// of the headers is searched for only in what is new).
 #[derive(Debug, Default)]
 pub struct Framer {
     buf: Vec<u8>,
+    /// How far the search for the end of the headers has got.
+    scanned: usize,
 }
 
 impl Framer {
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Whether part of a message is waiting for the rest; asked after
+    /// [`Framer::next_message`] has found nothing more, which leaves no
+    /// keep-alive at the front.
+    pub fn pending(&self) -> bool {
+        !self.buf.is_empty()
     }
 
     /// The next whole message, if one has arrived.
@@ -30,13 +41,23 @@ impl Framer {
             .iter()
             .take_while(|b| **b == b'\r' || **b == b'\n')
             .count();
-        self.buf.drain(..lead);
-        let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if lead > 0 {
+            self.buf.drain(..lead);
+            self.scanned = 0;
+        }
+        let from = self.scanned.saturating_sub(3);
+        let Some(head_end) = self.buf[from..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| i + from)
+        else {
+            self.scanned = self.buf.len();
             if self.buf.len() > MAX_MESSAGE {
                 return Err(FrameError::TooLarge);
             }
             return Ok(None);
         };
+        self.scanned = head_end;
         let head = String::from_utf8_lossy(&self.buf[..head_end]);
         let mut length = None;
         for line in head.split("\r\n").skip(1) {
@@ -61,6 +82,7 @@ impl Framer {
             return Ok(None);
         }
         let msg: Vec<u8> = self.buf.drain(..total).collect();
+        self.scanned = 0;
         Ok(Some(msg))
     }
 }
@@ -97,5 +119,31 @@ mod tests {
         let mut f = Framer::default();
         f.push(b"OPTIONS sip:a SIP/2.0\r\nl: 99999999\r\n\r\n");
         assert_eq!(f.next_message(), Err(FrameError::TooLarge));
+    }
+
+    #[test]
+    fn a_trickle_is_framed_byte_by_byte_and_looked_at_once() {
+        let mut f = Framer::default();
+        let msg = format!("\r\n\r\n{OPTIONS}");
+        for (i, b) in msg.bytes().enumerate() {
+            f.push(&[b]);
+            let got = f.next_message().unwrap();
+            if i + 1 < msg.len() {
+                assert_eq!(got, None, "at byte {i}");
+                assert_eq!(f.pending(), i >= 4, "at byte {i}");
+            } else {
+                assert_eq!(got.unwrap(), OPTIONS.as_bytes());
+            }
+        }
+        assert!(!f.pending());
+        // A 60 KB header trickled 1 byte at a time stays linear: the end of
+        // the headers is searched for only in the new bytes.
+        let mut f = Framer::default();
+        f.push(b"OPTIONS sip:a SIP/2.0\r\nX: ");
+        for _ in 0..60_000 {
+            f.push(b"a");
+            assert_eq!(f.next_message().unwrap(), None);
+        }
+        assert!(f.scanned > 59_000);
     }
 }

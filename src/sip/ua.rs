@@ -3,21 +3,31 @@
 //! events and the next wake-up time come out. Transactions and dialogs live
 //! here; sockets, media and the engine live in the shell that drives it.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rsip::Method;
 
-use super::access::{AccessPolicy, Verdict};
+use super::access::{AccessPolicy, AuthRequest, Failure, Verdict};
 use super::message::{self, ALLOW, Identity, ParseError, Parsed};
 use super::register::{RegisterConfig, Registration};
+use crate::limits::LogGate;
 
 /// RFC 3261 timer values.
 pub const T1: Duration = Duration::from_millis(500);
 pub const T2: Duration = Duration::from_secs(4);
 /// How long a finished transaction stays to absorb retransmissions (64·T1).
 pub const TIMER_H: Duration = Duration::from_secs(32);
+/// Finished server transactions kept at most; the oldest go first.
+const MAX_DONE: usize = 16_384;
+/// Refused calls kept (to retransmit the refusal until its ACK) at most; past
+/// this a refusal is sent once and forgotten, as over TCP.
+const MAX_REJECTED: usize = 4_096;
+/// Lines about refused callers let through per window (the rest are counted).
+const LOG_LINES: u32 = 10;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallRef(pub u64);
@@ -103,6 +113,16 @@ pub struct Stats {
     pub calls: u64,
     pub challenged: u64,
     pub forbidden: u64,
+    /// Credentials refused, by [`Failure`] (in [`Failure::ALL`] order).
+    pub auth_failures: [u64; Failure::ALL.len()],
+    /// Refused without a challenge: the source failed too often lately.
+    pub auth_blocked: u64,
+    /// Calls refused with 503: every call slot taken.
+    pub busy: u64,
+    /// Calls refused with 503: the source holds its share of call slots.
+    pub source_busy: u64,
+    /// Merged requests answered with 482 (RFC 3261 §8.2.2.2).
+    pub merged: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +131,9 @@ pub struct UaConfig {
     /// host:port put in the Via of requests Izwi sends.
     pub via_host: String,
     pub max_calls: usize,
+    /// Calls one source address may hold at once (sources on the allow-list
+    /// are trusted trunks and only bound by `max_calls`).
+    pub max_calls_per_source: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +173,8 @@ struct Leg {
     last_response: Option<String>,
     retransmit: Option<Retransmit>,
     reoffer_waiting: bool,
+    /// Counted among the calls in progress (not yet refused or ended).
+    live: bool,
 }
 
 struct DoneServerTx {
@@ -168,16 +193,35 @@ struct ClientTx {
     give_up: Instant,
 }
 
+/// What a timer in [`UserAgent`]'s heap is for. Entries are not removed when
+/// their transaction changes: a popped entry that is no longer due does nothing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Leg(CallRef),
+    Client(String),
+}
+
 pub struct UserAgent {
     cfg: UaConfig,
     access: AccessPolicy,
-    /// Start of the clock that digest nonces carry.
-    epoch: Instant,
     legs: HashMap<CallRef, Leg>,
     /// (Call-ID, remote tag) → call.
     by_dialog: HashMap<(String, String), CallRef>,
+    /// Finished server transactions whose requests changed state (BYE): their
+    /// answers absorb retransmissions. Requests that changed nothing are
+    /// answered afresh instead, so a flood of them leaves nothing behind.
     done: HashMap<(String, String), DoneServerTx>,
+    /// The keys of `done` in the order they expire (all live [`TIMER_H`]).
+    done_order: VecDeque<(Instant, (String, String))>,
     clients: HashMap<String, ClientTx>,
+    /// Retransmission and give-up times of legs and client transactions.
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Calls in progress (legs not refused or ended), in all and per source.
+    live: usize,
+    live_by_source: HashMap<IpAddr, usize>,
+    /// Legs refused and waiting for the ACK of their refusal.
+    rejected: usize,
+    refused_log: LogGate,
     /// Izwi's registration at a trunk, when configured.
     registration: Option<Registration>,
     out: VecDeque<Output>,
@@ -194,11 +238,16 @@ impl UserAgent {
         UserAgent {
             cfg,
             access,
-            epoch: Instant::now(),
             legs: HashMap::new(),
             by_dialog: HashMap::new(),
             done: HashMap::new(),
+            done_order: VecDeque::new(),
             clients: HashMap::new(),
+            timers: BinaryHeap::new(),
+            live: 0,
+            live_by_source: HashMap::new(),
+            rejected: 0,
+            refused_log: LogGate::new(LOG_LINES, LOG_WINDOW),
             registration: None,
             out: VecDeque::new(),
             stats: Stats::default(),
@@ -210,8 +259,19 @@ impl UserAgent {
         &self.stats
     }
 
+    /// Legs held: calls in progress and refused calls waiting for an ACK.
     pub fn active_calls(&self) -> usize {
         self.legs.len()
+    }
+
+    /// Calls in progress: neither refused nor ended.
+    pub fn live_calls(&self) -> usize {
+        self.live
+    }
+
+    /// Finished transactions and timers held (bounded, for tests of floods).
+    pub fn held(&self) -> (usize, usize) {
+        (self.done.len(), self.timers.len())
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -243,16 +303,33 @@ impl UserAgent {
         self.registration.as_ref()
     }
 
-    /// When [`UserAgent::handle_timeout`] must next be called.
+    /// When [`UserAgent::handle_timeout`] must next be called: the earliest
+    /// of three queues' heads, so O(1) however many transactions are held.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let legs = self
-            .legs
-            .values()
-            .filter_map(|l| l.retransmit.as_ref().map(|r| r.at.min(r.until)));
-        let done = self.done.values().map(|d| d.expires);
-        let clients = self.clients.values().map(|c| c.next.min(c.give_up));
+        let timers = self.timers.peek().map(|Reverse((at, _))| *at);
+        let done = self.done_order.front().map(|(at, _)| *at);
         let registration = self.registration.as_ref().and_then(|r| r.poll_timeout());
-        legs.chain(done).chain(clients).chain(registration).min()
+        [timers, done, registration].into_iter().flatten().min()
+    }
+
+    fn schedule(&mut self, at: Instant, timer: Timer) {
+        self.timers.push(Reverse((at, timer)));
+    }
+
+    /// The leg no longer counts as a call in progress.
+    fn release(&mut self, call: CallRef) {
+        let Some(leg) = self.legs.get_mut(&call).filter(|l| l.live) else {
+            return;
+        };
+        leg.live = false;
+        let ip = leg.peer.ip();
+        self.live = self.live.saturating_sub(1);
+        if let Some(n) = self.live_by_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.live_by_source.remove(&ip);
+            }
+        }
     }
 
     fn send(&mut self, to: SocketAddr, transport: Transport, data: String) {
@@ -354,7 +431,7 @@ impl UserAgent {
                     ("Allow", ALLOW.to_string()),
                     ("Accept", "application/sdp".to_string()),
                 ];
-                self.finish_non_invite(&p, from, transport, (200, "OK"), &extra, now);
+                self.answer_stateless(&p, from, transport, (200, "OK"), &extra);
             }
             Method::Register
             | Method::Subscribe
@@ -366,28 +443,21 @@ impl UserAgent {
             | Method::Refer
             | Method::Publish => {
                 let extra = [("Allow", ALLOW.to_string())];
-                self.finish_non_invite(
-                    &p,
-                    from,
-                    transport,
-                    (405, "Method Not Allowed"),
-                    &extra,
-                    now,
-                );
+                self.answer_stateless(&p, from, transport, (405, "Method Not Allowed"), &extra);
             }
         }
     }
 
-    /// Answers a non-INVITE request finally and keeps the answer for its retransmissions.
-    fn finish_non_invite(
+    /// Answers a non-INVITE request that changed nothing: a retransmission
+    /// of it is answered afresh, so nothing is kept.
+    fn answer_stateless(
         &mut self,
         p: &Parsed,
         from: SocketAddr,
         transport: Transport,
         status: (u16, &str),
         extra: &[(&str, String)],
-        now: Instant,
-    ) {
+    ) -> String {
         let tag = p.to_tag.is_none().then(|| message::token("iz"));
         let r = message::response(
             p,
@@ -399,17 +469,42 @@ impl UserAgent {
             None,
         );
         self.send(from, transport, r.clone());
+        r
+    }
+
+    /// Answers a non-INVITE request that changed state (a BYE that ended a
+    /// call) and, over UDP, keeps the answer for its retransmissions (timer J).
+    fn finish_non_invite(
+        &mut self,
+        p: &Parsed,
+        from: SocketAddr,
+        transport: Transport,
+        status: (u16, &str),
+        now: Instant,
+    ) {
+        let r = self.answer_stateless(p, from, transport, status, &[]);
+        if transport.reliable() {
+            return;
+        }
         let method = p
             .request()
             .map(|r| r.method.to_string())
             .unwrap_or_default();
+        let key = (p.branch.clone(), method);
+        if self.done.len() >= MAX_DONE
+            && let Some((_, oldest)) = self.done_order.pop_front()
+        {
+            self.done.remove(&oldest);
+        }
+        let expires = now + TIMER_H;
+        self.done_order.push_back((expires, key.clone()));
         self.done.insert(
-            (p.branch.clone(), method),
+            key,
             DoneServerTx {
                 response: r,
                 to: from,
                 transport,
-                expires: now + TIMER_H,
+                expires,
             },
         );
     }
@@ -442,6 +537,12 @@ impl UserAgent {
                 self.reinvite(call, p, from, transport);
                 return;
             }
+            // RFC 3261 §8.2.2.2: the From tag and Call-ID of a call in
+            // progress, no To tag, another branch: a merged request (a fork
+            // that came back by another path, or a Call-ID collision).
+            self.stats.merged += 1;
+            self.finish_invite_without_leg(&p, from, transport, 482, "Loop Detected");
+            return;
         }
         if p.to_tag.is_some() {
             self.finish_invite_without_leg(
@@ -460,14 +561,23 @@ impl UserAgent {
         let credentials = p
             .header_value("Authorization")
             .or_else(|| p.header_value("Proxy-Authorization"));
-        let clock = now.saturating_duration_since(self.epoch).as_secs();
-        match self
-            .access
-            .check(from.ip(), "INVITE", credentials.as_deref(), clock)
-        {
+        let request = AuthRequest {
+            source: from.ip(),
+            method: "INVITE",
+            request_uri: &p.request_uri,
+            call_id: &p.call_id,
+            authorization: credentials.as_deref(),
+        };
+        match self.access.check(&request, now) {
             Verdict::Allowed => {}
-            Verdict::Challenge(www) => {
+            Verdict::Challenge { www, failure } => {
                 self.stats.challenged += 1;
+                if let Some(f) = failure {
+                    self.stats.auth_failures[f as usize] += 1;
+                    if let Some(held) = self.refused_log.pass(now) {
+                        tracing::info!(source = %from.ip(), reason = f.label(), held, "credentials refused");
+                    }
+                }
                 let r = message::response(
                     &p,
                     from,
@@ -482,32 +592,41 @@ impl UserAgent {
             }
             Verdict::Forbidden => {
                 self.stats.forbidden += 1;
-                tracing::info!(source = %from.ip(), "call from an address not allowed");
-                let r = message::response(
+                if let Some(held) = self.refused_log.pass(now) {
+                    tracing::info!(source = %from.ip(), held, "call from an address not allowed");
+                }
+                self.refuse(&p, from, transport, (403, "Forbidden"), None);
+                return;
+            }
+            Verdict::Blocked { retry_after_secs } => {
+                self.stats.auth_blocked += 1;
+                if let Some(held) = self.refused_log.pass(now) {
+                    tracing::info!(source = %from.ip(), retry_after_secs, held, "too many failed authentications; refused");
+                }
+                self.refuse(
                     &p,
                     from,
-                    (403, "Forbidden"),
-                    Some(&message::token("iz")),
-                    &self.cfg.identity,
-                    &[],
-                    None,
+                    transport,
+                    (403, "Too Many Failed Attempts"),
+                    Some(retry_after_secs),
                 );
-                self.send(from, transport, r);
                 return;
             }
         }
-        if self.legs.len() >= self.cfg.max_calls {
-            let extra = [("Retry-After", "30".to_string())];
-            let r = message::response(
-                &p,
-                from,
-                (503, "Service Unavailable"),
-                Some(&message::token("iz")),
-                &self.cfg.identity,
-                &extra,
-                None,
-            );
-            self.send(from, transport, r);
+        if self.live >= self.cfg.max_calls {
+            self.stats.busy += 1;
+            self.refuse(&p, from, transport, (503, "Service Unavailable"), Some(30));
+            return;
+        }
+        let ip = from.ip();
+        if !self.access.trusted(ip)
+            && self.live_by_source.get(&ip).copied().unwrap_or(0) >= self.cfg.max_calls_per_source
+        {
+            self.stats.source_busy += 1;
+            if let Some(held) = self.refused_log.pass(now) {
+                tracing::info!(source = %ip, held, "source holds its share of call slots; refused");
+            }
+            self.refuse(&p, from, transport, (503, "Service Unavailable"), Some(10));
             return;
         }
         let call = CallRef(self.next_call);
@@ -550,7 +669,10 @@ impl UserAgent {
             last_response: Some(trying),
             retransmit: None,
             reoffer_waiting: false,
+            live: true,
         };
+        self.live += 1;
+        *self.live_by_source.entry(from.ip()).or_insert(0) += 1;
         self.by_dialog.insert((p.call_id.clone(), remote_tag), call);
         self.legs.insert(call, leg);
         self.event(Event::Incoming {
@@ -561,7 +683,31 @@ impl UserAgent {
             offer,
             peer: from,
         });
-        let _ = now;
+    }
+
+    /// A final refusal of an INVITE that made no leg, sent once.
+    fn refuse(
+        &mut self,
+        p: &Parsed,
+        from: SocketAddr,
+        transport: Transport,
+        status: (u16, &str),
+        retry_after: Option<u64>,
+    ) {
+        let extra: Vec<(&str, String)> = retry_after
+            .map(|s| ("Retry-After", s.to_string()))
+            .into_iter()
+            .collect();
+        let r = message::response(
+            p,
+            from,
+            status,
+            Some(&message::token("iz")),
+            &self.cfg.identity,
+            &extra,
+            None,
+        );
+        self.send(from, transport, r);
     }
 
     fn finish_invite_without_leg(
@@ -661,10 +807,10 @@ impl UserAgent {
 
     fn bye(&mut self, p: Parsed, from: SocketAddr, transport: Transport, now: Instant) {
         let Some(call) = self.leg_of(&p).filter(|_| p.to_tag.is_some()) else {
-            self.no_such_call(&p, from, transport, now);
+            self.no_such_call(&p, from, transport);
             return;
         };
-        self.finish_non_invite(&p, from, transport, (200, "OK"), &[], now);
+        self.finish_non_invite(&p, from, transport, (200, "OK"), now);
         self.remove(call);
         self.event(Event::Ended {
             call,
@@ -672,9 +818,9 @@ impl UserAgent {
         });
     }
 
-    fn no_such_call(&mut self, p: &Parsed, from: SocketAddr, transport: Transport, now: Instant) {
+    fn no_such_call(&mut self, p: &Parsed, from: SocketAddr, transport: Transport) {
         let status = (481, "Call/Transaction Does Not Exist");
-        self.finish_non_invite(p, from, transport, status, &[], now);
+        self.answer_stateless(p, from, transport, status, &[]);
     }
 
     fn cancel(&mut self, p: Parsed, from: SocketAddr, transport: Transport, now: Instant) {
@@ -684,10 +830,10 @@ impl UserAgent {
                 .is_some_and(|l| l.invite.branch == p.branch)
         });
         let Some(call) = call else {
-            self.no_such_call(&p, from, transport, now);
+            self.no_such_call(&p, from, transport);
             return;
         };
-        self.finish_non_invite(&p, from, transport, (200, "OK"), &[], now);
+        self.answer_stateless(&p, from, transport, (200, "OK"), &[]);
         if self
             .legs
             .get(&call)
@@ -702,7 +848,11 @@ impl UserAgent {
     }
 
     fn remove(&mut self, call: CallRef) {
+        self.release(call);
         if let Some(leg) = self.legs.remove(&call) {
+            if leg.state == LegState::Rejected {
+                self.rejected = self.rejected.saturating_sub(1);
+            }
             self.by_dialog.remove(&(leg.call_id, leg.remote_tag));
         }
     }
@@ -736,9 +886,12 @@ impl UserAgent {
             sdp.map(|s| ("application/sdp", s)),
         );
         let success = (200..300).contains(&code);
+        let initial = leg.pending.branch == leg.invite.branch;
         // 2xx is retransmitted by the UA core on every transport (RFC 3261 §13.3.1.4);
-        // other finals only where the transport is unreliable (timer G).
-        let retransmit = success || !leg.transport.reliable();
+        // other finals only where the transport is unreliable (timer G), and
+        // only while few refused calls are held.
+        let retransmit =
+            success || (!leg.transport.reliable() && (!initial || self.rejected < MAX_REJECTED));
         leg.retransmit = retransmit.then(|| Retransmit {
             at: now + T1,
             interval: T1,
@@ -746,7 +899,7 @@ impl UserAgent {
         });
         leg.last_response = Some(r.clone());
         leg.reoffer_waiting = false;
-        let initial = leg.pending.branch == leg.invite.branch;
+        let refused = initial && !success;
         if initial {
             leg.state = if success {
                 LegState::Answered
@@ -757,8 +910,16 @@ impl UserAgent {
             leg.state = LegState::Answered;
         }
         let (to, t) = (leg.peer, leg.transport);
-        if !retransmit && !success && initial {
-            self.remove(call);
+        if retransmit {
+            self.schedule(now + T1, Timer::Leg(call));
+        }
+        if refused {
+            self.release(call);
+            if retransmit {
+                self.rejected += 1;
+            } else {
+                self.remove(call);
+            }
         }
         self.send(to, t, r);
     }
@@ -846,6 +1007,7 @@ impl UserAgent {
     }
 
     fn send_bye(&mut self, call: CallRef, now: Instant) {
+        self.release(call);
         let Some(mut leg) = self.legs.remove(&call) else {
             return;
         };
@@ -871,6 +1033,7 @@ impl UserAgent {
         );
         self.send(leg.peer, leg.transport, bye.clone());
         if !leg.transport.reliable() {
+            self.schedule(now + T1, Timer::Client(branch.clone()));
             self.clients.insert(
                 branch,
                 ClientTx {
@@ -885,61 +1048,80 @@ impl UserAgent {
         }
     }
 
-    /// Retransmissions and give-ups that are due.
+    /// Retransmissions and give-ups that are due: each costs O(log n).
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(reg) = self.registration.as_mut() {
             reg.handle_timeout(now);
         }
-        let mut resend = Vec::new();
-        let mut no_ack = Vec::new();
-        let mut drop = Vec::new();
-        for (call, leg) in self.legs.iter_mut() {
-            let Some(r) = leg.retransmit.as_mut() else {
-                continue;
+        while let Some(Reverse((at, _))) = self.timers.peek()
+            && *at <= now
+        {
+            let Some(Reverse((_, timer))) = self.timers.pop() else {
+                break;
             };
-            if now >= r.until {
-                match leg.state {
-                    LegState::Answered => no_ack.push(*call),
-                    _ => drop.push(*call),
-                }
-                leg.retransmit = None;
-            } else if now >= r.at {
-                r.interval = (r.interval * 2).min(T2);
-                r.at = now + r.interval;
-                if let Some(resp) = &leg.last_response {
-                    resend.push((leg.peer, leg.transport, resp.clone()));
-                }
+            match timer {
+                Timer::Leg(call) => self.leg_timer(call, now),
+                Timer::Client(branch) => self.client_timer(branch, now),
             }
         }
-        for (to, t, r) in resend {
-            self.send(to, t, r);
-        }
-        for call in drop {
-            self.remove(call);
-        }
-        for call in no_ack {
-            tracing::info!(call = call.0, "no ACK for the answer; hanging up");
-            self.send_bye(call, now);
-            self.event(Event::Ended {
-                call,
-                reason: EndReason::NoAck,
-            });
-        }
-        self.done.retain(|_, d| d.expires > now);
-        let mut again = Vec::new();
-        self.clients.retain(|_, c| {
-            if now >= c.give_up {
-                return false;
+        while let Some((at, _)) = self.done_order.front()
+            && *at <= now
+        {
+            let Some((_, key)) = self.done_order.pop_front() else {
+                break;
+            };
+            if self.done.get(&key).is_some_and(|d| d.expires <= now) {
+                self.done.remove(&key);
             }
-            if now >= c.next {
-                c.interval = (c.interval * 2).min(T2);
-                c.next = now + c.interval;
-                again.push((c.to, c.transport, c.request.clone()));
+        }
+    }
+
+    fn leg_timer(&mut self, call: CallRef, now: Instant) {
+        let Some(leg) = self.legs.get_mut(&call) else {
+            return;
+        };
+        let Some(r) = leg.retransmit.as_mut() else {
+            return;
+        };
+        if now >= r.until {
+            leg.retransmit = None;
+            if leg.state == LegState::Answered {
+                tracing::info!(call = call.0, "no ACK for the answer; hanging up");
+                self.send_bye(call, now);
+                self.event(Event::Ended {
+                    call,
+                    reason: EndReason::NoAck,
+                });
+            } else {
+                self.remove(call);
             }
-            true
-        });
-        for (to, t, r) in again {
-            self.send(to, t, r);
+        } else if now >= r.at {
+            r.interval = (r.interval * 2).min(T2);
+            r.at = now + r.interval;
+            let next = r.at.min(r.until);
+            let resend = leg
+                .last_response
+                .clone()
+                .map(|resp| (leg.peer, leg.transport, resp));
+            self.schedule(next, Timer::Leg(call));
+            if let Some((to, t, resp)) = resend {
+                self.send(to, t, resp);
+            }
+        }
+    }
+
+    fn client_timer(&mut self, branch: String, now: Instant) {
+        let Some(c) = self.clients.get_mut(&branch) else {
+            return;
+        };
+        if now >= c.give_up {
+            self.clients.remove(&branch);
+        } else if now >= c.next {
+            c.interval = (c.interval * 2).min(T2);
+            c.next = now + c.interval;
+            let (next, to, t, req) = (c.next.min(c.give_up), c.to, c.transport, c.request.clone());
+            self.schedule(next, Timer::Client(branch));
+            self.send(to, t, req);
         }
     }
 }
@@ -1063,6 +1245,7 @@ mod tests {
             },
             via_host: "127.0.0.1:5060".into(),
             max_calls: 2,
+            max_calls_per_source: 2,
         })
     }
 

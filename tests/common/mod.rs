@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod attack;
 pub mod sip_peer;
 pub mod twilio;
 
@@ -89,8 +90,12 @@ pub fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The binary under test: this build's, or `IZWI_TEST_BIN` (to measure
+/// another build, such as the last release, against the same tests).
 pub fn izwi_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_izwi"))
+    std::env::var_os("IZWI_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_izwi")))
 }
 
 /// The loudest 20 ms frame in `[from, to)` seconds of `audio`.

@@ -44,14 +44,57 @@ impl Drop for Izwi {
     }
 }
 
+/// How an Izwi under test is started, beyond its settings.
+#[derive(Debug, Default, Clone)]
+pub struct Launch {
+    /// Open-file limit (soft and hard) Izwi starts with.
+    pub nofile: Option<u64>,
+    /// A tmpfs of this many bytes mounted over Izwi's folder (its records
+    /// live there) in a mount namespace of its own: a disk that can fill up.
+    /// The test reaches it at `/proc/<pid>/root/<folder>`.
+    pub tmpfs_bytes: Option<u64>,
+}
+
 impl Izwi {
     pub fn start(env: &[(&str, &str)]) -> Izwi {
+        Izwi::launch(env, Launch::default())
+    }
+
+    pub fn launch(env: &[(&str, &str)], launch: Launch) -> Izwi {
         let port = free_udp_port();
         // A private RTP range per test, away from the SIP ports the OS hands out.
         let rtp_min = 30_000 + (port % 100) * 100;
         let http_port = free_tcp_port();
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(izwi_bin());
+        let mut cmd = match launch.tmpfs_bytes {
+            None => Command::new(izwi_bin()),
+            Some(bytes) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@""#)
+                    .arg("sh")
+                    .arg(bytes.to_string())
+                    .arg(dir.path())
+                    .arg(izwi_bin());
+                c
+            }
+        };
+        if let Some(n) = launch.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.arg("serve")
             .env("IZWI_SIP_LISTEN", format!("127.0.0.1:{port}"))
             .env("IZWI_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))

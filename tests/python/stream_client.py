@@ -8,11 +8,12 @@ Izwi's stress tests. Written from Twilio's documentation, not from Izwi.
         null when no close frame came within 5 s (or the connection broke
         without one).
 
-    stream_client.py load URL N SECONDS [--param k=v ...]
+    stream_client.py load URL N SECONDS --tokens FILE [--param k=v ...]
         N concurrent streams of a 400 Hz tone, paced every 20 ms against
         absolute deadlines, counting the media frames that come back. Prints
         one JSON object: {"streams", "completed", "min_received_ratio",
-        "errors", ...}.
+        "errors", ...}. FILE has a line "CALLSID TOKEN" per stream: a token
+        opens one stream only, that of the call it was issued for.
 
 Parameters (--param) go into start.customParameters, as the <Parameter>s of
 the TwiML would; the `token` among them is what authorises a stream.
@@ -255,7 +256,7 @@ async def bad(url: str, params: dict[str, str], cases: list[str]) -> None:
 
 
 async def one_stream(url: str, params: dict[str, str], seconds: float, idx: int, t0: float) -> dict:
-    s = Stream({**params, "callSid": sid("CA")} if "callSid" in params else params)
+    s = Stream(params)
     out = {
         "stream": idx,
         "sent": 0,
@@ -318,10 +319,17 @@ async def one_stream(url: str, params: dict[str, str], seconds: float, idx: int,
     return out
 
 
-async def load(url: str, params: dict[str, str], n: int, seconds: float) -> None:
+async def load(url: str, params: dict[str, str], n: int, seconds: float, tokens: list[tuple[str, str]]) -> None:
+    if len(tokens) < n:
+        sys.exit(f"{n} streams need {n} tokens, got {len(tokens)}")
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    results = await asyncio.gather(*(one_stream(url, params, seconds, i, t0) for i in range(n)))
+    results = await asyncio.gather(
+        *(
+            one_stream(url, {**params, "callSid": tokens[i][0], "token": tokens[i][1]}, seconds, i, t0)
+            for i in range(n)
+        )
+    )
     ratios = [r["received"] / r["sent"] if r["sent"] else 0.0 for r in results]
     summary = {
         "streams": n,
@@ -362,12 +370,15 @@ def main() -> None:
     ld.add_argument("n", type=int)
     ld.add_argument("seconds", type=float)
     ld.add_argument("--param", action="append", default=[])
+    ld.add_argument("--tokens", required=True, help='a file of "CALLSID TOKEN" lines, one per stream')
     args = ap.parse_args()
     params = parse_params(args.param)
     if args.cmd == "bad":
         asyncio.run(bad(args.url, params, args.case or BAD_CASES))
     else:
-        asyncio.run(load(args.url, params, args.n, args.seconds))
+        with open(args.tokens, encoding="utf-8") as f:
+            tokens = [tuple(line.split()) for line in f if line.strip()]
+        asyncio.run(load(args.url, params, args.n, args.seconds, tokens))
 
 
 if __name__ == "__main__":
