@@ -38,12 +38,15 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --locked -- -D warnings
 
-# The SIP+SDP parsing path under libFuzzer for FUZZ_SECONDS (needs `cargo install
+# A parsing path under libFuzzer for FUZZ_SECONDS (needs `cargo install
 # cargo-fuzz`; RUSTC_BOOTSTRAP lets the stable toolchain take its -Z flags).
+# Targets (fuzz/fuzz_targets): sip_sdp, rtp_jitter, dtmf, twilio_frames,
+# digest, tcp_framing. Seeds, where a target has them, are in fuzz/seeds/<target>.
 FUZZ_SECONDS ?= 120
+FUZZ_TARGET ?= sip_sdp
 fuzz:
-	mkdir -p fuzz/corpus/sip_sdp
-	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run sip_sdp -O fuzz/corpus/sip_sdp fuzz/seeds -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
+	mkdir -p fuzz/corpus/$(FUZZ_TARGET) fuzz/seeds/$(FUZZ_TARGET)
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $(FUZZ_TARGET) -O fuzz/corpus/$(FUZZ_TARGET) fuzz/seeds/$(FUZZ_TARGET) -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
 
 clean-models:
 	rm -rf models/cache

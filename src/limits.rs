@@ -445,13 +445,13 @@ mod tests {
         let mut b = TokenBuckets::new(2.0, 1.0, 64);
         // The busy key is seen last: it survives every eviction.
         for i in 0..10_000u64 {
-            let _ = b.take(&i, at(t0, i / 100));
-            let _ = b.take(&u64::MAX, at(t0, i / 100));
+            let _ = b.take(&i, at(t0, i));
+            let _ = b.take(&u64::MAX, at(t0, i));
             assert!(b.len() <= 64);
         }
         assert!(b.contains(&u64::MAX));
         assert!(
-            b.take(&u64::MAX, at(t0, 100)).is_err(),
+            b.take(&u64::MAX, at(t0, 9_999)).is_err(),
             "its bucket was kept, not refilled"
         );
     }
@@ -460,18 +460,21 @@ mod tests {
     fn connection_caps_count_in_all_and_per_source() {
         let caps = ConnectionCaps::new(3, 2);
         assert_eq!(caps.max_per_source(), 1, "at most half of the total");
-        let caps = ConnectionCaps::new(4, 2);
+        let caps = ConnectionCaps::new(5, 2);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
         let a1 = caps.admit(a).unwrap();
         let _a2 = caps.admit(a).unwrap();
         assert_eq!(caps.admit(a).unwrap_err(), Refusal::PerSource);
         let _b1 = caps.admit(b).unwrap();
-        assert_eq!(caps.admit(b).unwrap_err(), Refusal::Total);
-        assert_eq!(caps.open(), 3);
+        let _b2 = caps.admit(b).unwrap();
+        let _c1 = caps.admit(c).unwrap();
+        assert_eq!(caps.admit(c).unwrap_err(), Refusal::Total);
+        assert_eq!(caps.open(), 5);
         drop(a1);
-        assert_eq!(caps.open(), 2);
-        assert!(caps.admit(b).is_ok());
+        assert_eq!(caps.open(), 4);
+        assert!(caps.admit(c).is_ok());
     }
 
     #[test]
@@ -486,5 +489,31 @@ mod tests {
         assert_eq!(g.pass(at(t0, 10_000)), Some(5));
         assert_eq!(g.pass(at(t0, 10_001)), Some(0));
         assert_eq!(g.pass(at(t0, 10_002)), None);
+    }
+
+    #[test]
+    fn accept_errors_pause_the_listener_doubling_and_a_success_resets() {
+        let t0 = Instant::now();
+        let mut b = AcceptBackoff::new("test");
+        assert!(b.open(t0));
+        let emfile = std::io::Error::from_raw_os_error(24);
+        b.failed(&emfile, t0);
+        assert!(!b.open(t0));
+        assert!(b.open(at(t0, 50)));
+        b.failed(&emfile, at(t0, 50));
+        assert_eq!(b.resume_at(), Some(at(t0, 150)), "the pause doubles");
+        for i in 0..20 {
+            b.failed(&emfile, at(t0, 200 + i));
+        }
+        assert_eq!(b.resume_at(), Some(at(t0, 219) + ACCEPT_PAUSE_MAX));
+        // An error about one connection does not pause.
+        let mut c = AcceptBackoff::new("test");
+        c.failed(
+            &std::io::Error::from(std::io::ErrorKind::ConnectionAborted),
+            t0,
+        );
+        assert!(c.open(t0));
+        b.accepted();
+        assert!(b.open(at(t0, 219)));
     }
 }

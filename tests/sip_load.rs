@@ -21,8 +21,10 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn a_hundred_concurrent_calls_with_rtp_both_ways() {
+    // One trunk carries every call: it is given all the slots.
     let izwi = Izwi::start(&[
         ("IZWI_SIP_MAX_CALLS", "150"),
+        ("IZWI_SIP_MAX_CALLS_PER_SOURCE", "150"),
         ("IZWI_SIP_RTP_PORT_MIN", "42000"),
         ("IZWI_SIP_RTP_PORT_MAX", "42599"),
     ]);

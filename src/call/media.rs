@@ -231,7 +231,7 @@ pub async fn run(
                 if now - started > settings.max_duration {
                     break Exit::MaxDuration;
                 }
-                if frames % 50 == 0 {
+                if frames.is_multiple_of(50) {
                     reported.report(&stats, &jitter);
                 }
                 if !confirmed {

@@ -16,8 +16,12 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::auth::{AuthError, Principal};
+use crate::limits::SharedLogGate;
 use crate::metrics::{Metrics, metrics};
 use crate::records::{CallQuery, Outcome};
+
+/// Lines about refused API requests per window.
+static REFUSED_LOG: SharedLogGate = SharedLogGate::new(10, std::time::Duration::from_secs(10));
 
 /// `GET /healthz`: the process is alive.
 pub async fn healthz() -> &'static str {
@@ -124,7 +128,9 @@ pub async fn authenticate(
 }
 
 fn refuse(e: &AuthError) -> Response {
-    tracing::info!(reason = e.label(), "API request refused");
+    if let Some(held) = REFUSED_LOG.pass() {
+        tracing::info!(reason = e.label(), held, "API request refused");
+    }
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let mut response = (status, Json(serde_json::json!({ "error": e.label() }))).into_response();
     match e {

@@ -43,8 +43,11 @@ const CLOSE_FLUSH: Duration = Duration::from_millis(500);
 const OUT_QUEUE: usize = 64;
 /// Stream tokens remembered as used, at most (each is good for minutes only).
 const MAX_USED_TOKENS: usize = 100_000;
-/// Lines about refused streams per window.
+/// Lines about refused streams, about closes, and about the ends of sockets
+/// that never started a call, per window (the rest are counted).
 static REFUSED_LOG: SharedLogGate = SharedLogGate::new(10, Duration::from_secs(10));
+static CLOSE_LOG: SharedLogGate = SharedLogGate::new(10, Duration::from_secs(10));
+static UNSTARTED_LOG: SharedLogGate = SharedLogGate::new(10, Duration::from_secs(10));
 
 /// Limits on what a stream may send, and how long it may take.
 #[derive(Debug, Clone)]
@@ -258,7 +261,7 @@ pub async fn run(
                         }
                         if let Err(why) = authorize(&start, &limits, &state) {
                             if let Some(held) = REFUSED_LOG.pass() {
-                                tracing::warn!(stream = %records::cap(&start.stream_id, 64), reason = why, held, "media stream refused: no valid token");
+                                tracing::warn!(stream = %records::cap(&start.stream_id, 64), reason = why, held, "media stream without a valid token refused");
                             }
                             close(&out, &mut incoming, 1008, "stream not authorized", why).await;
                             break StreamEnd::Unauthorized;
@@ -407,7 +410,7 @@ pub async fn run(
         l.tracker.finish(ending(&end, &summary), &summary.turns);
     }
     // A socket that never started a call is one line among many in a flood.
-    let log = summary.stream_id.is_empty().then(|| REFUSED_LOG.pass());
+    let log = summary.stream_id.is_empty().then(|| UNSTARTED_LOG.pass());
     if let Some(held) = log.unwrap_or(Some(0)) {
         tracing::info!(
             stream = %summary.stream_id,
@@ -594,7 +597,7 @@ async fn close(
     reason: &str,
     label: &'static str,
 ) -> StreamEnd {
-    if let Some(held) = REFUSED_LOG.pass() {
+    if let Some(held) = CLOSE_LOG.pass() {
         tracing::info!(code, reason, kind = label, held, "closing media stream");
     }
     if label != "shutdown" {

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::media_stream::{self, StreamLimits};
+use crate::limits::SharedLogGate;
 use crate::provider::twilio::{self, Twilio};
 
 /// Largest WebSocket message read at all; frames over `MAX_FRAME` are refused
@@ -17,6 +18,9 @@ use crate::provider::twilio::{self, Twilio};
 const MAX_MESSAGE: usize = 1 << 20;
 const MAX_FRAME: usize = 64 * 1024;
 const MAX_FRAMES_PER_SEC: u32 = 250;
+
+/// Lines about refused webhooks per window.
+static REFUSED_LOG: SharedLogGate = SharedLogGate::new(10, Duration::from_secs(10));
 
 /// `POST /twilio/voice`: a call came in; tell Twilio to stream it to us.
 pub async fn voice(
@@ -39,11 +43,14 @@ pub async fn voice(
             && signature.is_some_and(|s| {
                 twilio::signature_matches(&state.twilio.auth_token, &url, &params, s)
             });
-        if !valid {
+        if !valid && let Some(held) = REFUSED_LOG.pass() {
             tracing::warn!(
+                held,
                 signed = signature.is_some(),
                 "voice webhook refused: missing or wrong X-Twilio-Signature"
             );
+        }
+        if !valid {
             crate::metrics::metrics().webhook("twilio", "forbidden");
             return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
         }
@@ -60,7 +67,9 @@ pub async fn voice(
         .load(std::sync::atomic::Ordering::SeqCst)
         >= state.twilio.max_streams
     {
-        tracing::warn!(call = %call_sid, "at capacity: call rejected as busy");
+        if let Some(held) = REFUSED_LOG.pass() {
+            tracing::warn!(call = %crate::records::cap(call_sid, 64), held, "at capacity: call rejected as busy");
+        }
         crate::metrics::metrics().webhook("twilio", "busy");
         return twiml(
             r#"<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>"#
@@ -77,7 +86,7 @@ pub async fn voice(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let token = twilio::stream_token(&state.stream_secret, now, call_sid);
-    tracing::info!(call = %call_sid, "voice webhook: connecting the call to a media stream");
+    tracing::info!(call = %crate::records::cap(call_sid, 64), "voice webhook: connecting the call to a media stream");
     crate::metrics::metrics().webhook("twilio", "accepted");
     twiml(twilio::connect_stream(
         &stream_url,

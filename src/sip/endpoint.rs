@@ -630,7 +630,9 @@ impl Endpoint {
         let negotiated = match offer.as_deref().map(|o| self.negotiate(o)) {
             Some(Ok(n)) => Some(n),
             Some(Err(why)) => {
-                tracing::info!(call = %call_id, %peer, reason = %why, "offer refused with 488");
+                if let Some(held) = REFUSED_LOG.pass() {
+                    tracing::info!(call = %call_id, %peer, reason = %why, held, "offer refused with 488");
+                }
                 self.ua.reject(call, 488, "Not Acceptable Here", now);
                 return;
             }
@@ -638,7 +640,9 @@ impl Endpoint {
             None => None,
         };
         let Some((socket, guard)) = media::bind_rtp(&self.ports, self.media_ip).await else {
-            tracing::warn!(call = %call_id, "no free RTP port");
+            if let Some(held) = REFUSED_LOG.pass() {
+                tracing::warn!(call = %call_id, held, "no free RTP port");
+            }
             self.ua.reject(call, 503, "Service Unavailable", now);
             return;
         };

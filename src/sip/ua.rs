@@ -25,6 +25,8 @@ const MAX_DONE: usize = 16_384;
 /// Refused calls kept (to retransmit the refusal until its ACK) at most; past
 /// this a refusal is sent once and forgotten, as over TCP.
 const MAX_REJECTED: usize = 4_096;
+/// BYEs kept for retransmission at most; past this a BYE is sent once.
+const MAX_CLIENTS: usize = 4_096;
 /// Lines about refused callers let through per window (the rest are counted).
 const LOG_LINES: u32 = 10;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -1032,7 +1034,7 @@ impl UserAgent {
             None,
         );
         self.send(leg.peer, leg.transport, bye.clone());
-        if !leg.transport.reliable() {
+        if !leg.transport.reliable() && self.clients.len() < MAX_CLIENTS {
             self.schedule(now + T1, Timer::Client(branch.clone()));
             self.clients.insert(
                 branch,
@@ -1781,5 +1783,110 @@ mod tests {
         ua2.reject(call, 486, "Busy Here", t0);
         drain(&mut ua2);
         assert_eq!(ua2.active_calls(), 0);
+    }
+
+    #[test]
+    fn a_merged_request_gets_482_and_leaves_the_call_alone() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let (call, _) = incoming(&mut ua, t0, "m1");
+        // The same INVITE by another path: same From tag, Call-ID and CSeq, another branch.
+        let merged = req("INVITE", "z9hG4bK-other", "m1", 1, None, "", "v=0\r\n");
+        feed(&mut ua, &merged, t0);
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 482, "{sent:?}");
+        assert!(events.is_empty());
+        assert_eq!(ua.stats().merged, 1);
+        ua.answer(call, "v=0\r\n", t0);
+        assert_eq!(status(&drain(&mut ua).0[0]), 200);
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_share_of_calls_and_refusals_free_theirs() {
+        let mut ua = UserAgent::new(UaConfig {
+            max_calls: 10,
+            max_calls_per_source: 2,
+            ..ua().cfg.clone()
+        });
+        let t0 = Instant::now();
+        let (a, _) = incoming(&mut ua, t0, "s1");
+        incoming(&mut ua, t0, "s2");
+        feed(
+            &mut ua,
+            &req("INVITE", "z9hG4bK-3", "s3", 1, None, "", ""),
+            t0,
+        );
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 503);
+        assert!(sent[0].contains("Retry-After: 10"), "{}", sent[0]);
+        assert!(events.is_empty());
+        assert_eq!(ua.stats().source_busy, 1);
+        // Another source is not held back.
+        ua.handle_message(
+            req("INVITE", "z9hG4bK-o", "o1", 1, None, "", "").as_bytes(),
+            "192.0.2.7:5060".parse().unwrap(),
+            Transport::Udp,
+            t0,
+        );
+        assert!(matches!(drain(&mut ua).1[..], [Event::Incoming { .. }]));
+        // A refused call (waiting only for the ACK of its refusal) is no call in progress.
+        ua.reject(a, 488, "Not Acceptable Here", t0);
+        drain(&mut ua);
+        assert_eq!(ua.live_calls(), 2);
+        feed(
+            &mut ua,
+            &req("INVITE", "z9hG4bK-4", "s4", 1, None, "", ""),
+            t0,
+        );
+        assert!(matches!(drain(&mut ua).1[..], [Event::Incoming { .. }]));
+    }
+
+    #[test]
+    fn a_flood_of_requests_that_change_nothing_leaves_nothing_behind() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        for i in 0..20_000 {
+            let b = format!("z9hG4bK-f{i}");
+            feed(
+                &mut ua,
+                &req("OPTIONS", &b, &format!("f{i}"), 1, None, "", ""),
+                t0,
+            );
+            feed(
+                &mut ua,
+                &req("BYE", &b, &format!("g{i}"), 2, Some("x"), "", ""),
+                t0,
+            );
+            feed(
+                &mut ua,
+                &req("SUBSCRIBE", &b, &format!("h{i}"), 1, None, "", ""),
+                t0,
+            );
+            drain(&mut ua);
+        }
+        assert_eq!(
+            ua.held(),
+            (0, 0),
+            "OPTIONS, 481s and 405s keep no transaction"
+        );
+        assert_eq!(ua.poll_timeout(), None);
+        // A BYE that ended a call is kept, to absorb its retransmissions, then goes.
+        let (call, _) = incoming(&mut ua, t0, "k1");
+        ua.answer(call, "v=0\r\n", t0);
+        let tag = to_tag(&drain(&mut ua).0[0]);
+        feed(
+            &mut ua,
+            &req("ACK", "z9hG4bK-a", "k1", 1, Some(&tag), "", ""),
+            t0,
+        );
+        feed(
+            &mut ua,
+            &req("BYE", "z9hG4bK-b", "k1", 2, Some(&tag), "", ""),
+            t0,
+        );
+        drain(&mut ua);
+        assert_eq!(ua.held().0, 1);
+        ua.handle_timeout(t0 + TIMER_H + Duration::from_millis(1));
+        assert_eq!(ua.held().0, 0);
     }
 }
