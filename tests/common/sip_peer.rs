@@ -95,6 +95,8 @@ impl Izwi {
                 });
             }
         }
+        // The harness's own variable is no setting of Izwi's.
+        cmd.env_remove("IZWI_TEST_BIN");
         cmd.arg("serve")
             .env("IZWI_SIP_LISTEN", format!("127.0.0.1:{port}"))
             .env("IZWI_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
