@@ -284,8 +284,9 @@ pub struct SipConfig {
     pub rtp_timeout_secs: u32,
     pub max_call_secs: u32,
     pub max_calls: usize,
-    /// Calls one source address may hold at once; sources in `allow` (trusted
-    /// trunks) are bound only by `max_calls`.
+    /// Calls one source address may hold at once when it is neither in
+    /// `allow` nor authenticated by digest (those are bound only by
+    /// `max_calls`): the share of the open door.
     pub max_calls_per_source: usize,
     /// SIP requests a second one source address may send (twice as many in
     /// a burst); beyond, they are dropped unanswered and counted. Sources in
@@ -293,7 +294,8 @@ pub struct SipConfig {
     pub requests_per_source: u32,
     /// Where a call's RTP may come from: `peer` (the SDP address, or any
     /// port at the SDP's or the SIP peer's IP address, for callers behind
-    /// NAT) or `sdp` (only the SDP address and port).
+    /// NAT), `sdp` (only the SDP address and port) or `first` (the first
+    /// packet from anywhere, then that IP).
     pub rtp_latch: RtpLatch,
     /// SIP-over-TCP connections open at once; 0: as many as the file limit
     /// leaves room for, at most 1024.
@@ -345,7 +347,7 @@ impl Default for SipConfig {
             rtp_timeout_secs: 30,
             max_call_secs: 3600,
             max_calls: 100,
-            max_calls_per_source: 50,
+            max_calls_per_source: 10,
             requests_per_source: 200,
             rtp_latch: RtpLatch::Peer,
             tcp_max_connections: 0,
@@ -377,6 +379,11 @@ pub enum RtpLatch {
     Peer,
     /// Only the SDP address and port.
     Sdp,
+    /// The session's first packet from anywhere, then only that IP: for
+    /// callers whose media matches neither address (a private SDP address
+    /// through a signalling-only proxy). A stranger racing the first packet
+    /// can win it: use only where `peer` cannot work.
+    First,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

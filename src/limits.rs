@@ -143,6 +143,21 @@ impl<K: Hash + Eq + Clone> TokenBuckets<K> {
     }
 }
 
+/// The key a source address is limited by: an IPv4 address as it is, an
+/// IPv6 address by its /64 (one subscriber's network, which hands its hosts
+/// as many addresses as they like).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 /// The soft limit on open files (1024 when it cannot be read).
 pub fn file_limit() -> u64 {
     rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
@@ -211,6 +226,7 @@ impl ConnectionCaps {
     }
 
     pub fn admit(&self, source: IpAddr) -> Result<ConnectionGuard, Refusal> {
+        let source = source_key(source);
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if s.total >= self.max_total {
             return Err(Refusal::Total);
@@ -293,9 +309,12 @@ impl AcceptBackoff {
         }
     }
 
-    /// Whether accepting may go on now.
-    pub fn open(&self, now: Instant) -> bool {
-        self.until.is_none_or(|u| now >= u)
+    /// Whether accepting may go on now (a pause that has run out is over).
+    pub fn open(&mut self, now: Instant) -> bool {
+        if self.until.is_some_and(|u| now >= u) {
+            self.until = None;
+        }
+        self.until.is_none()
     }
 
     /// When accepting may resume, if paused.
@@ -417,6 +436,20 @@ mod tests {
         for bad in ["10.0.0.0/33", "nope", "1.2.3.4/x", "::/129"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ipv6_sources_are_limited_by_their_64() {
+        assert_eq!(
+            source_key(ipa("2001:db8:1:2:aaaa::1")),
+            source_key(ipa("2001:db8:1:2:bbbb::9"))
+        );
+        assert_ne!(
+            source_key(ipa("2001:db8:1:2::1")),
+            source_key(ipa("2001:db8:1:3::1"))
+        );
+        assert_eq!(source_key(ipa("::ffff:192.0.2.1")), ipa("192.0.2.1"));
+        assert_eq!(source_key(ipa("192.0.2.1")), ipa("192.0.2.1"));
     }
 
     #[test]

@@ -20,6 +20,8 @@ use crate::engine::{ChatMessage, Engine, EngineError, LlmSession, Speaker, VadSt
 
 /// Caller audio kept for the start of a turn (onset detection lags the onset).
 const RECENT: Duration = Duration::from_secs(3);
+/// Keys a call keeps; more are a flood.
+const MAX_DIGITS: usize = 256;
 
 /// How a turn ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -194,6 +196,7 @@ pub struct Conversation {
     next_phrase: u64,
     barge_ins: u64,
     playback: Option<Playback>,
+    digit_log: crate::limits::LogGate,
 }
 
 /// What a transport that confirms playback (Twilio's marks) has reported.
@@ -246,6 +249,7 @@ impl Conversation {
             next_phrase: 0,
             barge_ins: 0,
             playback: None,
+            digit_log: crate::limits::LogGate::new(5, Duration::from_secs(10)),
         };
         c.greet();
         Ok(c)
@@ -326,15 +330,20 @@ impl Conversation {
     }
 
     /// A key the caller pressed at audio time `at`. Kept for the call's
-    /// record (and for menus to come); the conversation itself goes on.
+    /// record (and for menus to come); the conversation itself goes on. A
+    /// flood of keys is counted, not kept, and logged a few at a time.
     pub fn push_digit(&mut self, digit: char, at: Duration) {
         let turn = self.turns.len();
-        tracing::info!(call = %self.call_id, turn, "caller pressed a key");
-        self.digits.push(DigitRecord {
-            digit,
-            at_ms: at.as_secs_f64() * 1000.0,
-            turn,
-        });
+        if let Some(held) = self.digit_log.pass(Instant::now()) {
+            tracing::info!(call = %self.call_id, turn, held, "caller pressed a key");
+        }
+        if self.digits.len() < MAX_DIGITS {
+            self.digits.push(DigitRecord {
+                digit,
+                at_ms: at.as_secs_f64() * 1000.0,
+                turn,
+            });
+        }
     }
 
     pub fn digits(&self) -> &[DigitRecord] {

@@ -234,7 +234,9 @@ pub async fn run(
                 if frames.is_multiple_of(50) {
                     reported.report(&stats, &jitter);
                 }
-                if !confirmed {
+                // Nothing goes out before the ACK, nor to an address that has
+                // not sent the session anything when it is not the SIP peer's.
+                if !confirmed || !source.may_send() {
                     continue;
                 }
                 let at = FRAME * frames;

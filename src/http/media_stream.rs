@@ -38,9 +38,10 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How long what is still queued for the provider may take to go out once the
 /// stream has ended.
 const CLOSE_FLUSH: Duration = Duration::from_millis(500);
-/// Frames waiting to be written to the provider: a second of audio. A client
-/// that lets it fill has stopped reading, and its stream is closed.
-const OUT_QUEUE: usize = 64;
+/// Frames waiting to be written to the provider: three seconds of audio (a
+/// stall of the call's loop followed by a burst fits). A client that lets it
+/// fill has stopped reading, and its stream is closed.
+const OUT_QUEUE: usize = 150;
 /// Stream tokens remembered as used, at most (each is good for minutes only).
 const MAX_USED_TOKENS: usize = 100_000;
 /// Lines about refused streams, about closes, and about the ends of sockets
@@ -219,28 +220,42 @@ pub async fn run(
                         break close(&out, &mut incoming, 1003, "binary frames are not part of the protocol", "binary").await;
                     }
                     Some(Ok(Message::Close(_))) | None => break StreamEnd::Closed,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        if invalid_utf8(e) {
+                    Some(Ok(other)) => {
+                        // Pings and pongs count against the stream's rates too.
+                        let len = match &other {
+                            Message::Ping(p) | Message::Pong(p) => p.len(),
+                            _ => 0,
+                        };
+                        if over(&mut window, len, &limits) {
+                            break close(&out, &mut incoming, 1008, "too many frames", "flood").await;
+                        }
+                        continue;
+                    }
+                    Some(Err(e)) => match read_error(e) {
+                        ReadError::Utf8 => {
                             break close(&out, &mut incoming, 1007, "text frame is not UTF-8", "utf8").await;
                         }
-                        // An over-long message or a broken connection: nothing more can be read.
-                        tracing::info!(stream = %summary.stream_id, "media stream failed");
-                        break StreamEnd::Closed;
-                    }
+                        ReadError::TooLarge => {
+                            break close(&out, &mut incoming, 1009, "message too large", "too_large").await;
+                        }
+                        ReadError::Broken => {
+                            // A broken connection: nothing more can be read.
+                            if let Some(held) = CLOSE_LOG.pass() {
+                                tracing::info!(stream = %summary.stream_id, held, "media stream failed");
+                            }
+                            break StreamEnd::Closed;
+                        }
+                    },
                 };
                 summary.frames_in += 1;
                 let now = Instant::now();
-                if now - window.0 >= Duration::from_secs(1) {
-                    window = (now, 0, 0);
-                }
-                window.1 += 1;
-                window.2 += text.len();
-                if window.1 > limits.max_frames_per_sec {
-                    break close(&out, &mut incoming, 1008, "too many frames", "flood").await;
-                }
-                if window.2 > limits.max_bytes_per_sec {
-                    break close(&out, &mut incoming, 1008, "too many bytes", "byte_flood").await;
+                if over(&mut window, text.len(), &limits) {
+                    let (reason, kind) = if window.1 > limits.max_frames_per_sec {
+                        ("too many frames", "flood")
+                    } else {
+                        ("too many bytes", "byte_flood")
+                    };
+                    break close(&out, &mut incoming, 1008, reason, kind).await;
                 }
                 if text.len() > limits.max_frame {
                     break close(&out, &mut incoming, 1009, "frame too large", "too_large").await;
@@ -268,7 +283,11 @@ pub async fn run(
                         }
                         // The slot is taken only now, by a stream proven to follow our TwiML.
                         let Some(slot) = StreamSlot::take(&state, limits.max_streams) else {
-                            tracing::warn!("at capacity: media stream refused");
+                            if let Some(held) = REFUSED_LOG.pass() {
+                                tracing::warn!(held, "at capacity: media stream refused");
+                            }
+                            // A real call (its token is good) that found no room: recorded.
+                            record_busy(&ctx, &start);
                             close(&out, &mut incoming, 1013, "at capacity", "busy").await;
                             break StreamEnd::Busy;
                         };
@@ -432,6 +451,46 @@ pub async fn run(
     summary
 }
 
+/// Counts a frame of `len` bytes in the one-second window; whether the
+/// stream is now over its frame or byte rate.
+fn over(window: &mut (Instant, u32, usize), len: usize, limits: &StreamLimits) -> bool {
+    let now = Instant::now();
+    if now - window.0 >= Duration::from_secs(1) {
+        *window = (now, 0, 0);
+    }
+    window.1 += 1;
+    window.2 += len;
+    window.1 > limits.max_frames_per_sec || window.2 > limits.max_bytes_per_sec
+}
+
+/// A call whose stream found every slot taken: recorded as failed, `busy`.
+fn record_busy(ctx: &CallContext, start: &StreamStart) {
+    let remote = start.custom.get("callSid").unwrap_or(&start.call_id);
+    let tracker = CallTracker::start(
+        &ctx.recorder,
+        CallStart {
+            id: records::new_call_id(),
+            remote_id: Some(records::cap(remote, records::MAX_REMOTE_ID).to_string()),
+            transport: Transport::Twilio,
+            started_at_ms: now_ms(),
+            called: start.custom.get("called").cloned(),
+            caller: start.custom.get("caller").cloned(),
+            agent: Some(ctx.agent_name()),
+            codec: Some("PCMU".into()),
+        },
+    );
+    tracker.finish(
+        Ending {
+            outcome: Outcome::Failed,
+            cause: "busy".into(),
+            side: Side::Izwi,
+            dtmf: 0,
+            errors: 1,
+        },
+        &[],
+    );
+}
+
 /// The client stopped reading what Izwi sends.
 fn slow_consumer(why: &'static str) -> StreamEnd {
     metrics().stream_rejected("slow_consumer");
@@ -445,12 +504,21 @@ fn slow_consumer(why: &'static str) -> StreamEnd {
     StreamEnd::SlowConsumer
 }
 
-/// Whether a WebSocket read failed on a text frame that is not UTF-8.
-fn invalid_utf8(e: axum::Error) -> bool {
-    matches!(
-        e.into_inner().downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Utf8(_))
-    )
+/// Why a WebSocket read failed.
+enum ReadError {
+    /// A text frame that is not UTF-8.
+    Utf8,
+    /// A message over the size the socket takes.
+    TooLarge,
+    Broken,
+}
+
+fn read_error(e: axum::Error) -> ReadError {
+    match e.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Utf8(_)) => ReadError::Utf8,
+        Some(tungstenite::Error::Capacity(_)) => ReadError::TooLarge,
+        _ => ReadError::Broken,
+    }
 }
 
 /// How a stream call ended, for its record.
@@ -567,16 +635,15 @@ fn authorize(
     if used.len() >= MAX_USED_TOKENS / 2 {
         used.retain(|_, until| *until >= now);
     }
-    if used.contains_key(token) {
+    // Hex of either case is the same token.
+    let token = token.to_ascii_lowercase();
+    if used.contains_key(&token) {
         return Err("token_reused");
     }
     if used.len() >= MAX_USED_TOKENS {
         return Err("token_table_full");
     }
-    used.insert(
-        token.clone(),
-        now.saturating_add(*max_age).saturating_add(60),
-    );
+    used.insert(token, now.saturating_add(*max_age).saturating_add(60));
     Ok(())
 }
 

@@ -301,10 +301,7 @@ impl Server {
             };
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
             tokio::spawn(serve_connection(
-                Guarded {
-                    io: stream,
-                    _guard: guard,
-                },
+                Guarded::new(stream, guard),
                 peer,
                 app.clone(),
                 header_timeout,
@@ -376,11 +373,53 @@ async fn serve_connection(
     }
 }
 
+/// How long a connection's writes may make no progress (the client reads
+/// nothing) before it is closed.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
 /// A connection that counts against its caps for as long as it is open,
-/// upgraded (a WebSocket) or not.
+/// upgraded (a WebSocket) or not, and that fails its writes once they have
+/// made no progress for [`WRITE_STALL`]: a client that sends requests and
+/// never reads the answers does not hold its connection forever.
 struct Guarded {
     io: TcpStream,
     _guard: ConnectionGuard,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Guarded {
+    fn new(io: TcpStream, guard: ConnectionGuard) -> Guarded {
+        Guarded {
+            io,
+            _guard: guard,
+            stall: None,
+        }
+    }
+
+    /// Pending writes start (or keep running) the stall timer; a write that
+    /// goes through stops it.
+    fn progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Pending => {
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    metrics().connection_closed("http", "write_timeout");
+                    return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.stall = None;
+                ready
+            }
+        }
+    }
 }
 
 impl AsyncRead for Guarded {
@@ -399,11 +438,13 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progress(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.progress(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -415,7 +456,8 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.progress(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

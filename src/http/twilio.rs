@@ -13,9 +13,9 @@ use super::media_stream::{self, StreamLimits};
 use crate::limits::SharedLogGate;
 use crate::provider::twilio::{self, Twilio};
 
-/// Largest WebSocket message read at all; frames over `MAX_FRAME` are refused
-/// with a reason, larger ones break the connection.
-const MAX_MESSAGE: usize = 1 << 20;
+/// Largest WebSocket message read at all (larger ones are refused with 1009
+/// before they are held in memory); frames over `MAX_FRAME` are refused too.
+const MAX_MESSAGE: usize = crate::provider::MAX_FRAME_BYTES;
 const MAX_FRAME: usize = 64 * 1024;
 const MAX_FRAMES_PER_SEC: u32 = 250;
 

@@ -501,8 +501,11 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Record>, counters: Arc<
                     };
                     if !transient(&e) {
                         // This record can never be written (a constraint): the
-                        // others must not wait behind it.
-                        tracing::error!(call_id = %id, record = kind, error = %e, "call records: a record the database refuses; dropped");
+                        // others must not wait behind it. Counted as lost.
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        if let Some(held) = log.pass(std::time::Instant::now()) {
+                            tracing::error!(call_id = %id, record = kind, error = %e, held, "call records: a record the database refuses; dropped");
+                        }
                         pending.pop_front();
                         continue;
                     }

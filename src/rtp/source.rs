@@ -10,7 +10,14 @@
 //! packet and during a pause alike. The latch moves to another allowed address
 //! only after the latched one has been silent for [`RELATCH`] (a NAT
 //! rebinding). In the `sdp` mode nothing latches: only the SDP address and
-//! port are taken, and Izwi sends there.
+//! port are taken, and Izwi sends there. The `first` mode is for callers whose
+//! packets match neither address (a private SDP address reached through a
+//! signalling-only proxy): the session's first packet latches from anywhere,
+//! and after it only that IP is taken.
+//!
+//! When the SDP names another IP than the SIP peer's, nothing is sent until a
+//! packet of the session has come from an allowed address: an INVITE (even
+//! acknowledged) naming a third party makes Izwi send that party nothing.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -30,6 +37,8 @@ pub struct SourceFilter {
     peer_ip: IpAddr,
     latched: Option<SocketAddr>,
     last: Option<Instant>,
+    /// A packet of the session has come from an allowed address.
+    heard: bool,
 }
 
 impl SourceFilter {
@@ -40,7 +49,14 @@ impl SourceFilter {
             peer_ip,
             latched: None,
             last: None,
+            heard: false,
         }
+    }
+
+    /// Whether Izwi may send: the SDP names the SIP peer's own IP, or a packet
+    /// of the session has come from where the signalling allows.
+    pub fn may_send(&self) -> bool {
+        self.heard || self.signalled.ip() == self.peer_ip
     }
 
     /// Whether to take a packet from `from`. `ours`: it carries one of the
@@ -49,6 +65,7 @@ impl SourceFilter {
         if !self.allowed(from) {
             return false;
         }
+        self.heard |= ours;
         match self.latched {
             Some(l) if l == from => {
                 if ours {
@@ -68,7 +85,7 @@ impl SourceFilter {
                 }
             }
             None => {
-                if ours && self.mode == RtpLatch::Peer {
+                if ours && self.mode != RtpLatch::Sdp {
                     self.latch(from, now);
                 }
                 true
@@ -91,6 +108,7 @@ impl SourceFilter {
                 let ip = from.ip();
                 ip == self.peer_ip || (ip == self.signalled.ip() && !ip.is_unspecified())
             }
+            RtpLatch::First => self.latched.is_none_or(|l| l.ip() == from.ip()),
         }
     }
 
@@ -104,6 +122,7 @@ impl SourceFilter {
         self.signalled = signalled;
         self.latched = None;
         self.last = None;
+        self.heard = false;
     }
 }
 
@@ -160,6 +179,46 @@ mod tests {
         assert_eq!(f.destination(), rebound);
         // Silence alone never lets a stranger in.
         assert!(!f.accepts(a("198.51.100.66:61000"), true, ms(t0, 60_000)));
+    }
+
+    #[test]
+    fn nothing_goes_to_a_third_party_before_it_has_sent_from_there() {
+        let t0 = Instant::now();
+        // The SIP peer is 198.51.100.66; its SDP names 192.0.2.77, a victim.
+        let victim = a("192.0.2.77:4000");
+        let mut f = SourceFilter::new(RtpLatch::Peer, victim, "198.51.100.66".parse().unwrap());
+        assert!(!f.may_send());
+        // Neither a packet of another session nor the attacker's own port opens it.
+        assert!(f.accepts(a("198.51.100.66:5000"), false, t0));
+        assert!(!f.may_send());
+        // The caller's own packet does (a proxy in the path, the media elsewhere).
+        assert!(f.accepts(victim, true, t0));
+        assert!(f.may_send());
+        // When the SDP names the SIP peer itself, media may go out at once.
+        let g = SourceFilter::new(
+            RtpLatch::Peer,
+            a("192.0.2.10:4000"),
+            "192.0.2.10".parse().unwrap(),
+        );
+        assert!(g.may_send());
+    }
+
+    #[test]
+    fn first_mode_latches_anywhere_once_then_keeps_to_that_ip() {
+        let t0 = Instant::now();
+        let mut f = SourceFilter::new(
+            RtpLatch::First,
+            a("10.0.0.5:4000"),
+            "192.0.2.1".parse().unwrap(),
+        );
+        let caller = a("203.0.113.9:50000");
+        assert!(f.accepts(caller, true, t0));
+        assert_eq!(f.destination(), caller);
+        assert!(!f.accepts(a("198.51.100.66:50000"), true, ms(t0, 60_000)));
+        assert!(
+            f.accepts(a("203.0.113.9:50002"), true, ms(t0, 60_000)),
+            "a NAT rebinding"
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@ const MAX_PARAMS: usize = 32;
 const NONCE_TAG_HEX_LEN: usize = 32;
 /// Hex digits of the issue time in a nonce.
 const NONCE_TIME_HEX_LEN: usize = 16;
+/// Hex digits of the random salt in a nonce: two challenges of one call in
+/// one second still get different nonces (an answer's count restarts at 1).
+const NONCE_SALT_HEX_LEN: usize = 8;
 /// How far in the future a nonce's issue time may be before it is treated as
 /// stale; covers small clock steps between issue and check.
 const NONCE_FUTURE_SKEW_SECS: u64 = 5;
@@ -234,7 +237,11 @@ impl NonceIssuer {
 
     /// A nonce stamped with `now_unix_secs`, good only for `binding`.
     pub fn issue(&self, now_unix_secs: u64, binding: &[u8]) -> String {
-        format!("{now_unix_secs:016x}{}", self.tag(now_unix_secs, binding))
+        let salt = format!("{:08x}", rand::random::<u32>());
+        format!(
+            "{now_unix_secs:016x}{salt}{}",
+            self.tag(now_unix_secs, &salt, binding)
+        )
     }
 
     /// Whether `nonce` is one of ours for `binding` and no older than `max_age_secs`.
@@ -257,19 +264,25 @@ impl NonceIssuer {
     }
 
     fn authentic_issue_time(&self, nonce: &str, binding: &[u8]) -> Option<u64> {
-        if nonce.len() != NONCE_TIME_HEX_LEN + NONCE_TAG_HEX_LEN || !is_lower_hex(nonce) {
+        if nonce.len() != NONCE_TIME_HEX_LEN + NONCE_SALT_HEX_LEN + NONCE_TAG_HEX_LEN
+            || !is_lower_hex(nonce)
+        {
             return None;
         }
-        let (time_hex, tag) = nonce.split_at_checked(NONCE_TIME_HEX_LEN)?;
+        let (time_hex, rest) = nonce.split_at_checked(NONCE_TIME_HEX_LEN)?;
+        let (salt, tag) = rest.split_at_checked(NONCE_SALT_HEX_LEN)?;
         let issued = u64::from_str_radix(time_hex, 16).ok()?;
-        constant_time_eq(tag.as_bytes(), self.tag(issued, binding).as_bytes()).then_some(issued)
+        constant_time_eq(tag.as_bytes(), self.tag(issued, salt, binding).as_bytes())
+            .then_some(issued)
     }
 
-    /// HMAC-SHA256(secret, time ‖ binding), truncated.
-    fn tag(&self, issued: u64, binding: &[u8]) -> String {
+    /// HMAC-SHA256(secret, time ‖ salt ‖ binding), truncated. The time and
+    /// salt have fixed widths, so no two inputs run together.
+    fn tag(&self, issued: u64, salt: &str, binding: &[u8]) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
             .expect("HMAC takes keys of any size");
         mac.update(&issued.to_be_bytes());
+        mac.update(salt.as_bytes());
         mac.update(binding);
         let mut tag = hex::encode(mac.finalize().into_bytes());
         tag.truncate(NONCE_TAG_HEX_LEN);
@@ -291,6 +304,67 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
+}
+
+/// Whether two SIP URIs are the same in the sense of RFC 3261 §19.1.4, as a
+/// server compares a digest's `uri` with the Request-URI: the scheme and the
+/// host compared without case, the user and password with it, the port as
+/// written (a URI without one is not the same as one with the default), and
+/// the parameters and headers compared as sets, names without case.
+pub fn same_uri(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (UriParts::of(a), UriParts::of(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+#[derive(PartialEq, Eq)]
+struct UriParts {
+    scheme: String,
+    user: String,
+    host: String,
+    params: Vec<(String, String)>,
+    headers: Vec<String>,
+}
+
+impl UriParts {
+    fn of(uri: &str) -> Option<UriParts> {
+        let (scheme, rest) = uri.split_once(':')?;
+        let (rest, headers) = match rest.split_once('?') {
+            Some((r, h)) => (r, h),
+            None => (rest, ""),
+        };
+        let (user, rest) = match rest.rsplit_once('@') {
+            Some((u, r)) => (u, r),
+            None => ("", rest),
+        };
+        let mut parts = rest.split(';');
+        let host = parts.next()?.to_ascii_lowercase();
+        let mut params: Vec<(String, String)> = parts
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => (k.to_ascii_lowercase(), v.to_ascii_lowercase()),
+                None => (p.to_ascii_lowercase(), String::new()),
+            })
+            .collect();
+        params.sort();
+        let mut headers: Vec<String> = headers
+            .split('&')
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        headers.sort();
+        Some(UriParts {
+            scheme: scheme.to_ascii_lowercase(),
+            user: user.to_string(),
+            host,
+            params,
+            headers,
+        })
+    }
 }
 
 /// Parses an `Authorization` / `Proxy-Authorization` header value.
@@ -841,7 +915,12 @@ mod tests {
         let issuer = NonceIssuer::new(b"k1");
         let b = b"192.0.2.1 call-1";
         let nonce = issuer.issue(1_700_000_000, b);
-        assert_eq!(nonce.len(), 48);
+        assert_eq!(nonce.len(), 56);
+        assert_ne!(
+            nonce,
+            issuer.issue(1_700_000_000, b),
+            "salted: never the same twice"
+        );
         let check = |now| issuer.check(&nonce, now, 60, b);
         assert_eq!(check(1_700_000_000), NonceState::Valid);
         assert_eq!(check(1_700_000_060), NonceState::Valid);
@@ -881,20 +960,21 @@ mod tests {
 
         // Re-stamping with a newer time keeps the old tag, which no longer fits.
         let restamped = format!("{:016x}{}", 2_000u64, &nonce[16..]);
+        assert_eq!(restamped.len(), nonce.len());
         assert_eq!(
             issuer.check(&restamped, 2_000, 60, b""),
             NonceState::Invalid
         );
 
         let mut flipped = nonce.clone().into_bytes();
-        flipped[47] = if flipped[47] == b'0' { b'1' } else { b'0' };
+        flipped[55] = if flipped[55] == b'0' { b'1' } else { b'0' };
         let flipped = String::from_utf8(flipped).unwrap();
         assert_eq!(issuer.check(&flipped, now, 60, b""), NonceState::Invalid);
 
         for junk in [
             "",
             "zz",
-            &nonce[..47],
+            &nonce[..55],
             &format!("{nonce}0"),
             &nonce.to_ascii_uppercase(),
         ] {
@@ -911,6 +991,28 @@ mod tests {
         );
         assert_eq!(random.check(&nonce, now, 60, b""), NonceState::Invalid);
         assert!(!format!("{random:?}").contains("k1"));
+    }
+
+    #[test]
+    fn uris_compare_as_rfc_3261_says() {
+        for (a, b) in [
+            ("sip:izwi@192.0.2.9", "sip:izwi@192.0.2.9"),
+            ("sip:izwi@Example.ORG", "SIP:izwi@example.org"),
+            ("sip:izwi@h;transport=TCP;lr", "sip:izwi@h;lr;transport=tcp"),
+            ("sip:izwi@h?b=2&a=1", "sip:izwi@h?a=1&b=2"),
+        ] {
+            assert!(same_uri(a, b), "{a} = {b}");
+        }
+        for (a, b) in [
+            ("sip:izwi@h", "sip:IZWI@h"),
+            ("sip:izwi@h", "sip:izwi@h:5060"),
+            ("sip:izwi@h", "sip:h"),
+            ("sip:izwi@h", "sips:izwi@h"),
+            ("sip:izwi@h;transport=tcp", "sip:izwi@h"),
+            ("sip:izwi@h", "garbage"),
+        ] {
+            assert!(!same_uri(a, b), "{a} ≠ {b}");
+        }
     }
 
     #[test]

@@ -128,6 +128,8 @@ const TCP_CONNECT: Duration = Duration::from_secs(5);
 /// connection: the peer has stopped reading.
 const TCP_WRITE: Duration = Duration::from_secs(10);
 const UNREGISTER_LIMIT: Duration = Duration::from_secs(3);
+/// The SIP UDP socket's receive buffer.
+const UDP_RECV_BUFFER: usize = 4 << 20;
 /// Source addresses whose request rates are tracked at most.
 const MAX_TRACKED_SOURCES: usize = 65_536;
 /// Lines about refused connections and dropped requests per window.
@@ -240,6 +242,10 @@ impl Endpoint {
                 addr: cfg.listen.clone(),
                 source,
             })?;
+        // Room for a burst: while one source floods, its neighbours' requests
+        // wait in the kernel's buffer instead of being dropped there (the
+        // kernel caps it at net.core.rmem_max).
+        let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(UDP_RECV_BUFFER);
         let local = socket.local_addr().map_err(|source| EndpointError::Bind {
             addr: cfg.listen.clone(),
             source,
@@ -349,6 +355,7 @@ impl Endpoint {
         let mut buf = vec![0u8; 65_536];
         let far = Duration::from_secs(3600);
         loop {
+            let accepting = self.accept.open(std::time::Instant::now());
             let wake = self
                 .ua
                 .poll_timeout()
@@ -358,7 +365,6 @@ impl Endpoint {
                 .chain(self.accept.resume_at().map(Instant::from_std))
                 .min()
                 .unwrap_or_else(|| Instant::now() + far);
-            let accepting = self.accept.open(std::time::Instant::now());
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => {
                     match r {
@@ -514,7 +520,7 @@ impl Endpoint {
             peer,
             out_rx,
             self.tcp_tx.clone(),
-            guard,
+            Some(guard),
             self.tcp_timeouts,
         ));
     }
@@ -526,15 +532,11 @@ impl Endpoint {
         self.tcp_conns.insert(peer, out_tx.clone());
         let events = self.tcp_tx.clone();
         let timeouts = self.tcp_timeouts;
-        let guard = self.tcp_caps.admit(peer.ip());
         tokio::spawn(async move {
-            let Ok(guard) = guard else {
-                tracing::info!(%peer, "no room for another SIP TCP connection");
-                let _ = events.send(TcpEvent::Closed(peer)).await;
-                return;
-            };
+            // Izwi's own connections (to a registrar, back to a caller) are
+            // not the callers' to fill: they take no place in the caps.
             match tokio::time::timeout(TCP_CONNECT, TcpStream::connect(peer)).await {
-                Ok(Ok(stream)) => serve_tcp(stream, peer, out_rx, events, guard, timeouts).await,
+                Ok(Ok(stream)) => serve_tcp(stream, peer, out_rx, events, None, timeouts).await,
                 failed => {
                     let error = match failed {
                         Ok(Err(e)) => e.to_string(),
@@ -626,7 +628,6 @@ impl Endpoint {
         now: std::time::Instant,
     ) {
         let call_id = records::new_call_id();
-        tracing::info!(call = %call_id, sip_call_id = %sip_call_id, %peer, "call offered");
         let negotiated = match offer.as_deref().map(|o| self.negotiate(o)) {
             Some(Ok(n)) => Some(n),
             Some(Err(why)) => {
@@ -639,6 +640,7 @@ impl Endpoint {
             // A late offer: Izwi offers in the 200 and the ACK answers.
             None => None,
         };
+        tracing::info!(call = %call_id, sip_call_id = %sip_call_id, %peer, "call offered");
         let Some((socket, guard)) = media::bind_rtp(&self.ports, self.media_ip).await else {
             if let Some(held) = REFUSED_LOG.pass() {
                 tracing::warn!(call = %call_id, held, "no free RTP port");
@@ -730,7 +732,11 @@ impl Endpoint {
         if let Some(c) = &active.control {
             if !active.confirmed {
                 active.confirmed = true;
-                let _ = c.try_send(Control::Confirmed);
+                // Without it the call would never send: wait for room if need be.
+                if let Err(mpsc::error::TrySendError::Full(msg)) = c.try_send(Control::Confirmed) {
+                    let c = c.clone();
+                    tokio::spawn(async move { c.send(msg).await });
+                }
             }
             if let Some(Ok(n)) = negotiated {
                 let _ = c.try_send(Control::Update(n));
@@ -885,7 +891,7 @@ async fn serve_tcp(
     peer: SocketAddr,
     mut out_rx: mpsc::Receiver<String>,
     events: mpsc::Sender<TcpEvent>,
-    _guard: ConnectionGuard,
+    _guard: Option<ConnectionGuard>,
     timeouts: TcpTimeouts,
 ) {
     let (mut reader, mut writer) = stream.into_split();
@@ -917,7 +923,9 @@ async fn serve_tcp(
                         Ok(None) => break,
                         Err(e) => {
                             // A stream out of frame cannot be resynchronised: drop it.
-                            tracing::info!(%peer, error = %e, "closing SIP TCP connection");
+                            if let Some(held) = REFUSED_LOG.pass() {
+                                tracing::info!(%peer, error = %e, held, "closing SIP TCP connection");
+                            }
                             let _ = events.send(TcpEvent::Closed(peer)).await;
                             return;
                         }

@@ -39,6 +39,8 @@ pub struct Parsed {
     /// A request's Request-URI exactly as its request line has it (empty for
     /// a response): what a digest `uri` must equal.
     pub request_uri: String,
+    /// The message's size on the wire, for memory budgets.
+    pub size: usize,
 }
 
 impl Parsed {
@@ -312,6 +314,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
     Ok(Parsed {
         call_id,
         request_uri,
+        size: bytes.len(),
         cseq: cseq.seq,
         cseq_method: cseq.method,
         branch,

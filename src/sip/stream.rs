@@ -12,13 +12,16 @@ pub enum FrameError {
 }
 
 /// Collects bytes from a stream and cuts them into whole messages. Each byte
-/// is looked at a bounded number of times however it is trickled in (the end
-/// of the headers is searched for only in what is new).
+/// is looked at a bounded number of times however it is trickled in: the end
+/// of the headers is searched for only in what is new, and the headers are
+/// read once, when they are complete.
 #[derive(Debug, Default)]
 pub struct Framer {
     buf: Vec<u8>,
     /// How far the search for the end of the headers has got.
     scanned: usize,
+    /// The message's whole length, once its headers have been read.
+    total: Option<usize>,
 }
 
 impl Framer {
@@ -44,6 +47,9 @@ impl Framer {
         if lead > 0 {
             self.buf.drain(..lead);
             self.scanned = 0;
+        }
+        if let Some(total) = self.total {
+            return Ok(self.cut(total));
         }
         let from = self.scanned.saturating_sub(3);
         let Some(head_end) = self.buf[from..]
@@ -78,12 +84,19 @@ impl Framer {
         if total > MAX_MESSAGE {
             return Err(FrameError::TooLarge);
         }
+        self.total = Some(total);
+        Ok(self.cut(total))
+    }
+
+    /// The message of `total` bytes at the front, once it is all here.
+    fn cut(&mut self, total: usize) -> Option<Vec<u8>> {
         if self.buf.len() < total {
-            return Ok(None);
+            return None;
         }
         let msg: Vec<u8> = self.buf.drain(..total).collect();
         self.scanned = 0;
-        Ok(Some(msg))
+        self.total = None;
+        Some(msg)
     }
 }
 
@@ -145,5 +158,17 @@ mod tests {
             assert_eq!(f.next_message().unwrap(), None);
         }
         assert!(f.scanned > 59_000);
+        // Once the headers are complete, a trickled body is not read again.
+        let mut f = Framer::default();
+        f.push(b"OPTIONS sip:a SIP/2.0\r\nl: 30000\r\n\r\n");
+        assert_eq!(f.next_message().unwrap(), None);
+        assert!(f.total.is_some());
+        for _ in 0..29_999 {
+            f.push(b"b");
+            assert_eq!(f.next_message().unwrap(), None);
+        }
+        f.push(b"b");
+        assert_eq!(f.next_message().unwrap().unwrap().len(), 30_000 + 35);
+        assert!(!f.pending());
     }
 }

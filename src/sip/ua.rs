@@ -20,13 +20,18 @@ pub const T1: Duration = Duration::from_millis(500);
 pub const T2: Duration = Duration::from_secs(4);
 /// How long a finished transaction stays to absorb retransmissions (64·T1).
 pub const TIMER_H: Duration = Duration::from_secs(32);
-/// Finished server transactions kept at most; the oldest go first.
+/// Finished server transactions kept at most (and their answers' bytes); the
+/// oldest go first.
 const MAX_DONE: usize = 16_384;
-/// Refused calls kept (to retransmit the refusal until its ACK) at most; past
-/// this a refusal is sent once and forgotten, as over TCP.
+const MAX_DONE_BYTES: usize = 16 << 20;
+/// Refused calls kept (to retransmit the refusal until its ACK) at most, in
+/// number and in bytes held; past this a refusal is sent once and forgotten,
+/// as over TCP.
 const MAX_REJECTED: usize = 4_096;
-/// BYEs kept for retransmission at most; past this a BYE is sent once.
+const MAX_REJECTED_BYTES: usize = 32 << 20;
+/// BYEs kept for retransmission at most, in number and bytes; past this a BYE is sent once.
 const MAX_CLIENTS: usize = 4_096;
+const MAX_CLIENT_BYTES: usize = 8 << 20;
 /// Lines about refused callers let through per window (the rest are counted).
 const LOG_LINES: u32 = 10;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -177,6 +182,15 @@ struct Leg {
     reoffer_waiting: bool,
     /// Counted among the calls in progress (not yet refused or ended).
     live: bool,
+    /// Bytes held for this leg while it is counted among the refused ones.
+    rejected_bytes: Option<usize>,
+}
+
+impl Leg {
+    /// What the leg holds in memory, about.
+    fn bytes(&self) -> usize {
+        self.invite.size + self.pending.size + self.last_response.as_ref().map_or(0, String::len)
+    }
 }
 
 struct DoneServerTx {
@@ -221,8 +235,11 @@ pub struct UserAgent {
     /// Calls in progress (legs not refused or ended), in all and per source.
     live: usize,
     live_by_source: HashMap<IpAddr, usize>,
-    /// Legs refused and waiting for the ACK of their refusal.
+    /// Legs refused and waiting for the ACK of their refusal, and their bytes.
     rejected: usize,
+    rejected_bytes: usize,
+    done_bytes: usize,
+    client_bytes: usize,
     refused_log: LogGate,
     /// Izwi's registration at a trunk, when configured.
     registration: Option<Registration>,
@@ -249,6 +266,9 @@ impl UserAgent {
             live: 0,
             live_by_source: HashMap::new(),
             rejected: 0,
+            rejected_bytes: 0,
+            done_bytes: 0,
+            client_bytes: 0,
             refused_log: LogGate::new(LOG_LINES, LOG_WINDOW),
             registration: None,
             out: VecDeque::new(),
@@ -324,7 +344,7 @@ impl UserAgent {
             return;
         };
         leg.live = false;
-        let ip = leg.peer.ip();
+        let ip = crate::limits::source_key(leg.peer.ip());
         self.live = self.live.saturating_sub(1);
         if let Some(n) = self.live_by_source.get_mut(&ip) {
             *n -= 1;
@@ -375,8 +395,11 @@ impl UserAgent {
                     return;
                 }
                 // Otherwise only our BYEs are client transactions.
-                if code >= 200 && self.clients.remove(&parsed.branch).is_none() {
-                    self.stats.dropped += 1;
+                if code >= 200 {
+                    match self.clients.remove(&parsed.branch) {
+                        Some(c) => self.client_bytes -= c.request.len(),
+                        None => self.stats.dropped += 1,
+                    }
                 }
             }
         }
@@ -493,12 +516,16 @@ impl UserAgent {
             .map(|r| r.method.to_string())
             .unwrap_or_default();
         let key = (p.branch.clone(), method);
-        if self.done.len() >= MAX_DONE
-            && let Some((_, oldest)) = self.done_order.pop_front()
-        {
-            self.done.remove(&oldest);
+        while self.done.len() >= MAX_DONE || self.done_bytes + r.len() > MAX_DONE_BYTES {
+            let Some((_, oldest)) = self.done_order.pop_front() else {
+                break;
+            };
+            if let Some(d) = self.done.remove(&oldest) {
+                self.done_bytes -= d.response.len();
+            }
         }
         let expires = now + TIMER_H;
+        self.done_bytes += r.len();
         self.done_order.push_back((expires, key.clone()));
         self.done.insert(
             key,
@@ -570,8 +597,12 @@ impl UserAgent {
             call_id: &p.call_id,
             authorization: credentials.as_deref(),
         };
-        match self.access.check(&request, now) {
-            Verdict::Allowed => {}
+        // Trunks on the allow-list, and callers who proved the password, are
+        // trusted: only `max_calls` bounds them. The per-source share is for
+        // the open door.
+        let trusted = self.access.trusted(from.ip());
+        let trusted = match self.access.check(&request, now) {
+            Verdict::Allowed => trusted || self.access.authenticates(),
             Verdict::Challenge { www, failure } => {
                 self.stats.challenged += 1;
                 if let Some(f) = failure {
@@ -614,14 +645,14 @@ impl UserAgent {
                 );
                 return;
             }
-        }
+        };
         if self.live >= self.cfg.max_calls {
             self.stats.busy += 1;
             self.refuse(&p, from, transport, (503, "Service Unavailable"), Some(30));
             return;
         }
-        let ip = from.ip();
-        if !self.access.trusted(ip)
+        let ip = crate::limits::source_key(from.ip());
+        if !trusted
             && self.live_by_source.get(&ip).copied().unwrap_or(0) >= self.cfg.max_calls_per_source
         {
             self.stats.source_busy += 1;
@@ -672,9 +703,13 @@ impl UserAgent {
             retransmit: None,
             reoffer_waiting: false,
             live: true,
+            rejected_bytes: None,
         };
         self.live += 1;
-        *self.live_by_source.entry(from.ip()).or_insert(0) += 1;
+        *self
+            .live_by_source
+            .entry(crate::limits::source_key(from.ip()))
+            .or_insert(0) += 1;
         self.by_dialog.insert((p.call_id.clone(), remote_tag), call);
         self.legs.insert(call, leg);
         self.event(Event::Incoming {
@@ -736,6 +771,13 @@ impl UserAgent {
         let Some(leg) = self.legs.get_mut(&call) else {
             return;
         };
+        if leg.state == LegState::Rejected {
+            // A refused call has no dialog to modify.
+            let status = (481, "Call/Transaction Does Not Exist");
+            let r = message::response(&p, from, status, None, &self.cfg.identity, &[], None);
+            self.send(from, transport, r);
+            return;
+        }
         if leg.reoffer_waiting || leg.state == LegState::Answered {
             // RFC 3261 §14.2: one INVITE at a time within a dialog.
             let r = message::response(
@@ -803,6 +845,8 @@ impl UserAgent {
             LegState::Rejected => {
                 self.remove(call);
             }
+            // The ACK of a refused re-INVITE: its refusal is no longer resent.
+            LegState::Confirmed if p.cseq == leg.pending.cseq => leg.retransmit = None,
             LegState::Offered | LegState::Confirmed => {}
         }
     }
@@ -852,8 +896,9 @@ impl UserAgent {
     fn remove(&mut self, call: CallRef) {
         self.release(call);
         if let Some(leg) = self.legs.remove(&call) {
-            if leg.state == LegState::Rejected {
-                self.rejected = self.rejected.saturating_sub(1);
+            if let Some(bytes) = leg.rejected_bytes {
+                self.rejected -= 1;
+                self.rejected_bytes -= bytes;
             }
             self.by_dialog.remove(&(leg.call_id, leg.remote_tag));
         }
@@ -892,8 +937,9 @@ impl UserAgent {
         // 2xx is retransmitted by the UA core on every transport (RFC 3261 §13.3.1.4);
         // other finals only where the transport is unreliable (timer G), and
         // only while few refused calls are held.
-        let retransmit =
-            success || (!leg.transport.reliable() && (!initial || self.rejected < MAX_REJECTED));
+        let room = self.rejected < MAX_REJECTED
+            && self.rejected_bytes + leg.bytes() + r.len() <= MAX_REJECTED_BYTES;
+        let retransmit = success || (!leg.transport.reliable() && (!initial || room));
         leg.retransmit = retransmit.then(|| Retransmit {
             at: now + T1,
             interval: T1,
@@ -918,7 +964,12 @@ impl UserAgent {
         if refused {
             self.release(call);
             if retransmit {
-                self.rejected += 1;
+                if let Some(leg) = self.legs.get_mut(&call) {
+                    let bytes = leg.bytes();
+                    leg.rejected_bytes = Some(bytes);
+                    self.rejected += 1;
+                    self.rejected_bytes += bytes;
+                }
             } else {
                 self.remove(call);
             }
@@ -1034,7 +1085,11 @@ impl UserAgent {
             None,
         );
         self.send(leg.peer, leg.transport, bye.clone());
-        if !leg.transport.reliable() && self.clients.len() < MAX_CLIENTS {
+        if !leg.transport.reliable()
+            && self.clients.len() < MAX_CLIENTS
+            && self.client_bytes + bye.len() <= MAX_CLIENT_BYTES
+        {
+            self.client_bytes += bye.len();
             self.schedule(now + T1, Timer::Client(branch.clone()));
             self.clients.insert(
                 branch,
@@ -1072,8 +1127,10 @@ impl UserAgent {
             let Some((_, key)) = self.done_order.pop_front() else {
                 break;
             };
-            if self.done.get(&key).is_some_and(|d| d.expires <= now) {
-                self.done.remove(&key);
+            if self.done.get(&key).is_some_and(|d| d.expires <= now)
+                && let Some(d) = self.done.remove(&key)
+            {
+                self.done_bytes -= d.response.len();
             }
         }
     }
@@ -1087,15 +1144,18 @@ impl UserAgent {
         };
         if now >= r.until {
             leg.retransmit = None;
-            if leg.state == LegState::Answered {
-                tracing::info!(call = call.0, "no ACK for the answer; hanging up");
-                self.send_bye(call, now);
-                self.event(Event::Ended {
-                    call,
-                    reason: EndReason::NoAck,
-                });
-            } else {
-                self.remove(call);
+            match leg.state {
+                LegState::Answered => {
+                    tracing::info!(call = call.0, "no ACK for the answer; hanging up");
+                    self.send_bye(call, now);
+                    self.event(Event::Ended {
+                        call,
+                        reason: EndReason::NoAck,
+                    });
+                }
+                LegState::Rejected => self.remove(call),
+                // A refused re-INVITE never acknowledged: the call goes on.
+                LegState::Offered | LegState::Confirmed => {}
             }
         } else if now >= r.at {
             r.interval = (r.interval * 2).min(T2);
@@ -1117,7 +1177,9 @@ impl UserAgent {
             return;
         };
         if now >= c.give_up {
-            self.clients.remove(&branch);
+            if let Some(c) = self.clients.remove(&branch) {
+                self.client_bytes -= c.request.len();
+            }
         } else if now >= c.next {
             c.interval = (c.interval * 2).min(T2);
             c.next = now + c.interval;
