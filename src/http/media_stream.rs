@@ -465,20 +465,7 @@ fn over(window: &mut (Instant, u32, usize), len: usize, limits: &StreamLimits) -
 
 /// A call whose stream found every slot taken: recorded as failed, `busy`.
 fn record_busy(ctx: &CallContext, start: &StreamStart) {
-    let remote = start.custom.get("callSid").unwrap_or(&start.call_id);
-    let tracker = CallTracker::start(
-        &ctx.recorder,
-        CallStart {
-            id: records::new_call_id(),
-            remote_id: Some(records::cap(remote, records::MAX_REMOTE_ID).to_string()),
-            transport: Transport::Twilio,
-            started_at_ms: now_ms(),
-            called: start.custom.get("called").cloned(),
-            caller: start.custom.get("caller").cloned(),
-            agent: Some(ctx.agent_name()),
-            codec: Some("PCMU".into()),
-        },
-    );
+    let tracker = CallTracker::start(&ctx.recorder, call_start(ctx, start));
     tracker.finish(
         Ending {
             outcome: Outcome::Failed,
@@ -546,8 +533,8 @@ fn ending(end: &StreamEnd, summary: &StreamSummary) -> Ending {
     }
 }
 
-/// The call's agent and resamplers, once the stream has started.
-async fn begin(ctx: &CallContext, start: StreamStart, slot: StreamSlot) -> Option<Live> {
+/// The record's start of the call a stream carries.
+fn call_start(ctx: &CallContext, start: &StreamStart) -> CallStart {
     // The call our TwiML (and its token) named, else what Twilio says.
     let remote = [
         start.custom.get("callSid"),
@@ -558,20 +545,22 @@ async fn begin(ctx: &CallContext, start: StreamStart, slot: StreamSlot) -> Optio
     .flatten()
     .find(|id| !id.is_empty())
     .map_or("", String::as_str);
+    CallStart {
+        id: records::new_call_id(),
+        remote_id: Some(records::cap(remote, records::MAX_REMOTE_ID).to_string()),
+        transport: Transport::Twilio,
+        started_at_ms: now_ms(),
+        called: start.custom.get("called").cloned(),
+        caller: start.custom.get("caller").cloned(),
+        agent: Some(ctx.agent_name()),
+        codec: Some("PCMU".into()),
+    }
+}
+
+/// The call's agent and resamplers, once the stream has started.
+async fn begin(ctx: &CallContext, start: StreamStart, slot: StreamSlot) -> Option<Live> {
     // Twilio is the only stream provider so far; the next adds its transport.
-    let mut tracker = CallTracker::start(
-        &ctx.recorder,
-        CallStart {
-            id: records::new_call_id(),
-            remote_id: Some(records::cap(remote, records::MAX_REMOTE_ID).to_string()),
-            transport: Transport::Twilio,
-            started_at_ms: now_ms(),
-            called: start.custom.get("called").cloned(),
-            caller: start.custom.get("caller").cloned(),
-            agent: Some(ctx.agent_name()),
-            codec: Some("PCMU".into()),
-        },
-    );
+    let mut tracker = CallTracker::start(&ctx.recorder, call_start(ctx, &start));
     tracker.answered(now_ms());
     let agent = CallAgent::start(
         ctx.echo,

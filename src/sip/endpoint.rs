@@ -138,7 +138,9 @@ static REFUSED_LOG: SharedLogGate = SharedLogGate::new(10, Duration::from_secs(1
 /// Timeouts of one SIP TCP connection.
 #[derive(Debug, Clone, Copy)]
 struct TcpTimeouts {
-    idle: Duration,
+    /// `None` for Izwi's own connections: a registration's flow must stay
+    /// open for the trunk to send calls down it (RFC 5626).
+    idle: Option<Duration>,
     message: Duration,
 }
 
@@ -321,7 +323,7 @@ impl Endpoint {
             tcp,
             tcp_caps,
             tcp_timeouts: TcpTimeouts {
-                idle: Duration::from_secs(cfg.tcp_idle_secs),
+                idle: Some(Duration::from_secs(cfg.tcp_idle_secs)),
                 message: Duration::from_secs(cfg.tcp_message_secs),
             },
             accept: AcceptBackoff::new("sip_tcp"),
@@ -531,7 +533,10 @@ impl Endpoint {
         let (out_tx, out_rx) = mpsc::channel::<String>(TCP_QUEUE);
         self.tcp_conns.insert(peer, out_tx.clone());
         let events = self.tcp_tx.clone();
-        let timeouts = self.tcp_timeouts;
+        let timeouts = TcpTimeouts {
+            idle: None,
+            ..self.tcp_timeouts
+        };
         tokio::spawn(async move {
             // Izwi's own connections (to a registrar, back to a caller) are
             // not the callers' to fill: they take no place in the caps.
@@ -900,7 +905,7 @@ async fn serve_tcp(
     let mut last_read = Instant::now();
     let mut message_began: Option<Instant> = None;
     loop {
-        let idle_at = last_read + timeouts.idle;
+        let idle_at = last_read + timeouts.idle.unwrap_or(Duration::from_secs(86_400 * 365));
         let deadline = message_began.map_or(idle_at, |t| (t + timeouts.message).min(idle_at));
         tokio::select! {
             n = reader.read(&mut buf) => {

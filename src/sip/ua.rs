@@ -1951,4 +1951,86 @@ mod tests {
         ua.handle_timeout(t0 + TIMER_H + Duration::from_millis(1));
         assert_eq!(ua.held().0, 0);
     }
+
+    #[test]
+    fn a_refused_reinvite_is_acknowledged_and_the_call_goes_on() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let (call, _) = incoming(&mut ua, t0, "r1");
+        ua.answer(call, "v=0\r\n", t0);
+        let tag = to_tag(&drain(&mut ua).0[0]);
+        feed(
+            &mut ua,
+            &req("ACK", "z9hG4bK-a", "r1", 1, Some(&tag), "", ""),
+            t0,
+        );
+        drain(&mut ua);
+        feed(
+            &mut ua,
+            &req("INVITE", "z9hG4bK-re", "r1", 2, Some(&tag), "", "v=0\r\n"),
+            t0,
+        );
+        drain(&mut ua);
+        ua.answer_reoffer(call, Err(488), t0);
+        assert_eq!(status(&drain(&mut ua).0[0]), 488);
+        feed(
+            &mut ua,
+            &req("ACK", "z9hG4bK-re", "r1", 2, Some(&tag), "", ""),
+            t0,
+        );
+        ua.handle_timeout(t0 + T1 * 2);
+        assert!(
+            drain(&mut ua).0.is_empty(),
+            "the 488 is not resent after its ACK"
+        );
+        ua.handle_timeout(t0 + TIMER_H * 2);
+        let (sent, events) = drain(&mut ua);
+        assert!(sent.is_empty() && events.is_empty(), "{sent:?} {events:?}");
+        assert_eq!(ua.live_calls(), 1, "the call is still there, and counted");
+        feed(
+            &mut ua,
+            &req("BYE", "z9hG4bK-b", "r1", 3, Some(&tag), "", ""),
+            t0,
+        );
+        assert_eq!(status(&drain(&mut ua).0[0]), 200);
+        assert_eq!(ua.live_calls(), 0);
+    }
+
+    #[test]
+    fn a_refused_call_cannot_be_reinvited_and_its_bytes_are_counted_back() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let (call, _) = incoming(&mut ua, t0, "x1");
+        ua.reject(call, 488, "Not Acceptable Here", t0);
+        let tag = to_tag(&drain(&mut ua).0[0]);
+        assert_eq!(ua.rejected, 1);
+        assert!(ua.rejected_bytes > 0);
+        feed(
+            &mut ua,
+            &req("INVITE", "z9hG4bK-re", "x1", 2, Some(&tag), "", ""),
+            t0,
+        );
+        assert_eq!(status(&drain(&mut ua).0[0]), 481);
+        feed(
+            &mut ua,
+            &req("ACK", "z9hG4bK-i", "x1", 1, Some(&tag), "", ""),
+            t0,
+        );
+        assert_eq!((ua.rejected, ua.rejected_bytes), (0, 0));
+        assert_eq!(ua.active_calls(), 0);
+        // Over TCP a refusal is never held, and never counted.
+        ua.handle_message(
+            req("INVITE", "z9hG4bK-t", "x2", 1, None, "", "").as_bytes(),
+            peer(),
+            Transport::Tcp,
+            t0,
+        );
+        let (_, ev) = drain(&mut ua);
+        let Event::Incoming { call, .. } = ev[0].clone() else {
+            panic!()
+        };
+        ua.reject(call, 486, "Busy Here", t0);
+        drain(&mut ua);
+        assert_eq!((ua.rejected, ua.rejected_bytes), (0, 0));
+    }
 }
