@@ -8,12 +8,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use izwi::call::Agent;
-use izwi::call::session::{CallTracker, Ending};
+use izwi::call::ending::Ending;
+use izwi::call::session::CallTracker;
 use izwi::codec::{resample::resample, wav};
 use izwi::config::Config;
 use izwi::engine::Engine;
 use izwi::models::{ModelStore, fetch, store::Check};
-use izwi::records::{CallQuery, CallStart, Outcome, Recorder, Side, Store, Transport, now_ms};
+use izwi::records::{CallQuery, CallStart, Outcome, Recorder, Store, Transport, now_ms};
 use izwi::talk::{self, Clock};
 
 #[derive(Parser)]
@@ -381,16 +382,7 @@ async fn talk_cmd(config: Config, args: TalkArgs) -> Result<()> {
     );
     tracker.answered(now_ms());
     let outcome = talk::talk(engine, agent, &config.turn, &audio, clock).await?;
-    tracker.finish(
-        Ending {
-            outcome: Outcome::Completed,
-            cause: "talk_end".into(),
-            side: Side::Caller,
-            dtmf: 0,
-            errors: 0,
-        },
-        &outcome.turns,
-    );
+    tracker.finish(Ending::TalkEnd, 0, &outcome.turns);
     close_records(store, recorder, writer).await;
     if config.records.enabled {
         println!("call {id} recorded in {}", config.records.path.display());

@@ -910,7 +910,7 @@ fn idle_websockets_take_no_stream_slot_and_bad_streams_end_as_failures() {
             deaf_cut = Some(t.elapsed());
             break;
         }
-        if izwi.log().contains("end=SlowConsumer") {
+        if izwi.log().contains("end=slow_consumer") {
             deaf_cut = Some(t.elapsed());
             break;
         }

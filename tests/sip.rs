@@ -99,7 +99,7 @@ fn tcp_carries_options_and_a_call_that_izwi_ends() {
             "{name} did not go over TCP: {msgs}"
         );
     }
-    izwi.wait_log("RtpTimeout", Duration::from_secs(5));
+    izwi.wait_log("ending=rtp_timeout", Duration::from_secs(5));
 }
 
 #[test]
@@ -112,7 +112,7 @@ fn izwi_hangs_up_when_rtp_stops() {
         t.elapsed() >= Duration::from_secs(2),
         "hung up before the RTP timeout"
     );
-    izwi.wait_log("RtpTimeout", Duration::from_secs(5));
+    izwi.wait_log("ending=rtp_timeout", Duration::from_secs(5));
 }
 
 #[test]

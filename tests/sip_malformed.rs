@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::sip_peer::*;
+use izwi::codec::Codec;
 use izwi::sip::message::Identity;
-use izwi::sip::sdp::{self, Codec};
+use izwi::sip::sdp;
 use izwi::sip::ua::{Event, Output, Transport, UaConfig, UserAgent};
 
 /// What a corpus file must get, from the second-to-last part of its name.

@@ -179,7 +179,7 @@ fn a_twilio_caller_asks_and_hears_a_spoken_answer() {
         izwi.log()
     );
     let line = izwi.wait_line("media stream ended", Duration::from_secs(5));
-    assert!(line.contains("end=Stop"), "{line}");
+    assert!(line.contains("end=stream_stop"), "{line}");
     assert!(line.contains("turns=2"), "greeting and one answer: {line}");
 }
 

@@ -18,17 +18,21 @@ use serde_json::Value;
 /// Each bad case of stream_client.py, with the close code and the end label
 /// (in the `media stream ended` line) that src/http/media_stream.rs gives it.
 const BAD_CASES: &[(&str, u16, &str)] = &[
-    ("malformed_json", 1007, r#"end=Protocol("json")"#),
-    ("not_an_object", 1007, r#"end=Protocol("json")"#),
-    ("unknown_event", 1008, r#"end=Protocol("unknown_event")"#),
-    ("bad_base64", 1007, r#"end=Protocol("base64")"#),
-    ("media_before_start", 1008, r#"end=Protocol("sequence")"#),
-    ("oversized_frame", 1009, r#"end=Protocol("too_large")"#),
-    ("flood", 1008, r#"end=Protocol("flood")"#),
-    ("binary_frame", 1003, r#"end=Protocol("binary")"#),
-    ("second_start", 1008, r#"end=Protocol("sequence")"#),
-    ("unauthorized", 1008, "end=Unauthorized"),
-    ("unauthorized_wrong_token", 1008, "end=Unauthorized"),
+    ("malformed_json", 1007, "end=protocol:json"),
+    ("not_an_object", 1007, "end=protocol:json"),
+    ("unknown_event", 1008, "end=protocol:unknown_event"),
+    ("bad_base64", 1007, "end=protocol:base64"),
+    ("media_before_start", 1008, "end=protocol:sequence"),
+    ("oversized_frame", 1009, "end=protocol:too_large"),
+    ("flood", 1008, "end=protocol:flood"),
+    ("binary_frame", 1003, "end=protocol:binary"),
+    ("second_start", 1008, "end=protocol:sequence"),
+    ("unauthorized", 1008, "end=protocol:unauthorized"),
+    (
+        "unauthorized_wrong_token",
+        1008,
+        "end=protocol:unauthorized",
+    ),
 ];
 
 const LOAD_STREAMS: usize = 50;
@@ -254,7 +258,7 @@ fn bad_stream_input_closes_only_that_stream_with_a_reason() {
     for (_, _, end) in BAD_CASES {
         *want.entry(end).or_default() += 1;
     }
-    *want.entry("end=Stop").or_default() += 1;
+    *want.entry("end=stream_stop").or_default() += 1;
     for (end, n) in want {
         let got = ended.iter().filter(|l| l.contains(end)).count();
         assert_eq!(got, n, "`{end}` lines:\n{}", ended.join("\n"));
@@ -309,7 +313,10 @@ fn fifty_concurrent_streams_with_the_echo_agent_for_thirty_seconds() {
     assert!(ratio >= 0.9, "echo: {r}\nizwi:\n{}", izwi.log());
 
     assert_eq!(ended.len(), LOAD_STREAMS, "{}", izwi.log());
-    let stopped = ended.iter().filter(|l| l.contains("end=Stop")).count();
+    let stopped = ended
+        .iter()
+        .filter(|l| l.contains("end=stream_stop"))
+        .count();
     assert_eq!(stopped, LOAD_STREAMS, "{}", ended.join("\n"));
     assert_alive(&izwi);
 

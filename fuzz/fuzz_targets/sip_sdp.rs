@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use izwi::sip::message::{self, Identity};
-use izwi::sip::sdp::{self, Codec};
+use izwi::codec::Codec;
+use izwi::sip::sdp;
 use izwi::sip::ua::{Transport, UaConfig, UserAgent};
 use libfuzzer_sys::fuzz_target;
 

@@ -1,7 +1,8 @@
 //! One call: the agent it talks to, the conversation core and the turn machine.
 
 pub mod conversation;
-pub mod media;
+pub mod core;
+pub mod ending;
 pub mod reply;
 pub mod session;
 pub mod turn;

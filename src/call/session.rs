@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use super::Agent;
 use super::conversation::{Conversation, TurnOutcome, TurnRecord};
+use super::ending::Ending;
 use crate::audio::Frame;
 use crate::config::TurnConfig;
 use crate::engine::{Engine, EngineError};
 use crate::metrics::{TurnTimings, metrics};
-use crate::records::{CallEnd, CallGuard, CallStart, Outcome, Recorder, Side, Transport, TurnRow};
+use crate::records::{CallEnd, CallGuard, CallStart, Outcome, Recorder, Transport, TurnRow};
 
 /// What a call needs to be answered; shared by every call of every transport.
 pub struct CallContext {
@@ -33,15 +34,6 @@ impl CallContext {
             (None, false) => "none".into(),
         }
     }
-}
-
-/// How a call ended, for its record.
-pub struct Ending {
-    pub outcome: Outcome,
-    pub cause: String,
-    pub side: Side,
-    pub dtmf: u32,
-    pub errors: u32,
 }
 
 /// One call's record and metrics from start to end: whatever way the call
@@ -84,7 +76,15 @@ impl CallTracker {
         }
     }
 
-    pub fn finish(mut self, ending: Ending, turns: &[TurnRecord]) {
+    /// Records the call's end: how it ended, the keys the caller pressed, and
+    /// its turns (a failed turn counts as an error, and so does a failed call).
+    pub fn finish(mut self, ending: Ending, digits: u32, turns: &[TurnRecord]) {
+        let outcome = ending.outcome();
+        let errors = turns
+            .iter()
+            .filter(|t| t.outcome == TurnOutcome::Failed)
+            .count() as u32
+            + u32::from(outcome == Outcome::Failed);
         let m = metrics();
         let transport = self.transport.as_str();
         for t in turns {
@@ -102,10 +102,10 @@ impl CallTracker {
                 m.barge_in(transport);
             }
         }
-        for _ in 0..ending.dtmf {
+        for _ in 0..digits {
             m.dtmf(transport);
         }
-        m.call_ended(transport, ending.outcome.as_str());
+        m.call_ended(transport, outcome.as_str());
         log_turns(self.id(), turns);
         if let Some(guard) = self.guard.take() {
             let id = guard.id().to_string();
@@ -113,12 +113,12 @@ impl CallTracker {
                 id,
                 answered_at_ms: self.answered_at_ms,
                 ended_at_ms: crate::records::now_ms(),
-                outcome: ending.outcome,
-                hangup_cause: ending.cause,
-                hangup_side: ending.side,
+                outcome,
+                hangup_cause: ending.cause(),
+                hangup_side: ending.side(),
                 codec: self.codec.take(),
-                dtmf: ending.dtmf,
-                errors: ending.errors,
+                dtmf: digits,
+                errors,
                 turns: turns.iter().map(turn_row).collect(),
             });
         }

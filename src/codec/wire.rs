@@ -4,9 +4,9 @@
 use audiopus::coder::{Decoder, Encoder};
 use audiopus::{Application, Channels, SampleRate};
 
+use super::Codec;
 use super::g711::Law;
 use super::plc::Concealer;
-use crate::sip::sdp::Codec;
 
 #[derive(Debug, thiserror::Error)]
 #[error("Opus: {0}")]

@@ -1,11 +1,11 @@
-//! The reactor of one call carried by a cloud provider's media stream (a
-//! WebSocket): one `select!` over the socket, a 20 ms clock and shutdown. The
-//! provider's frames are parsed by its [`MediaStreamProvider`]; caller audio
-//! (µ-law, 8 kHz) is decoded and resampled into the same [`CallAgent`] that
-//! answers SIP calls, and the agent's audio goes back paced, one 20 ms frame
-//! per tick, with a mark after each phrase and a clear on barge-in.
+//! The transport of one call carried by a cloud provider's media stream (a
+//! WebSocket): one `select!` over the socket, a 20 ms clock and shutdown, thin
+//! around the call core. The provider's frames are parsed by its
+//! [`MediaStreamProvider`]; caller audio (µ-law, 8 kHz) is decoded and handed
+//! to the same [`CallCore`] that answers SIP calls, on the core's one clock;
+//! what the core gives back goes out paced, one 20 ms frame per tick, with a
+//! mark after each phrase and a clear on barge-in.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,23 +16,20 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{AppState, StreamSlot};
-use crate::audio::{ENGINE_RATE, FRAME, FRAME_SAMPLES, SILENCE};
-use crate::call::conversation::TurnRecord;
-use crate::call::session::{CallAgent, CallContext, CallTracker, Ending};
+use crate::audio::FRAME;
+use crate::call::core::{CallCore, CoreSetup, Tick};
+use crate::call::ending::Ending;
+use crate::call::session::{CallContext, CallTracker};
 use crate::codec::g711::Law;
-use crate::codec::resample::StreamResampler;
 use crate::limits::SharedLogGate;
 use crate::metrics::metrics;
 use crate::provider::twilio::check_stream_token;
 use crate::provider::{MediaStreamProvider, ProtocolError, StreamEvent, StreamStart};
-use crate::records::{self, CallStart, Outcome, Side, Transport, now_ms};
+use crate::records::{self, CallStart, Transport, now_ms};
 
 /// The provider's audio rate: G.711 µ-law, 8 kHz.
 const WIRE_RATE: u32 = 8_000;
 const WIRE_FRAME: usize = WIRE_RATE as usize / 50;
-/// Ticks after the agent's last frame during which the resampler's tail is
-/// still sent, so a phrase does not lose its last milliseconds.
-const TAIL_TICKS: u8 = 3;
 /// How long a stream Izwi closes waits for the peer's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How long what is still queued for the provider may take to go out once the
@@ -74,36 +71,12 @@ pub struct StreamLimits {
     pub max_streams: usize,
 }
 
-/// How a stream ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// The provider said `stop`.
-    Stop,
-    /// The socket closed (or failed) without `stop`.
-    Closed,
-    /// Izwi closed it over bad input; the label says which kind.
-    Protocol(&'static str),
-    /// No valid token, or one used before or for another call.
-    Unauthorized,
-    /// No `start` in time.
-    StartTimeout,
-    /// Started, then no media for too long.
-    MediaTimeout,
-    /// The client stopped reading: a frame could not be written in time.
-    SlowConsumer,
-    /// Every stream slot was taken.
-    Busy,
-    Shutdown,
-    /// The call's agent could not be started.
-    AgentFailed,
-}
-
 /// What one stream did: logged at its end (and, later, recorded).
 #[derive(Debug, Clone, Default)]
 pub struct StreamSummary {
     pub stream_id: String,
     pub call_id: String,
-    pub end: Option<StreamEnd>,
+    pub end: Option<Ending>,
     pub frames_in: u64,
     pub media_in: u64,
     pub media_out: u64,
@@ -111,32 +84,16 @@ pub struct StreamSummary {
     pub marks_heard: u64,
     pub clears: u64,
     pub digits: u64,
-    pub turns: Vec<TurnRecord>,
+    pub turns: usize,
 }
 
 /// A stream after its `start`.
 struct Live {
     stream_id: String,
-    agent: CallAgent,
-    tracker: CallTracker,
+    core: CallCore,
     /// Holds one of the `max_streams` places while the call lasts.
     _slot: StreamSlot,
-    up: StreamResampler,
-    down: StreamResampler,
-    caller_pcm: VecDeque<f32>,
-    agent_pcm: VecDeque<f32>,
-    /// Audio time of the next caller frame, and of the next agent frame.
-    caller_at: Duration,
-    ticks: u32,
-    barge_ins: u64,
-    tail: u8,
     dtmf_log: crate::limits::LogGate,
-}
-
-impl Live {
-    fn dtmf_log_pass(&mut self) -> Option<u64> {
-        self.dtmf_log.pass(std::time::Instant::now())
-    }
 }
 
 /// Frames to the provider go through a bounded queue to a writer task, so
@@ -192,7 +149,7 @@ pub async fn run(
     let (sink, mut incoming) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let mut writer = tokio::spawn(write_out(sink, out_rx, limits.send_timeout));
-    let out = Outbox { tx: out_tx };
+    let outbox = Outbox { tx: out_tx };
     let mut summary = StreamSummary::default();
     let mut live: Option<Live> = None;
     let mut tick = tokio::time::interval(FRAME);
@@ -202,10 +159,10 @@ pub async fn run(
     let opened = Instant::now();
     let mut last_media = opened;
     let mut window = (Instant::now(), 0u32, 0usize);
-    // Scratch buffers of the 20 ms path, reused.
+    // Buffers of the 20 ms path, reused.
     let mut wire = Vec::with_capacity(WIRE_FRAME * 4);
-    let mut pcm = Vec::with_capacity(FRAME_SAMPLES * 4);
     let mut bytes = Vec::with_capacity(WIRE_FRAME);
+    let mut out = Tick::default();
     let end = loop {
         let deadline = if live.is_some() {
             last_media + limits.media_timeout
@@ -217,9 +174,9 @@ pub async fn run(
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Binary(_))) => {
-                        break close(&out, &mut incoming, 1003, "binary frames are not part of the protocol", "binary").await;
+                        break close(&outbox, &mut incoming, 1003, "binary frames are not part of the protocol", "binary").await;
                     }
-                    Some(Ok(Message::Close(_))) | None => break StreamEnd::Closed,
+                    Some(Ok(Message::Close(_))) | None => break Ending::SocketClosed,
                     Some(Ok(other)) => {
                         // Pings and pongs count against the stream's rates too.
                         let len = match &other {
@@ -227,23 +184,23 @@ pub async fn run(
                             _ => 0,
                         };
                         if over(&mut window, len, &limits) {
-                            break close(&out, &mut incoming, 1008, "too many frames", "flood").await;
+                            break close(&outbox, &mut incoming, 1008, "too many frames", "flood").await;
                         }
                         continue;
                     }
                     Some(Err(e)) => match read_error(e) {
                         ReadError::Utf8 => {
-                            break close(&out, &mut incoming, 1007, "text frame is not UTF-8", "utf8").await;
+                            break close(&outbox, &mut incoming, 1007, "text frame is not UTF-8", "utf8").await;
                         }
                         ReadError::TooLarge => {
-                            break close(&out, &mut incoming, 1009, "message too large", "too_large").await;
+                            break close(&outbox, &mut incoming, 1009, "message too large", "too_large").await;
                         }
                         ReadError::Broken => {
                             // A broken connection: nothing more can be read.
                             if let Some(held) = CLOSE_LOG.pass() {
                                 tracing::info!(stream = %summary.stream_id, held, "media stream failed");
                             }
-                            break StreamEnd::Closed;
+                            break Ending::SocketClosed;
                         }
                     },
                 };
@@ -255,16 +212,16 @@ pub async fn run(
                     } else {
                         ("too many bytes", "byte_flood")
                     };
-                    break close(&out, &mut incoming, 1008, reason, kind).await;
+                    break close(&outbox, &mut incoming, 1008, reason, kind).await;
                 }
                 if text.len() > limits.max_frame {
-                    break close(&out, &mut incoming, 1009, "frame too large", "too_large").await;
+                    break close(&outbox, &mut incoming, 1009, "frame too large", "too_large").await;
                 }
                 let event = match provider.parse(text.as_str()) {
                     Ok(ev) => ev,
                     Err(e) => {
                         let reason = e.to_string();
-                        break close(&out, &mut incoming, close_code(&e), &reason, e.kind()).await;
+                        break close(&outbox, &mut incoming, close_code(&e), &reason, e.kind()).await;
                     }
                 };
                 match (event, live.as_mut()) {
@@ -272,14 +229,13 @@ pub async fn run(
                     (StreamEvent::Start(start), None) => {
                         if let Err(e) = provider.accepts(&start) {
                             let reason = e.to_string();
-                            break close(&out, &mut incoming, close_code(&e), &reason, e.kind()).await;
+                            break close(&outbox, &mut incoming, close_code(&e), &reason, e.kind()).await;
                         }
                         if let Err(why) = authorize(&start, &limits, &state) {
                             if let Some(held) = REFUSED_LOG.pass() {
                                 tracing::warn!(stream = %records::cap(&start.stream_id, 64), reason = why, held, "media stream without a valid token refused");
                             }
-                            close(&out, &mut incoming, 1008, "stream not authorized", why).await;
-                            break StreamEnd::Unauthorized;
+                            break close(&outbox, &mut incoming, 1008, "stream not authorized", why).await;
                         }
                         // The slot is taken only now, by a stream proven to follow our TwiML.
                         let Some(slot) = StreamSlot::take(&state, limits.max_streams) else {
@@ -288,21 +244,32 @@ pub async fn run(
                             }
                             // A real call (its token is good) that found no room: recorded.
                             record_busy(&ctx, &start);
-                            close(&out, &mut incoming, 1013, "at capacity", "busy").await;
-                            break StreamEnd::Busy;
+                            close(&outbox, &mut incoming, 1013, "at capacity", "busy").await;
+                            break Ending::Busy;
                         };
                         summary.stream_id = records::cap(&start.stream_id, records::MAX_REMOTE_ID).to_string();
                         summary.call_id = records::cap(&start.call_id, records::MAX_REMOTE_ID).to_string();
-                        match begin(&ctx, start, slot).await {
-                            Some(l) => {
-                                tracing::info!(call = %l.tracker.id(), stream = %summary.stream_id, call_sid = %summary.call_id, provider = provider.name(), "media stream started");
-                                live = Some(l);
+                        let setup = CoreSetup {
+                            start: call_start(&ctx, &start),
+                            wire_rate: WIRE_RATE,
+                            confirms_playback: true,
+                            continuous: false,
+                        };
+                        match CallCore::start(&ctx, setup).await {
+                            Ok(core) => {
+                                tracing::info!(call = %core.id(), stream = %summary.stream_id, call_sid = %summary.call_id, provider = provider.name(), "media stream started");
+                                live = Some(Live {
+                                    stream_id: start.stream_id,
+                                    core,
+                                    _slot: slot,
+                                    dtmf_log: crate::limits::LogGate::new(5, Duration::from_secs(10)),
+                                });
                                 last_media = Instant::now();
                                 tick.reset();
                             }
-                            None => {
-                                close(&out, &mut incoming, 1011, "cannot answer the call", "agent").await;
-                                break StreamEnd::AgentFailed;
+                            Err(_) => {
+                                close(&outbox, &mut incoming, 1011, "cannot answer the call", "agent").await;
+                                break Ending::AgentFailed;
                             }
                         }
                     }
@@ -311,122 +278,89 @@ pub async fn run(
                         last_media = now;
                         wire.clear();
                         Law::Mu.decode(&payload, &mut wire);
-                        pcm.clear();
-                        if l.up.push(&wire, &mut pcm).is_err() {
-                            pcm.clear();
-                        }
-                        l.caller_pcm.extend(pcm.iter().copied());
-                        while l.caller_pcm.len() >= FRAME_SAMPLES {
-                            let mut frame = SILENCE;
-                            for (f, s) in frame.iter_mut().zip(l.caller_pcm.drain(..FRAME_SAMPLES)) {
-                                *f = s;
-                            }
-                            l.agent.push(&frame, l.caller_at);
-                            l.caller_at += FRAME;
-                        }
+                        l.core.caller_audio(&wire);
                     }
                     (StreamEvent::Dtmf { digit }, Some(l)) => {
                         summary.digits += 1;
-                        if let Some(held) = l.dtmf_log_pass() {
-                            tracing::info!(call = %l.tracker.id(), held, "DTMF digit received");
+                        if let Some(held) = l.dtmf_log.pass(std::time::Instant::now()) {
+                            tracing::info!(call = %l.core.id(), held, "DTMF digit received");
                         }
-                        // Media streams carry no DTMF back: the echo agent's keys go nowhere.
-                        let _ = l.agent.digit(digit, l.caller_at);
+                        // Media streams carry no DTMF back: keys the core gives are dropped.
+                        l.core.digit(digit);
                     }
                     (StreamEvent::Mark { name }, Some(l)) => {
                         if let Some(seq) = name.strip_prefix('p').and_then(|n| n.parse().ok()) {
                             summary.marks_heard += 1;
-                            l.agent.heard_through(seq);
+                            l.core.heard_through(seq);
                         }
                     }
-                    (StreamEvent::Stop, _) => break StreamEnd::Stop,
+                    (StreamEvent::Stop, _) => break Ending::StreamStop,
                     (StreamEvent::Start(_), Some(_)) => {
-                        break close(&out, &mut incoming, 1008, "a second start", "sequence").await;
+                        break close(&outbox, &mut incoming, 1008, "a second start", "sequence").await;
                     }
                     (StreamEvent::Connected, Some(_)) => {
-                        break close(&out, &mut incoming, 1008, "connected after start", "sequence").await;
+                        break close(&outbox, &mut incoming, 1008, "connected after start", "sequence").await;
                     }
                     (_, None) => {
-                        break close(&out, &mut incoming, 1008, "media, dtmf or mark before start", "sequence").await;
+                        break close(&outbox, &mut incoming, 1008, "media, dtmf or mark before start", "sequence").await;
                     }
                 }
             }
             _ = tick.tick(), if live.is_some() => {
                 let Some(l) = live.as_mut() else { continue };
-                let at = FRAME * l.ticks;
-                l.ticks += 1;
-                let frame = l.agent.next(at).await;
+                l.core.tick(&mut out).await;
                 let mut kept_up = true;
-                for seq in l.agent.take_phrase_ends() {
+                for seq in &out.marks {
                     summary.marks_sent += 1;
-                    kept_up &= out.send(provider.mark(&l.stream_id, &format!("p{seq}")));
+                    kept_up &= outbox.send(provider.mark(&l.stream_id, &format!("p{seq}")));
                 }
-                let barge_ins = l.agent.barge_ins();
-                if barge_ins > l.barge_ins {
-                    l.barge_ins = barge_ins;
-                    l.agent_pcm.clear();
-                    l.tail = 0;
+                if out.clear {
                     summary.clears += 1;
-                    kept_up &= out.send(provider.clear(&l.stream_id));
+                    kept_up &= outbox.send(provider.clear(&l.stream_id));
                 }
-                l.tail = if frame.is_some() { TAIL_TICKS } else { l.tail.saturating_sub(1) };
-                pcm.clear();
-                // Silence goes through the resampler too, keeping its state continuous.
-                if l.down.push(&frame.unwrap_or(SILENCE), &mut pcm).is_err() {
-                    pcm.clear();
-                }
-                if l.tail == 0 {
-                    l.agent_pcm.clear();
-                } else {
-                    l.agent_pcm.extend(pcm.iter().copied());
-                    while l.agent_pcm.len() >= WIRE_FRAME {
-                        wire.clear();
-                        wire.extend(l.agent_pcm.drain(..WIRE_FRAME));
-                        bytes.clear();
-                        Law::Mu.encode(&wire, &mut bytes);
-                        summary.media_out += 1;
-                        kept_up &= out.send(provider.media(&l.stream_id, &bytes));
-                    }
+                if !out.audio.is_empty() {
+                    bytes.clear();
+                    Law::Mu.encode(&out.audio, &mut bytes);
+                    summary.media_out += 1;
+                    kept_up &= outbox.send(provider.media(&l.stream_id, &bytes));
                 }
                 if !kept_up {
                     break slow_consumer("outbound queue full");
                 }
             }
             _ = ping.tick() => {
-                if out.tx.try_send(Message::Ping(Default::default())).is_err() {
+                if outbox.tx.try_send(Message::Ping(Default::default())).is_err() {
                     break slow_consumer("outbound queue full");
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
                 if live.is_some() {
-                    close(&out, &mut incoming, 1008, "no media", "media_timeout").await;
-                    break StreamEnd::MediaTimeout;
+                    close(&outbox, &mut incoming, 1008, "no media", "media_timeout").await;
+                    break Ending::MediaTimeout;
                 }
-                close(&out, &mut incoming, 1008, "no start in time", "start_timeout").await;
-                break StreamEnd::StartTimeout;
+                break close(&outbox, &mut incoming, 1008, "no start in time", "start_timeout").await;
             }
             w = &mut writer => {
                 break match w {
                     Ok(WriterEnd::TimedOut) => slow_consumer("send timed out"),
-                    _ => StreamEnd::Closed,
+                    _ => Ending::SocketClosed,
                 };
             }
             _ = shutdown.changed() => {
-                close(&out, &mut incoming, 1001, "server shutting down", "shutdown").await;
-                break StreamEnd::Shutdown;
+                close(&outbox, &mut incoming, 1001, "server shutting down", "shutdown").await;
+                break Ending::Shutdown;
             }
         }
     };
     // What is queued (a close frame, say) goes out, but a client that has
     // stopped reading is not waited for.
-    drop(out);
+    drop(outbox);
     if !writer.is_finished() {
         let _ = tokio::time::timeout(CLOSE_FLUSH, &mut writer).await;
     }
     writer.abort();
-    if let Some(mut l) = live {
-        summary.turns = l.agent.close();
-        l.tracker.finish(ending(&end, &summary), &summary.turns);
+    if let Some(l) = live {
+        summary.turns = l.core.end(end).len();
     }
     // A socket that never started a call is one line among many in a flood.
     let log = summary.stream_id.is_empty().then(|| UNSTARTED_LOG.pass());
@@ -434,7 +368,7 @@ pub async fn run(
         tracing::info!(
             stream = %summary.stream_id,
             call_sid = %summary.call_id,
-            end = ?end,
+            end = %end,
             frames_in = summary.frames_in,
             media_in = summary.media_in,
             media_out = summary.media_out,
@@ -442,7 +376,7 @@ pub async fn run(
             marks_heard = summary.marks_heard,
             clears = summary.clears,
             dtmf = summary.digits,
-            turns = summary.turns.len(),
+            turns = summary.turns,
             held,
             "media stream ended"
         );
@@ -466,20 +400,11 @@ fn over(window: &mut (Instant, u32, usize), len: usize, limits: &StreamLimits) -
 /// A call whose stream found every slot taken: recorded as failed, `busy`.
 fn record_busy(ctx: &CallContext, start: &StreamStart) {
     let tracker = CallTracker::start(&ctx.recorder, call_start(ctx, start));
-    tracker.finish(
-        Ending {
-            outcome: Outcome::Failed,
-            cause: "busy".into(),
-            side: Side::Izwi,
-            dtmf: 0,
-            errors: 1,
-        },
-        &[],
-    );
+    tracker.finish(Ending::Busy, 0, &[]);
 }
 
 /// The client stopped reading what Izwi sends.
-fn slow_consumer(why: &'static str) -> StreamEnd {
+fn slow_consumer(why: &'static str) -> Ending {
     metrics().stream_rejected("slow_consumer");
     if let Some(held) = REFUSED_LOG.pass() {
         tracing::info!(
@@ -488,7 +413,7 @@ fn slow_consumer(why: &'static str) -> StreamEnd {
             "media stream closed: the client is not reading"
         );
     }
-    StreamEnd::SlowConsumer
+    Ending::SlowConsumer
 }
 
 /// Why a WebSocket read failed.
@@ -505,31 +430,6 @@ fn read_error(e: axum::Error) -> ReadError {
         Some(tungstenite::Error::Utf8(_)) => ReadError::Utf8,
         Some(tungstenite::Error::Capacity(_)) => ReadError::TooLarge,
         _ => ReadError::Broken,
-    }
-}
-
-/// How a stream call ended, for its record.
-fn ending(end: &StreamEnd, summary: &StreamSummary) -> Ending {
-    let (outcome, cause, side) = match end {
-        StreamEnd::Stop => (Outcome::Completed, "stream_stop".to_string(), Side::Caller),
-        // Twilio always says `stop` when a call ends: a socket gone without it is a failure.
-        StreamEnd::Closed => (Outcome::Failed, "socket_closed".to_string(), Side::Provider),
-        StreamEnd::Shutdown => (Outcome::Completed, "shutdown".to_string(), Side::Izwi),
-        StreamEnd::Protocol(kind) => (Outcome::Failed, format!("protocol:{kind}"), Side::Izwi),
-        StreamEnd::MediaTimeout => (Outcome::Failed, "media_timeout".to_string(), Side::Provider),
-        StreamEnd::SlowConsumer => (Outcome::Failed, "slow_consumer".to_string(), Side::Provider),
-        StreamEnd::AgentFailed => (Outcome::Failed, "agent_failed".to_string(), Side::Izwi),
-        // Ends before a call began: no record is made for them.
-        StreamEnd::Unauthorized | StreamEnd::StartTimeout | StreamEnd::Busy => {
-            (Outcome::Failed, "refused".to_string(), Side::Izwi)
-        }
-    };
-    Ending {
-        errors: u32::from(outcome == Outcome::Failed),
-        outcome,
-        cause,
-        side,
-        dtmf: summary.digits as u32,
     }
 }
 
@@ -555,44 +455,6 @@ fn call_start(ctx: &CallContext, start: &StreamStart) -> CallStart {
         agent: Some(ctx.agent_name()),
         codec: Some("PCMU".into()),
     }
-}
-
-/// The call's agent and resamplers, once the stream has started.
-async fn begin(ctx: &CallContext, start: StreamStart, slot: StreamSlot) -> Option<Live> {
-    // Twilio is the only stream provider so far; the next adds its transport.
-    let mut tracker = CallTracker::start(&ctx.recorder, call_start(ctx, &start));
-    tracker.answered(now_ms());
-    let agent = CallAgent::start(
-        ctx.echo,
-        ctx.engine.clone(),
-        ctx.agent.clone(),
-        &ctx.turn,
-        tracker.id(),
-    )
-    .await;
-    let mut agent = match agent {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(call = %tracker.id(), error = %e, "cannot start the call's agent");
-            return None;
-        }
-    };
-    agent.confirm_playback();
-    Some(Live {
-        stream_id: start.stream_id,
-        agent,
-        tracker,
-        _slot: slot,
-        dtmf_log: crate::limits::LogGate::new(5, Duration::from_secs(10)),
-        up: StreamResampler::new(WIRE_RATE, ENGINE_RATE).ok()?,
-        down: StreamResampler::new(ENGINE_RATE, WIRE_RATE).ok()?,
-        caller_pcm: VecDeque::with_capacity(FRAME_SAMPLES * 2),
-        agent_pcm: VecDeque::with_capacity(WIRE_FRAME * 4),
-        caller_at: Duration::ZERO,
-        ticks: 0,
-        barge_ins: 0,
-        tail: 0,
-    })
 }
 
 /// Whether the stream's token is valid for its call and unused; the token is
@@ -652,7 +514,7 @@ async fn close(
     code: u16,
     reason: &str,
     label: &'static str,
-) -> StreamEnd {
+) -> Ending {
     if let Some(held) = CLOSE_LOG.pass() {
         tracing::info!(code, reason, kind = label, held, "closing media stream");
     }
@@ -674,7 +536,7 @@ async fn close(
     if sent {
         linger(incoming).await;
     }
-    StreamEnd::Protocol(label)
+    Ending::Protocol(label)
 }
 
 /// Reads (and drops) what the peer still sends until its close frame, for at

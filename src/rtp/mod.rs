@@ -3,4 +3,5 @@
 pub mod dtmf;
 pub mod jitter;
 pub mod packet;
+pub mod session;
 pub mod source;

@@ -16,16 +16,19 @@ use tokio::time::Instant;
 use super::access::{AccessPolicy, Cidr, Credentials, Failure};
 use super::message::Identity;
 use super::register::RegisterConfig;
-use super::sdp::{self, Codec};
+use super::sdp;
 use super::ua::{CallRef, EndReason, Event, Output, Transport, UaConfig, UserAgent};
-use crate::call::media::{self, Control, Exit, MediaSettings, MediaStats, PortPool};
-use crate::call::session::{CallAgent, CallContext, CallTracker, Ending};
+use crate::call::core::{CallCore, CoreSetup};
+use crate::call::ending::Ending;
+use crate::call::session::CallContext;
+use crate::codec::Codec;
 use crate::config::SipConfig;
 use crate::limits::{
     self, AcceptBackoff, ConnectionCaps, ConnectionGuard, SharedLogGate, TokenBuckets,
 };
 use crate::metrics::metrics;
-use crate::records::{self, CallStart, Outcome, Side, Transport as CallTransport, now_ms};
+use crate::records::{self, CallStart, Transport as CallTransport, now_ms};
+use crate::rtp::session::{self as rtp, Control, MediaStats, PortGuard, PortPool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -43,7 +46,7 @@ pub enum EndpointError {
 /// A call's RTP socket, held from the offer/answer until its media reactor runs.
 struct CallMedia {
     socket: UdpSocket,
-    guard: media::PortGuard,
+    guard: PortGuard,
     session_id: u64,
     /// Izwi's own id for the call (what its record and log lines carry).
     call_id: String,
@@ -65,12 +68,11 @@ struct Ringing {
     negotiated: Option<sdp::Negotiated>,
 }
 
-/// A call's media reactor has finished.
+/// A call's media reactor has finished (its record is written).
 struct MediaEnded {
     call: CallRef,
-    exit: Exit,
+    ending: Ending,
     stats: MediaStats,
-    tracker: CallTracker,
 }
 
 /// The user part of a From or To (`"A" <sip:+26377…@host>;tag=x` → `+26377…`).
@@ -84,34 +86,14 @@ fn user_of(name_addr: &str) -> Option<String> {
     (!user.is_empty() && rest.contains('@') || uri.starts_with("tel:")).then(|| user.to_string())
 }
 
-/// How a SIP call ended, for its record.
-fn ending(exit: Exit, reason: Option<EndReason>, stats: &MediaStats) -> Ending {
-    let (outcome, cause, side) = match (exit, reason) {
-        (Exit::Stopped, Some(EndReason::RemoteBye)) => {
-            (Outcome::Completed, "caller_bye", Side::Caller)
-        }
-        (Exit::Stopped, Some(EndReason::LocalBye)) => (Outcome::Completed, "izwi_bye", Side::Izwi),
-        (Exit::Stopped, Some(EndReason::NoAck)) => (Outcome::Failed, "no_ack", Side::Caller),
-        (Exit::Stopped, Some(EndReason::Cancelled)) => (Outcome::Failed, "cancelled", Side::Caller),
-        (Exit::Stopped, Some(EndReason::Rejected(_))) => (Outcome::Failed, "rejected", Side::Izwi),
-        (Exit::Stopped, None) => (Outcome::Completed, "izwi_bye", Side::Izwi),
-        (Exit::RtpTimeout, _) => (Outcome::Failed, "rtp_timeout", Side::Izwi),
-        (Exit::MaxDuration, _) => (Outcome::Completed, "max_duration", Side::Izwi),
-        (Exit::AgentFailed, _) => (Outcome::Failed, "agent_failed", Side::Izwi),
-        (Exit::Panicked, _) => (Outcome::Failed, "reactor_panicked", Side::Izwi),
-    };
-    let errors = stats
-        .turns
-        .iter()
-        .filter(|t| t.outcome == crate::call::conversation::TurnOutcome::Failed)
-        .count() as u32
-        + u32::from(outcome == Outcome::Failed);
-    Ending {
-        outcome,
-        cause: cause.to_string(),
-        side,
-        dtmf: stats.digits.chars().count() as u32,
-        errors,
+/// How the SIP side ended a call, for its record.
+fn ending_of(reason: EndReason) -> Ending {
+    match reason {
+        EndReason::RemoteBye => Ending::CallerBye,
+        EndReason::LocalBye => Ending::IzwiBye,
+        EndReason::NoAck => Ending::NoAck,
+        EndReason::Cancelled => Ending::Cancelled,
+        EndReason::Rejected(code) => Ending::Rejected(code),
     }
 }
 
@@ -200,8 +182,6 @@ struct ActiveCall {
     sdp_version: u64,
     session_id: u64,
     call_id: String,
-    /// Why SIP ended the call, once it has.
-    reason: Option<EndReason>,
 }
 
 pub struct Endpoint {
@@ -558,29 +538,27 @@ impl Endpoint {
     fn media_ended(&mut self, ended: MediaEnded) {
         let MediaEnded {
             call,
-            exit,
+            ending,
             stats,
-            tracker,
         } = ended;
         let Some(active) = self.calls.remove(&call) else {
             return;
         };
         tracing::info!(
             call = %active.call_id,
-            ?exit,
+            ending = %ending,
             packets_in = stats.packets_in,
             packets_out = stats.packets_out,
             lost = stats.lost,
             late = stats.late,
             malformed = stats.malformed,
             foreign = stats.foreign,
-            dtmf = stats.digits.len(),
+            dtmf = stats.digits,
             digits_sent = stats.digits_sent,
-            turns = stats.turns.len(),
+            turns = stats.turns,
             max_in_to_agent_ms = stats.max_in_to_agent.as_millis() as u64,
             "call media ended"
         );
-        tracker.finish(ending(exit, active.reason, &stats), &stats.turns);
         // The media side ended a call SIP still holds (RTP timeout, maximum duration).
         if active.control.is_some() {
             self.ua.hangup(call, std::time::Instant::now());
@@ -613,8 +591,10 @@ impl Endpoint {
                     tracing::info!(call = %m.call_id, ?reason, "call ended before its answer came");
                 }
                 if let Some(active) = self.calls.get_mut(&call) {
-                    active.control = None;
-                    active.reason = Some(reason);
+                    // The reactor learns how the call ended, then its channel closes.
+                    if let Some(c) = active.control.take() {
+                        send_control(&c, Control::Ended(ending_of(reason)));
+                    }
                     tracing::info!(call = %active.call_id, ?reason, "call ended");
                 } else if !matches!(reason, EndReason::Rejected(_) | EndReason::Cancelled) {
                     tracing::debug!(call = call.0, ?reason, "call ended");
@@ -646,7 +626,7 @@ impl Endpoint {
             None => None,
         };
         tracing::info!(call = %call_id, sip_call_id = %sip_call_id, %peer, "call offered");
-        let Some((socket, guard)) = media::bind_rtp(&self.ports, self.media_ip).await else {
+        let Some((socket, guard)) = rtp::bind_rtp(&self.ports, self.media_ip).await else {
             if let Some(held) = REFUSED_LOG.pass() {
                 tracing::warn!(call = %call_id, held, "no free RTP port");
             }
@@ -737,14 +717,11 @@ impl Endpoint {
         if let Some(c) = &active.control {
             if !active.confirmed {
                 active.confirmed = true;
-                // Without it the call would never send: wait for room if need be.
-                if let Err(mpsc::error::TrySendError::Full(msg)) = c.try_send(Control::Confirmed) {
-                    let c = c.clone();
-                    tokio::spawn(async move { c.send(msg).await });
-                }
+                // Without it the call would never send.
+                send_control(c, Control::Confirmed);
             }
             if let Some(Ok(n)) = negotiated {
-                let _ = c.try_send(Control::Update(n));
+                let _ = c.try_send(Control::Update(n.rtp()));
             }
         }
     }
@@ -768,20 +745,16 @@ impl Endpoint {
             called,
             peer,
         } = m;
-        let mut tracker = CallTracker::start(
-            &self.ctx.recorder,
-            CallStart {
-                id: call_id.clone(),
-                remote_id: Some(sip_call_id),
-                transport: CallTransport::Sip,
-                started_at_ms: now_ms(),
-                called,
-                caller,
-                agent: Some(self.ctx.agent_name()),
-                codec: Some(negotiated.codec.encoding_name().to_string()),
-            },
-        );
-        tracker.answered(now_ms());
+        let start = CallStart {
+            id: call_id.clone(),
+            remote_id: Some(sip_call_id),
+            transport: CallTransport::Sip,
+            started_at_ms: now_ms(),
+            called,
+            caller,
+            agent: Some(self.ctx.agent_name()),
+            codec: Some(negotiated.codec.encoding_name().to_string()),
+        };
         tracing::info!(call = %call_id, codec = ?negotiated.codec, ptime = negotiated.ptime, rtp_port = guard.port, "call answered");
         let (control, control_rx) = mpsc::channel(4);
         self.calls.insert(
@@ -793,12 +766,11 @@ impl Endpoint {
                 sdp_version: 1,
                 session_id,
                 call_id: call_id.clone(),
-                reason: None,
             },
         );
         let ctx = self.ctx.clone();
         let ended = self.ended_tx.clone();
-        let settings = MediaSettings {
+        let settings = rtp::Settings {
             jitter_packets: self.cfg.jitter_packets,
             rtp_timeout: Duration::from_secs(self.cfg.rtp_timeout_secs as u64),
             max_duration: Duration::from_secs(self.cfg.max_call_secs as u64),
@@ -806,38 +778,35 @@ impl Endpoint {
             peer_ip: peer.ip(),
             confirmed,
         };
+        let params = negotiated.rtp();
         let reactor = async move {
             let _port = guard;
-            let agent = CallAgent::start(
-                ctx.echo,
-                ctx.engine.clone(),
-                ctx.agent.clone(),
-                &ctx.turn,
-                &call_id,
-            )
-            .await;
-            match agent {
-                Ok(agent) => {
-                    media::run(socket, negotiated, agent, control_rx, settings, call_id).await
-                }
-                Err(e) => {
-                    tracing::warn!(call = %call_id, error = %e, "cannot start the call's agent");
-                    (Exit::AgentFailed, MediaStats::default())
-                }
-            }
+            let setup = CoreSetup {
+                start,
+                wire_rate: params.codec.clock_rate(),
+                confirms_playback: false,
+                continuous: true,
+            };
+            // The core records the call, however it ends (a failed start included).
+            let Ok(mut core) = CallCore::start(&ctx, setup).await else {
+                return (Ending::AgentFailed, MediaStats::default());
+            };
+            let (ending, mut stats) =
+                rtp::run(socket, params, &mut core, control_rx, settings).await;
+            stats.turns = core.end(ending).len();
+            (ending, stats)
         };
         tokio::spawn(async move {
-            // A reactor that panics still ends its call: BYE, record, slot.
-            let (exit, stats) = crate::call::supervise(reactor)
+            // A reactor that panics still ends its call: BYE, record (its core
+            // records `reactor_panicked` as it unwinds), port and slot.
+            let (ending, stats) = crate::call::supervise(reactor)
                 .await
-                .unwrap_or((Exit::Panicked, MediaStats::default()));
-            // Should the endpoint be gone, the tracker records the end as it drops.
+                .unwrap_or((Ending::Panicked, MediaStats::default()));
             let _ = ended
                 .send(MediaEnded {
                     call,
-                    exit,
+                    ending,
                     stats,
-                    tracker,
                 })
                 .await;
         });
@@ -874,7 +843,7 @@ impl Endpoint {
                 );
                 tracing::info!(call = %active.call_id, direction = ?n.direction, codec = ?n.codec, "session updated");
                 if let Some(c) = &active.control {
-                    let _ = c.try_send(Control::Update(n));
+                    let _ = c.try_send(Control::Update(n.rtp()));
                 }
                 self.ua.answer_reoffer(call, Ok(&answer), now);
             }
@@ -883,6 +852,15 @@ impl Endpoint {
                 self.ua.answer_reoffer(call, Err(488), now);
             }
         }
+    }
+}
+
+/// A control message the reactor must get: sent at once, or as soon as its
+/// queue has room.
+fn send_control(c: &mpsc::Sender<Control>, msg: Control) {
+    if let Err(mpsc::error::TrySendError::Full(msg)) = c.try_send(msg) {
+        let c = c.clone();
+        tokio::spawn(async move { c.send(msg).await });
     }
 }
 

@@ -166,89 +166,33 @@ impl Direction {
     }
 }
 
-/// Audio codecs Izwi can carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Codec {
-    /// G.711 µ-law.
-    Pcmu,
-    /// G.711 A-law.
-    Pcma,
-    /// Opus (RFC 7587).
-    Opus,
+use crate::codec::Codec;
+
+/// The codec an `a=rtpmap` entry describes, matching the encoding name
+/// case-insensitively.
+fn codec_of_rtpmap(map: &RtpMap) -> Option<Codec> {
+    [Codec::Pcmu, Codec::Pcma, Codec::Opus]
+        .into_iter()
+        .find(|c| {
+            map.encoding.eq_ignore_ascii_case(c.encoding_name())
+                && map.clock_rate == c.clock_rate()
+                && accepts_channels(*c, map.channels)
+        })
 }
 
-impl Codec {
-    /// RTP clock rate in Hz.
-    pub fn clock_rate(self) -> u32 {
-        match self {
-            Codec::Pcmu | Codec::Pcma => 8000,
-            Codec::Opus => 48000,
-        }
+fn accepts_channels(codec: Codec, channels: Option<u8>) -> bool {
+    match codec {
+        Codec::Pcmu | Codec::Pcma => matches!(channels, None | Some(1)),
+        // RFC 7587 says "/2", but some phones write "/1" or nothing; the
+        // decoder copes with either, so refusing them only loses calls.
+        Codec::Opus => matches!(channels, None | Some(1) | Some(2)),
     }
+}
 
-    /// Static payload type (RFC 3551), if the codec has one.
-    pub fn default_payload_type(self) -> Option<u8> {
-        match self {
-            Codec::Pcmu => Some(0),
-            Codec::Pcma => Some(8),
-            Codec::Opus => None,
-        }
-    }
-
-    /// Encoding name as written in `a=rtpmap`.
-    pub fn encoding_name(self) -> &'static str {
-        match self {
-            Codec::Pcmu => "PCMU",
-            Codec::Pcma => "PCMA",
-            Codec::Opus => "opus",
-        }
-    }
-
-    /// Channel count written in `a=rtpmap`; RFC 7587 requires `opus/48000/2`
-    /// whatever the actual channel count.
-    pub fn rtpmap_channels(self) -> Option<u8> {
-        match self {
-            Codec::Opus => Some(2),
-            Codec::Pcmu | Codec::Pcma => None,
-        }
-    }
-
-    /// The codec an `a=rtpmap` entry describes, matching the encoding name
-    /// case-insensitively.
-    pub fn from_rtpmap(map: &RtpMap) -> Option<Codec> {
-        [Codec::Pcmu, Codec::Pcma, Codec::Opus]
-            .into_iter()
-            .find(|c| {
-                map.encoding.eq_ignore_ascii_case(c.encoding_name())
-                    && map.clock_rate == c.clock_rate()
-                    && c.accepts_channels(map.channels)
-            })
-    }
-
-    /// The codec a static payload type stands for when no rtpmap is given.
-    pub fn from_static_payload_type(pt: u8) -> Option<Codec> {
-        match pt {
-            0 => Some(Codec::Pcmu),
-            8 => Some(Codec::Pcma),
-            _ => None,
-        }
-    }
-
-    fn accepts_channels(self, channels: Option<u8>) -> bool {
-        match self {
-            Codec::Pcmu | Codec::Pcma => matches!(channels, None | Some(1)),
-            // RFC 7587 says "/2", but some phones write "/1" or nothing; the
-            // decoder copes with either, so refusing them only loses calls.
-            Codec::Opus => matches!(channels, None | Some(1) | Some(2)),
-        }
-    }
-
-    fn rtpmap_value(self) -> String {
-        match self.rtpmap_channels() {
-            Some(ch) => format!("{}/{}/{ch}", self.encoding_name(), self.clock_rate()),
-            None => format!("{}/{}", self.encoding_name(), self.clock_rate()),
-        }
+fn rtpmap_value(codec: Codec) -> String {
+    match codec.rtpmap_channels() {
+        Some(ch) => format!("{}/{}/{ch}", codec.encoding_name(), codec.clock_rate()),
+        None => format!("{}/{}", codec.encoding_name(), codec.clock_rate()),
     }
 }
 
@@ -309,7 +253,7 @@ impl Media {
     /// static assignment.
     pub fn codec_of(&self, payload_type: u8) -> Option<Codec> {
         match self.rtpmap_for(payload_type) {
-            Some(map) => Codec::from_rtpmap(map),
+            Some(map) => codec_of_rtpmap(map),
             None => Codec::from_static_payload_type(payload_type),
         }
     }
@@ -387,6 +331,20 @@ pub struct Negotiated {
     pub media_count: usize,
     /// Every offered `m=` line, so rejected ones can be echoed with port 0.
     pub offered: Vec<MediaLine>,
+}
+
+impl Negotiated {
+    /// What the RTP session needs of it.
+    pub fn rtp(&self) -> crate::rtp::session::Params {
+        crate::rtp::session::Params {
+            codec: self.codec,
+            payload_type: self.payload_type,
+            telephone_event: self.telephone_event,
+            ptime: self.ptime,
+            sends: self.direction.sends(),
+            remote: self.remote,
+        }
+    }
 }
 
 /// Parses an SDP body. Accepts CRLF or LF line ends; ignores unknown lines
@@ -777,7 +735,7 @@ fn push_session_header(out: &mut String, local: IpAddr, session_id: u64, session
 }
 
 fn push_codec_attributes(out: &mut String, pt: u8, codec: Codec) {
-    push_line(out, format_args!("a=rtpmap:{pt} {}", codec.rtpmap_value()));
+    push_line(out, format_args!("a=rtpmap:{pt} {}", rtpmap_value(codec)));
     if codec == Codec::Opus {
         // In-band FEC lets the remote recover lost frames for free.
         push_line(out, format_args!("a=fmtp:{pt} useinbandfec=1"));

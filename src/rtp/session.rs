@@ -1,7 +1,10 @@
-//! The reactor of one RTP call: a single `select!` over the call's UDP socket,
-//! a 20 ms clock and control messages from the SIP side. Caller packets go
-//! through the jitter buffer, G.711 decoding and resampling into the agent;
-//! the agent's frames go back resampled, encoded and paced on the same clock.
+//! The RTP session of one SIP call: a thin transport around the call core. A
+//! single `select!` over the call's UDP socket, a 20 ms clock and control
+//! messages from the SIP side. Caller packets are taken only from where the
+//! signalling allows ([`SourceFilter`]), go through the jitter buffer and the
+//! codec (concealing losses) and reach the core as audio at the codec's
+//! rate; the core's audio goes back encoded, packetised by the negotiated
+//! ptime and paced on the core's clock; keys go out as RFC 4733 events.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -12,37 +15,41 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::conversation::TurnRecord;
-use super::session::CallAgent;
-use crate::audio::{ENGINE_RATE, FRAME, FRAME_SAMPLES, SILENCE};
-use crate::codec::resample::StreamResampler;
+use super::dtmf::{self, DtmfReceiver};
+use super::jitter::{JitterBuffer, Playout};
+use super::packet::{self, Packetizer};
+use super::source::SourceFilter;
+use crate::audio::FRAME;
+use crate::call::core::{CallCore, Tick};
+use crate::call::ending::Ending;
+use crate::codec::Codec;
 use crate::codec::wire::WireCodec;
 use crate::config::RtpLatch;
 use crate::limits::LogGate;
 use crate::metrics::metrics;
-use crate::rtp::dtmf::{self, DtmfReceiver};
-use crate::rtp::jitter::{JitterBuffer, Playout};
-use crate::rtp::packet::{self, Packetizer};
-use crate::rtp::source::SourceFilter;
-use crate::sip::sdp::{Codec, Negotiated};
+
+/// What the SDP offer/answer settled for the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Params {
+    pub codec: Codec,
+    pub payload_type: u8,
+    /// The telephone-event payload type at the codec's clock rate, if offered.
+    pub telephone_event: Option<u8>,
+    /// Packetisation, in ms, both ways.
+    pub ptime: u32,
+    /// Whether Izwi sends (not on hold).
+    pub sends: bool,
+    /// Where the SDP says to send.
+    pub remote: SocketAddr,
+}
 
 pub enum Control {
     /// The caller acknowledged the answer: media may go out.
     Confirmed,
     /// A re-INVITE changed the session (hold, new address, new codec).
-    Update(Negotiated),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// The SIP side ended the call (BYE, CANCEL): the control channel closed.
-    Stopped,
-    RtpTimeout,
-    MaxDuration,
-    /// The call's agent could not be started.
-    AgentFailed,
-    /// The call's reactor panicked; its call was still ended and recorded.
-    Panicked,
+    Update(Params),
+    /// The SIP side ended the call, and how.
+    Ended(Ending),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -50,22 +57,21 @@ pub struct MediaStats {
     pub packets_in: u64,
     pub packets_out: u64,
     pub malformed: u64,
-    /// Well-formed RTP from an address other than the caller's, dropped.
+    /// Well-formed RTP from an address the signalling does not allow, dropped.
     pub foreign: u64,
     pub unknown_payload: u64,
     pub lost: u64,
     pub late: u64,
-    pub digits: String,
+    pub digits: u64,
     /// Keys Izwi sent as telephone-events.
     pub digits_sent: u64,
-    pub turns: Vec<TurnRecord>,
-    /// Most caller audio queued between the socket and the agent (jitter buffer
-    /// plus resampling): the longest time from a caller packet in to its frame
-    /// at the engine.
+    pub turns: usize,
+    /// Most caller audio queued between the socket and the agent (jitter
+    /// buffer, decoding and the core's backlog).
     pub max_in_to_agent: Duration,
 }
 
-pub struct MediaSettings {
+pub struct Settings {
     pub jitter_packets: usize,
     pub rtp_timeout: Duration,
     pub max_duration: Duration,
@@ -77,25 +83,6 @@ pub struct MediaSettings {
     /// sent (so an INVITE naming a third party's address never makes Izwi
     /// send that party anything).
     pub confirmed: bool,
-}
-
-/// The codec on the wire and the resamplers between it and the engine.
-struct Wire {
-    codec: WireCodec,
-    up: StreamResampler,
-    down: StreamResampler,
-}
-
-impl Wire {
-    fn new(codec: Codec) -> Option<Wire> {
-        let codec = WireCodec::new(codec).ok()?;
-        let rate = codec.rate();
-        Some(Wire {
-            up: StreamResampler::new(rate, ENGINE_RATE).ok()?,
-            down: StreamResampler::new(ENGINE_RATE, rate).ok()?,
-            codec,
-        })
-    }
 }
 
 /// How long Izwi holds each key it sends, and the pause after it (RFC 4733
@@ -142,44 +129,43 @@ impl DigitSender {
     }
 }
 
+/// Runs the session until the SIP side ends the call or the media does;
+/// returns how it ended. The core is ended (and the call recorded) by the
+/// caller of this function.
 pub async fn run(
     socket: UdpSocket,
-    mut session: Negotiated,
-    mut agent: CallAgent,
+    mut params: Params,
+    core: &mut CallCore,
     mut control: mpsc::Receiver<Control>,
-    settings: MediaSettings,
-    call_id: String,
-) -> (Exit, MediaStats) {
+    settings: Settings,
+) -> (Ending, MediaStats) {
     let mut stats = MediaStats::default();
     let mut jitter = JitterBuffer::new(settings.jitter_packets, 64);
     let mut dtmf_in = DtmfReceiver::default();
     let mut digits_out = DigitSender::default();
-    let mut packetizer = Packetizer::new(rand::random(), session.payload_type);
+    let mut packetizer = Packetizer::new(rand::random(), params.payload_type);
     packetizer.start_talkspurt();
-    let mut source = SourceFilter::new(settings.latch, session.remote, settings.peer_ip);
+    let mut source = SourceFilter::new(settings.latch, params.remote, settings.peer_ip);
     let mut confirmed = settings.confirmed;
     let mut reported = Dropped::default();
     let mut dtmf_log = LogGate::new(5, Duration::from_secs(10));
-    let mut wire = Wire::new(session.codec);
-    // Caller audio at the wire rate, decoded but not yet resampled: packets
-    // may be 10–60 ms long while the engine takes 20 ms frames.
-    let mut decoded: VecDeque<f32> = VecDeque::with_capacity(FRAME_SAMPLES * 12);
-    let mut rx_packet_samples = wire.as_ref().map_or(0, |w| w.codec.frame());
-    let mut caller_pcm: VecDeque<f32> = VecDeque::with_capacity(FRAME_SAMPLES * 4);
-    let mut agent_pcm: VecDeque<f32> = VecDeque::with_capacity(FRAME_SAMPLES * 12);
+    let mut codec = WireCodec::new(params.codec).ok();
+    // Caller audio at the wire rate, decoded but not yet handed to the core:
+    // packets may be 10–60 ms long while the clock takes 20 ms.
+    let mut decoded: VecDeque<f32> = VecDeque::with_capacity(codec_frame(&codec) * 12);
+    let mut rx_packet_samples = codec_frame(&codec);
+    let mut agent_wire: VecDeque<f32> = VecDeque::with_capacity(codec_frame(&codec) * 6);
     let started = Instant::now();
     let mut last_rx = started;
     let mut tick = tokio::time::interval(FRAME);
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let mut frames: u32 = 0;
     let mut buf = vec![0u8; 4096];
-    let mut scratch_f32 = Vec::with_capacity(FRAME_SAMPLES * 2);
+    let mut out = Tick::default();
+    let mut scratch_f32 = Vec::with_capacity(codec_frame(&codec) * 2);
     let mut scratch_u8 = Vec::with_capacity(1500);
-    // Buffers of the 20 ms path, reused every tick.
-    let mut up_out = Vec::with_capacity(FRAME_SAMPLES * 2);
-    let mut down_out = Vec::with_capacity(FRAME_SAMPLES * 6);
-    let mut samples = Vec::with_capacity(FRAME_SAMPLES * 3);
-    let exit = loop {
+    let mut samples = Vec::with_capacity(codec_frame(&codec) * 3);
+    let mut ticks: u32 = 0;
+    let ending = loop {
         tokio::select! {
             recv = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = recv else { continue };
@@ -189,8 +175,8 @@ pub async fn run(
                     stats.malformed += 1;
                     continue;
                 };
-                let ours = header.payload_type == session.payload_type
-                    || Some(header.payload_type) == session.telephone_event;
+                let ours = header.payload_type == params.payload_type
+                    || Some(header.payload_type) == params.telephone_event;
                 let now = Instant::now();
                 if !source.accepts(from, ours, now.into_std()) {
                     stats.foreign += 1;
@@ -198,26 +184,22 @@ pub async fn run(
                 }
                 stats.packets_in += 1;
                 last_rx = now;
-                if header.payload_type == session.payload_type {
-                    if payload.len() > wire.as_ref().map_or(0, |w| w.codec.max_payload()) {
+                if header.payload_type == params.payload_type {
+                    if payload.len() > codec.as_ref().map_or(0, |c| c.max_payload()) {
                         stats.malformed += 1;
                         continue;
                     }
                     jitter.push(&header, payload);
-                } else if Some(header.payload_type) == session.telephone_event {
+                } else if Some(header.payload_type) == params.telephone_event {
                     // Events share the audio's sequence numbers: the jitter buffer
                     // must know them or count their slots as lost audio.
                     jitter.skip(&header);
                     if let Some(d) = dtmf_in.push(header.timestamp, payload) {
                         if let Some(held) = dtmf_log.pass(now.into_std()) {
-                            tracing::info!(call = %call_id, held, "DTMF digit received");
+                            tracing::info!(call = %core.id(), held, "DTMF digit received");
                         }
-                        if stats.digits.len() < MAX_DIGITS {
-                            stats.digits.push(d);
-                        }
-                        if let Some(echo) = agent.digit(d, FRAME * frames) {
-                            digits_out.queue(&echo);
-                        }
+                        stats.digits += 1;
+                        core.digit(d);
                     }
                 } else {
                     stats.unknown_payload += 1;
@@ -226,12 +208,13 @@ pub async fn run(
             _ = tick.tick() => {
                 let now = Instant::now();
                 if now - last_rx > settings.rtp_timeout {
-                    break Exit::RtpTimeout;
+                    break Ending::RtpTimeout;
                 }
                 if now - started > settings.max_duration {
-                    break Exit::MaxDuration;
+                    break Ending::MaxDuration;
                 }
-                if frames.is_multiple_of(50) {
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(50) {
                     reported.report(&stats, &jitter);
                 }
                 // Nothing goes out before the ACK, nor to an address that has
@@ -239,74 +222,54 @@ pub async fn run(
                 if !confirmed || !source.may_send() {
                     continue;
                 }
-                let at = FRAME * frames;
-                frames += 1;
-                let Some(w) = wire.as_mut() else { break Exit::Stopped };
-                let wire_frame = w.codec.frame();
+                let Some(c) = codec.as_mut() else { break Ending::IzwiBye };
+                let wire_frame = c.frame();
                 while decoded.len() < wire_frame {
                     scratch_f32.clear();
                     match jitter.pop() {
                         Playout::Packet { payload, .. } => {
-                            w.codec.decode(&payload, &mut scratch_f32);
+                            c.decode(&payload, &mut scratch_f32);
                             rx_packet_samples = scratch_f32.len().clamp(1, wire_frame * 6);
                         }
-                        Playout::Lost => w.codec.conceal(rx_packet_samples, &mut scratch_f32),
+                        Playout::Lost => c.conceal(rx_packet_samples, &mut scratch_f32),
                         Playout::Empty => scratch_f32.resize(wire_frame - decoded.len(), 0.0),
                     }
                     decoded.extend(scratch_f32.iter().copied());
                 }
                 scratch_f32.clear();
                 scratch_f32.extend(decoded.drain(..wire_frame));
-                up_out.clear();
-                if w.up.push(&scratch_f32, &mut up_out).is_err() {
-                    up_out.clear();
-                    up_out.resize(FRAME_SAMPLES, 0.0);
-                }
-                caller_pcm.extend(up_out.iter().copied());
-                if caller_pcm.len() >= FRAME_SAMPLES {
-                    let mut frame = SILENCE;
-                    for (f, s) in frame.iter_mut().zip(caller_pcm.drain(..FRAME_SAMPLES)) {
-                        *f = s;
-                    }
-                    let rate = w.codec.rate() as f64;
-                    let queued = Duration::from_secs_f64(
-                        (jitter.buffered() * rx_packet_samples + decoded.len()) as f64 / rate
-                            + caller_pcm.len() as f64 / ENGINE_RATE as f64,
-                    );
-                    stats.max_in_to_agent = stats.max_in_to_agent.max(queued + FRAME);
-                    agent.push(&frame, at);
-                }
-                let out = agent.next(at).await;
-                down_out.clear();
-                // Silence goes through the resampler too, keeping its state continuous.
-                if w.down.push(&out.unwrap_or(SILENCE), &mut down_out).is_err() {
-                    down_out.clear();
-                    down_out.resize(wire_frame, 0.0);
-                }
-                agent_pcm.extend(down_out.iter().copied());
-                if !session.direction.sends() {
-                    agent_pcm.clear();
+                core.caller_audio(&scratch_f32);
+                let queued = Duration::from_secs_f64(
+                    (jitter.buffered() * rx_packet_samples + decoded.len()) as f64
+                        / f64::from(c.rate()),
+                ) + core.caller_backlog();
+                stats.max_in_to_agent = stats.max_in_to_agent.max(queued + FRAME);
+                core.tick(&mut out).await;
+                digits_out.queue(&out.keys);
+                agent_wire.extend(out.audio.iter().copied());
+                if !params.sends {
+                    agent_wire.clear();
                     continue;
                 }
-                let event = session
+                let event = params
                     .telephone_event
-                    .and_then(|pt| digits_out.next(packetizer.timestamp(), w.codec.rate()).map(|e| (pt, e)));
+                    .and_then(|pt| digits_out.next(packetizer.timestamp(), c.rate()).map(|e| (pt, e)));
                 if let Some((pt, (event, marker, start))) = event {
                     let pkt = packetizer.event(pt, &dtmf::encode(&event), marker, start);
                     packetizer.skip(wire_frame as u32);
-                    agent_pcm.drain(..wire_frame.min(agent_pcm.len()));
+                    agent_wire.drain(..wire_frame.min(agent_wire.len()));
                     if socket.send_to(&pkt, source.destination()).await.is_ok() {
                         stats.packets_out += 1;
                         stats.digits_sent += u64::from(marker);
                     }
                     continue;
                 }
-                let packet_samples = w.codec.rate() as usize * session.ptime as usize / 1000;
-                while agent_pcm.len() >= packet_samples.max(1) {
+                let packet_samples = c.rate() as usize * params.ptime as usize / 1000;
+                while agent_wire.len() >= packet_samples.max(1) {
                     samples.clear();
-                    samples.extend(agent_pcm.drain(..packet_samples));
+                    samples.extend(agent_wire.drain(..packet_samples));
                     scratch_u8.clear();
-                    w.codec.encode(&samples, &mut scratch_u8);
+                    c.encode(&samples, &mut scratch_u8);
                     let pkt = packetizer.packet(&scratch_u8, packet_samples as u32);
                     if socket.send_to(&pkt, source.destination()).await.is_ok() {
                         stats.packets_out += 1;
@@ -322,21 +285,26 @@ pub async fn run(
                         }
                     }
                     Some(Control::Update(n)) => {
-                        if n.payload_type != session.payload_type {
+                        if n.payload_type != params.payload_type {
                             packetizer = Packetizer::new(rand::random(), n.payload_type);
                             packetizer.start_talkspurt();
                         }
-                        if n.codec != session.codec {
-                            wire = Wire::new(n.codec);
-                            agent_pcm.clear();
+                        if n.codec != params.codec {
+                            codec = WireCodec::new(n.codec).ok();
+                            if let Some(c) = &codec {
+                                core.rewire(c.rate());
+                            }
+                            core.codec(n.codec.encoding_name());
+                            agent_wire.clear();
                             decoded.clear();
-                            rx_packet_samples = wire.as_ref().map_or(0, |w| w.codec.frame());
+                            rx_packet_samples = codec_frame(&codec);
                         }
                         // The session may have moved: learn its source again.
                         source.moved(n.remote);
-                        session = n;
+                        params = n;
                     }
-                    None => break Exit::Stopped,
+                    Some(Control::Ended(e)) => break e,
+                    None => break Ending::IzwiBye,
                 }
             }
         }
@@ -345,12 +313,12 @@ pub async fn run(
     stats.lost = js.lost;
     stats.late = js.late;
     reported.report(&stats, &jitter);
-    stats.turns = agent.close();
-    (exit, stats)
+    (ending, stats)
 }
 
-/// Digits a call keeps for its record; a flood of keys is counted, not kept.
-const MAX_DIGITS: usize = 256;
+fn codec_frame(codec: &Option<WireCodec>) -> usize {
+    codec.as_ref().map_or(160, WireCodec::frame)
+}
 
 /// The drop counters of a call as last added to the process's metrics: they
 /// go in once a second, so an attack shows while it lasts.
@@ -435,7 +403,7 @@ impl PortPool {
 }
 
 /// Binds a free port of the pool on `ip`, skipping ports something else holds.
-pub async fn bind_rtp(pool: &PortPool, ip: std::net::IpAddr) -> Option<(UdpSocket, PortGuard)> {
+pub async fn bind_rtp(pool: &PortPool, ip: IpAddr) -> Option<(UdpSocket, PortGuard)> {
     for _ in 0..pool.available().max(1) {
         let guard = pool.take()?;
         if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, guard.port)).await {
@@ -478,5 +446,24 @@ mod tests {
             last = g.port;
         }
         assert!(sequential < 5, "{sequential} of 200 ports came in order");
+    }
+
+    #[test]
+    fn keys_go_out_one_at_a_time_with_gaps_and_a_flood_is_bounded() {
+        let mut d = DigitSender::default();
+        d.queue("1x#");
+        let mut keys = Vec::new();
+        let mut ts = 0u32;
+        for _ in 0..100 {
+            if let Some((e, true, start)) = d.next(ts, 8000) {
+                keys.push((dtmf::digit(e.code).unwrap(), start));
+            }
+            ts += 160;
+        }
+        assert_eq!(keys.iter().map(|k| k.0).collect::<String>(), "1#");
+        assert!(keys[1].1 > keys[0].1);
+        let mut d = DigitSender::default();
+        d.queue(&"5".repeat(1000));
+        assert_eq!(d.keys.len(), 32);
     }
 }
