@@ -260,7 +260,12 @@ pub struct TurnConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DialplanConfig {
+    /// The agent a call gets when no rule of the dialplan file routes it.
     pub default_agent: String,
+    /// A dialplan file (rules, a default, agent profiles; see `dialplans/`).
+    /// Watched: a change (or SIGHUP) reloads it without a restart. None: every
+    /// call gets `default_agent`.
+    pub file: Option<PathBuf>,
     /// Answer every call with an echo of the caller instead of the engine: a
     /// capacity test of the telephony side that needs no models.
     pub echo: bool,
@@ -494,6 +499,7 @@ impl Default for DialplanConfig {
     fn default() -> Self {
         DialplanConfig {
             default_agent: "english".into(),
+            file: None,
             echo: false,
         }
     }
@@ -915,7 +921,7 @@ fn known_key(section: &str, key: &str) -> bool {
             "models",
             "profile" | "dir" | "mirror" | "manifest" | "pypi_index"
         ) | ("engine", "onnxruntime" | "espeak")
-            | ("dialplan", "default_agent")
+            | ("dialplan", "default_agent" | "file")
             | (
                 "sip",
                 "listen"

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod call;
 pub mod codec;
 pub mod config;
+pub mod dialplan;
 pub mod engine;
 pub mod http;
 pub mod limits;

@@ -52,6 +52,50 @@ enum Command {
         #[command(subcommand)]
         action: CallsAction,
     },
+    /// Check a dialplan, or ask which agent would answer a call.
+    Dialplan {
+        #[command(subcommand)]
+        action: DialplanAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DialplanAction {
+    /// Validate a dialplan file: agents defined, patterns compiling, every rule reachable.
+    Check {
+        /// The dialplan (TOML); default: dialplan.file of the configuration.
+        file: Option<PathBuf>,
+    },
+    /// Print which agent (and rule) would answer a call.
+    Route(RouteArgs),
+}
+
+#[derive(Args)]
+struct RouteArgs {
+    /// The number called.
+    #[arg(long)]
+    to: Option<String>,
+    /// The caller's number.
+    #[arg(long)]
+    from: Option<String>,
+    /// The user part of the SIP Request-URI.
+    #[arg(long)]
+    sip_user: Option<String>,
+    /// A SIP header, NAME=VALUE (repeatable).
+    #[arg(long, value_parser = key_value)]
+    header: Vec<(String, String)>,
+    /// A provider (Twilio) parameter, NAME=VALUE (repeatable).
+    #[arg(long, value_parser = key_value)]
+    param: Vec<(String, String)>,
+    /// The dialplan (TOML); default: dialplan.file of the configuration.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))
 }
 
 #[derive(Subcommand)]
@@ -151,6 +195,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => runtime()?.block_on(bench_cmd(config, args)),
         Command::Transcribe { file, language } => transcribe(&config, &file, &language),
         Command::Calls { action } => runtime()?.block_on(calls_cmd(config, action)),
+        Command::Dialplan { action } => dialplan_cmd(&config, action),
     }
 }
 
@@ -372,6 +417,7 @@ async fn talk_cmd(config: Config, args: TalkArgs) -> Result<()> {
         CallStart {
             id: id.clone(),
             remote_id: None,
+            rule: None,
             transport: Transport::Talk,
             started_at_ms: now_ms(),
             called: None,
@@ -560,6 +606,93 @@ fn transcribe(config: &Config, file: &std::path::Path, language: &str) -> Result
     Ok(())
 }
 
+/// The dialplan the configuration names (or every call to its default agent).
+fn dialplan_of(config: &Config, file: Option<&PathBuf>) -> Result<izwi::dialplan::Dialplan> {
+    use izwi::dialplan::Dialplan;
+    let default = &config.dialplan.default_agent;
+    match file.or(config.dialplan.file.as_ref()) {
+        Some(path) => Ok(Dialplan::load(path, default, &config.agents)?),
+        None => Ok(Dialplan::single(default, &config.agents)),
+    }
+}
+
+fn dialplan_cmd(config: &Config, action: DialplanAction) -> Result<()> {
+    match action {
+        DialplanAction::Check { file } => {
+            let plan = dialplan_of(config, file.as_ref())?;
+            let source = plan
+                .source
+                .as_ref()
+                .map_or("the configuration".to_string(), |p| p.display().to_string());
+            println!(
+                "{source}: {} rules, {} agents, default agent `{}`",
+                plan.rules.len(),
+                plan.agents.len(),
+                plan.default_agent
+            );
+            for r in &plan.rules {
+                println!("  line {:>4}  {}  →  {}", r.line, r.name, r.agent);
+            }
+            Ok(())
+        }
+        DialplanAction::Route(a) => {
+            let plan = dialplan_of(config, a.file.as_ref())?;
+            let route = plan.route(&izwi::dialplan::CallInfo {
+                to: a.to,
+                from: a.from,
+                sip_user: a.sip_user,
+                headers: a.header,
+                params: a.param.into_iter().collect(),
+            });
+            match route.rule {
+                Some(rule) => println!("agent {} (rule {rule})", route.agent),
+                None => println!("agent {} (default)", route.agent),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reloads the dialplan when its file changes or on SIGHUP: a plan that
+/// fails its check is refused (logged, counted) and the old one stays.
+async fn watch_dialplan(config: Config, agents: Arc<izwi::call::agents::Agents>) {
+    let Some(path) = config.dialplan.file.clone() else {
+        return;
+    };
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let signalled = tokio::select! {
+            _ = poll.tick() => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let now = modified(&path);
+        if !signalled && now == seen {
+            continue;
+        }
+        seen = now;
+        let m = izwi::metrics::metrics();
+        match dialplan_of(&config, Some(&path)) {
+            Ok(plan) => match agents.reload(plan).await {
+                Ok(()) => {
+                    m.dialplan_reload("loaded");
+                    tracing::info!(file = %path.display(), signalled, "dialplan reloaded");
+                }
+                Err(e) => {
+                    m.dialplan_reload("refused");
+                    tracing::error!(file = %path.display(), error = %e, "dialplan refused: its agents cannot be prepared; the old plan stays");
+                }
+            },
+            Err(e) => {
+                m.dialplan_reload("refused");
+                tracing::error!(error = %format!("{e:#}"), "dialplan refused; the old plan stays");
+            }
+        }
+    }
+}
+
 async fn serve(config: Config) -> Result<()> {
     use izwi::call::session::CallContext;
     use izwi::sip::endpoint::Endpoint;
@@ -575,31 +708,22 @@ async fn serve(config: Config) -> Result<()> {
         Ok((_, limit)) => tracing::info!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
+    let plan = dialplan_of(&config, None)?;
     // The echo agent needs no models: a capacity test of the telephony side alone.
-    let (engine, agent) = if config.dialplan.echo {
+    let engine = if config.dialplan.echo {
         tracing::info!("echo agent: calls hear themselves; no models loaded");
-        (None, None)
+        None
     } else {
-        let engine = load_engine(&config).await?;
-        let mut default_agent = None;
-        for (name, profile) in &config.agents {
-            let agent = Agent::prepare(&engine, name, profile)
-                .await
-                .with_context(|| format!("preparing agent `{name}`"))?;
-            tracing::info!(
-                agent = %name,
-                language = %profile.language,
-                greeting_ms = agent.greeting.len() as u64 * izwi::audio::FRAME_MS as u64,
-                prepared_ms = agent.prepared_in.as_millis() as u64,
-                "agent ready"
-            );
-            let agent = Arc::new(agent);
-            if *name == config.dialplan.default_agent {
-                default_agent = Some(agent);
-            }
-        }
-        (Some(engine), default_agent)
+        Some(load_engine(&config).await?)
     };
+    let agents = Arc::new(
+        izwi::call::agents::Agents::new(engine.clone(), plan)
+            .await
+            .context("preparing the agents")?,
+    );
+    if config.dialplan.file.is_some() {
+        tokio::spawn(watch_dialplan(config.clone(), agents.clone()));
+    }
     if !config.sip.enabled && !config.http.enabled {
         tracing::info!("sip.enabled and http.enabled are both false; nothing to serve");
         return Ok(());
@@ -607,7 +731,7 @@ async fn serve(config: Config) -> Result<()> {
     let (store, recorder, writer) = open_records(&config).await?;
     let ctx = Arc::new(CallContext {
         engine,
-        agent,
+        agents,
         turn: config.turn.clone(),
         echo: config.dialplan.echo,
         recorder: recorder.clone(),

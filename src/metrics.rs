@@ -211,6 +211,7 @@ pub struct Metrics {
     webhooks: Family<L2, Counter>,
     api_requests: Family<L2, Counter>,
     accept_errors: Family<L2, Counter>,
+    dialplan_reloads: Family<L1, Counter>,
     connections_refused: Family<L2, Counter>,
     connections_closed: Family<L2, Counter>,
     ready: Gauge,
@@ -335,6 +336,12 @@ impl Metrics {
             "Call records waiting to be written again after a failed write",
             records_pending.clone(),
         );
+        let dialplan_reloads = Family::<L1, Counter>::default();
+        registry.register(
+            "izwi_dialplan_reloads",
+            "Dialplan reloads, by result (loaded, refused)",
+            dialplan_reloads.clone(),
+        );
         let accept_errors = Family::<L2, Counter>::default();
         registry.register(
             "izwi_accept_errors",
@@ -404,6 +411,7 @@ impl Metrics {
             webhooks,
             api_requests,
             accept_errors,
+            dialplan_reloads,
             connections_refused,
             connections_closed,
             ready,
@@ -513,6 +521,13 @@ impl Metrics {
     pub fn set_records_pending(&self, n: u64) {
         self.records_pending
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A dialplan reload: `izwi_dialplan_reloads_total{result}`.
+    pub fn dialplan_reload(&self, result: &str) {
+        self.dialplan_reloads
+            .get_or_create(&[("result", self.result.intern(result))])
+            .inc();
     }
 
     /// An accept failed: `izwi_accept_errors_total{listener,kind}`.

@@ -475,7 +475,7 @@ fn izwi_registers_with_a_trunk_refreshes_and_takes_its_calls() {
         udp,
         &scenario("call-media-by-test.xml"),
         d.path(),
-        &["-inf", fields.to_str().unwrap(), "-d", "500"],
+        &["-inf", fields.to_str().unwrap(), "-d", "500", "-s", "izwi"],
     )
     .output()
     .unwrap();

@@ -14,8 +14,10 @@
 //! record reports is Izwi's, from the moment the caller's audio reached it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::Agent;
 use super::conversation::TurnRecord;
 use super::ending::Ending;
 use super::session::{CallAgent, CallContext, CallTracker};
@@ -44,8 +46,10 @@ pub enum CoreError {
 
 /// What a transport tells the core about its call when it starts.
 pub struct CoreSetup {
-    /// The record's start (transport, ids, parties, agent, codec).
+    /// The record's start (transport, ids, parties, agent, rule, codec).
     pub start: CallStart,
+    /// The agent the dialplan chose (`None`: the echo agent answers).
+    pub agent: Option<Arc<Agent>>,
     /// The rate of the audio the transport hands in and takes out.
     pub wire_rate: u32,
     /// The far end confirms what it played (Twilio's marks): a barge-in then
@@ -114,7 +118,7 @@ impl CallCore {
         let agent = CallAgent::start(
             ctx.echo,
             ctx.engine.clone(),
-            ctx.agent.clone(),
+            setup.agent,
             &ctx.turn,
             tracker.id(),
         )
@@ -305,10 +309,11 @@ mod tests_support {
     pub use crate::config::TurnConfig;
     pub use crate::records::{Recorder, Transport};
 
-    pub fn echo_context() -> CallContext {
+    pub async fn echo_context() -> CallContext {
+        let plan = crate::dialplan::Dialplan::single("english", &Default::default());
         CallContext {
             engine: None,
-            agent: None,
+            agents: Arc::new(super::super::agents::Agents::new(None, plan).await.unwrap()),
             turn: TurnConfig::default(),
             echo: true,
             recorder: Recorder::disabled(),
@@ -317,6 +322,7 @@ mod tests_support {
 
     pub async fn core(continuous: bool) -> CallCore {
         let setup = CoreSetup {
+            agent: None,
             start: CallStart {
                 id: "t".into(),
                 remote_id: None,
@@ -325,13 +331,14 @@ mod tests_support {
                 called: None,
                 caller: None,
                 agent: None,
+                rule: None,
                 codec: None,
             },
             wire_rate: 8_000,
             confirms_playback: false,
             continuous,
         };
-        CallCore::start(&echo_context(), setup).await.unwrap()
+        CallCore::start(&echo_context().await, setup).await.unwrap()
     }
 
     pub fn tone(n: usize) -> Vec<f32> {

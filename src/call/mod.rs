@@ -1,5 +1,6 @@
 //! One call: the agent it talks to, the conversation core and the turn machine.
 
+pub mod agents;
 pub mod conversation;
 pub mod core;
 pub mod ending;

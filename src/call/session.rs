@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Agent;
+use super::agents::Agents;
 use super::conversation::{Conversation, TurnOutcome, TurnRecord};
 use super::ending::Ending;
 use crate::audio::Frame;
@@ -18,22 +19,12 @@ use crate::records::{CallEnd, CallGuard, CallStart, Outcome, Recorder, Transport
 /// What a call needs to be answered; shared by every call of every transport.
 pub struct CallContext {
     pub engine: Option<Arc<Engine>>,
-    pub agent: Option<Arc<Agent>>,
+    /// The agents, and the dialplan that routes calls to them.
+    pub agents: Arc<Agents>,
     pub turn: TurnConfig,
     pub echo: bool,
     /// Where calls' records go.
     pub recorder: Recorder,
-}
-
-impl CallContext {
-    /// The agent's name as records show it.
-    pub fn agent_name(&self) -> String {
-        match (&self.agent, self.echo) {
-            (_, true) => "echo".into(),
-            (Some(a), false) => a.name.clone(),
-            (None, false) => "none".into(),
-        }
-    }
 }
 
 /// One call's record and metrics from start to end: whatever way the call

@@ -288,7 +288,7 @@ pub async fn warmup(
     if let Err(e) = principal.require_admin() {
         return refuse(&e);
     }
-    let (Some(engine), Some(agent)) = (&state.ctx.engine, &state.ctx.agent) else {
+    let (Some(engine), Some(agent)) = (&state.ctx.engine, state.ctx.agents.default_agent()) else {
         return Json(serde_json::json!({ "warmed": false, "reason": "no engine (echo agent)" }))
             .into_response();
     };

@@ -17,10 +17,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{AppState, StreamSlot};
 use crate::audio::FRAME;
+use crate::call::Agent;
 use crate::call::core::{CallCore, CoreSetup, Tick};
 use crate::call::ending::Ending;
 use crate::call::session::{CallContext, CallTracker};
 use crate::codec::g711::Law;
+use crate::dialplan::CallInfo;
 use crate::limits::SharedLogGate;
 use crate::metrics::metrics;
 use crate::provider::twilio::check_stream_token;
@@ -249,15 +251,18 @@ pub async fn run(
                         };
                         summary.stream_id = records::cap(&start.stream_id, records::MAX_REMOTE_ID).to_string();
                         summary.call_id = records::cap(&start.call_id, records::MAX_REMOTE_ID).to_string();
+                        let (call, agent) = call_start(&ctx, &start);
+                        let routed = (call.agent.clone().unwrap_or_default(), call.rule.clone().unwrap_or_else(|| "default".into()));
                         let setup = CoreSetup {
-                            start: call_start(&ctx, &start),
+                            start: call,
+                            agent,
                             wire_rate: WIRE_RATE,
                             confirms_playback: true,
                             continuous: false,
                         };
                         match CallCore::start(&ctx, setup).await {
                             Ok(core) => {
-                                tracing::info!(call = %core.id(), stream = %summary.stream_id, call_sid = %summary.call_id, provider = provider.name(), "media stream started");
+                                tracing::info!(call = %core.id(), stream = %summary.stream_id, call_sid = %summary.call_id, provider = provider.name(), agent = %routed.0, rule = %routed.1, "media stream started");
                                 live = Some(Live {
                                     stream_id: start.stream_id,
                                     core,
@@ -399,7 +404,7 @@ fn over(window: &mut (Instant, u32, usize), len: usize, limits: &StreamLimits) -
 
 /// A call whose stream found every slot taken: recorded as failed, `busy`.
 fn record_busy(ctx: &CallContext, start: &StreamStart) {
-    let tracker = CallTracker::start(&ctx.recorder, call_start(ctx, start));
+    let tracker = CallTracker::start(&ctx.recorder, call_start(ctx, start).0);
     tracker.finish(Ending::Busy, 0, &[]);
 }
 
@@ -433,8 +438,23 @@ fn read_error(e: axum::Error) -> ReadError {
     }
 }
 
-/// The record's start of the call a stream carries.
-fn call_start(ctx: &CallContext, start: &StreamStart) -> CallStart {
+/// The record's start of the call a stream carries, and the agent the
+/// dialplan routes it to (by our TwiML's `called` and `caller` parameters and
+/// every other parameter of the stream).
+fn call_start(ctx: &CallContext, start: &StreamStart) -> (CallStart, Option<Arc<Agent>>) {
+    let params = start
+        .custom
+        .iter()
+        .filter(|(k, _)| *k != "token")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let routed = ctx.agents.route(&CallInfo {
+        to: start.custom.get("called").cloned(),
+        from: start.custom.get("caller").cloned(),
+        sip_user: None,
+        headers: Vec::new(),
+        params,
+    });
     // The call our TwiML (and its token) named, else what Twilio says.
     let remote = [
         start.custom.get("callSid"),
@@ -445,16 +465,18 @@ fn call_start(ctx: &CallContext, start: &StreamStart) -> CallStart {
     .flatten()
     .find(|id| !id.is_empty())
     .map_or("", String::as_str);
-    CallStart {
+    let call = CallStart {
         id: records::new_call_id(),
         remote_id: Some(records::cap(remote, records::MAX_REMOTE_ID).to_string()),
         transport: Transport::Twilio,
         started_at_ms: now_ms(),
         called: start.custom.get("called").cloned(),
         caller: start.custom.get("caller").cloned(),
-        agent: Some(ctx.agent_name()),
+        agent: Some(routed.name),
+        rule: routed.rule,
         codec: Some("PCMU".into()),
-    }
+    };
+    (call, routed.agent)
 }
 
 /// Whether the stream's token is valid for its call and unused; the token is

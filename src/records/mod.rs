@@ -127,6 +127,8 @@ pub struct CallStart {
     /// The caller's number. NEVER stored: only HMAC-SHA256(key, number) is.
     pub caller: Option<String>,
     pub agent: Option<String>,
+    /// The dialplan rule that chose the agent (`None`: the default).
+    pub rule: Option<String>,
     pub codec: Option<String>,
 }
 
@@ -141,6 +143,7 @@ impl fmt::Debug for CallStart {
             .field("called", &self.called)
             .field("caller", &self.caller.as_ref().map(|_| "<redacted>"))
             .field("agent", &self.agent)
+            .field("rule", &self.rule)
             .field("codec", &self.codec)
             .finish()
     }
@@ -205,6 +208,8 @@ pub struct CallRow {
     pub called: Option<String>,
     pub caller_hash: Option<String>,
     pub agent: Option<String>,
+    /// The dialplan rule that chose the agent (`None`: the default).
+    pub rule: Option<String>,
     pub codec: Option<String>,
     pub outcome: Outcome,
     pub hangup_cause: Option<String>,

@@ -35,7 +35,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// counted as dropped.
 const RETRY_AT_EXIT: Duration = Duration::from_secs(3);
 
-const CALL_COLUMNS: &str = "id, remote_id, transport, started_at_ms, answered_at_ms, ended_at_ms, \
+const CALL_COLUMNS: &str = "id, remote_id, rule, transport, started_at_ms, answered_at_ms, ended_at_ms, \
      duration_ms, called, caller_hash, agent, codec, outcome, hangup_cause, hangup_side, \
      turns, barge_ins, dtmf, errors";
 
@@ -193,10 +193,11 @@ impl Store {
         };
         // A repeated Start only fills in what is missing.
         sqlx::query(
-            "INSERT INTO calls (id, transport, started_at_ms, called, caller_hash, agent, codec, outcome, remote_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8) \
+            "INSERT INTO calls (id, transport, started_at_ms, called, caller_hash, agent, codec, outcome, remote_id, rule) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9) \
              ON CONFLICT (id) DO UPDATE SET \
                remote_id = COALESCE(calls.remote_id, excluded.remote_id), \
+               rule = COALESCE(calls.rule, excluded.rule), \
                transport = COALESCE(calls.transport, excluded.transport), \
                called = COALESCE(calls.called, excluded.called), \
                caller_hash = COALESCE(calls.caller_hash, excluded.caller_hash), \
@@ -211,6 +212,7 @@ impl Store {
         .bind(s.agent.as_deref().map(|v| cap(v, 128)))
         .bind(s.codec.as_deref().map(|v| cap(v, 32)))
         .bind(s.remote_id.as_deref().map(|v| cap(v, MAX_REMOTE_ID)))
+        .bind(s.rule.as_deref().map(|v| cap(v, 128)))
         .execute(&mut *c)
         .await?;
         Ok(())
@@ -380,6 +382,7 @@ impl Store {
         Ok(CallRow {
             id: r.try_get("id").map_err(&err)?,
             remote_id: text("remote_id")?,
+            rule: text("rule")?,
             transport: self.parse(text("transport")?, "transport")?,
             started_at_ms: r.try_get("started_at_ms").map_err(&err)?,
             answered_at_ms: int("answered_at_ms")?,

@@ -20,6 +20,7 @@ fn start(id: &str, at: i64) -> CallStart {
     CallStart {
         id: id.to_owned(),
         remote_id: Some(format!("sip-{id}")),
+        rule: Some("harare".to_owned()),
         transport: Transport::Sip,
         started_at_ms: at,
         called: Some("+263242700000".to_owned()),
@@ -97,7 +98,7 @@ async fn migrates_from_empty_and_reopens() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3);
     assert!(store.ping().await);
     store.close().await;
     assert!(!store.ping().await);
@@ -108,7 +109,7 @@ async fn migrates_from_empty_and_reopens() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3);
     assert!(again.ping().await);
 }
 
@@ -139,6 +140,8 @@ async fn schema_has_no_room_for_words_or_audio() {
                 // The transport's id for the call (SIP Call-ID, CallSid),
                 // capped at 128 characters: no number, no words.
                 "remote_id",
+                // The dialplan rule's name: configuration, not the caller's.
+                "rule",
             ][..],
         ),
         (
@@ -307,6 +310,7 @@ async fn start_then_end_derives_the_call_row_and_turns() {
         CallRow {
             id: "c1".to_owned(),
             remote_id: Some("sip-c1".to_owned()),
+            rule: Some("harare".to_owned()),
             transport: Some(Transport::Sip),
             started_at_ms: 1_000_000,
             answered_at_ms: Some(1_000_500),

@@ -18,11 +18,13 @@ use super::message::Identity;
 use super::register::RegisterConfig;
 use super::sdp;
 use super::ua::{CallRef, EndReason, Event, Output, Transport, UaConfig, UserAgent};
+use crate::call::agents::Routed;
 use crate::call::core::{CallCore, CoreSetup};
 use crate::call::ending::Ending;
 use crate::call::session::CallContext;
 use crate::codec::Codec;
 use crate::config::SipConfig;
+use crate::dialplan::CallInfo;
 use crate::limits::{
     self, AcceptBackoff, ConnectionCaps, ConnectionGuard, SharedLogGate, TokenBuckets,
 };
@@ -57,6 +59,18 @@ struct CallMedia {
     called: Option<String>,
     /// The SIP peer (the caller, or its proxy).
     peer: SocketAddr,
+    /// The agent the dialplan chose for the call.
+    routed: Routed,
+}
+
+/// A new call as the user agent offers it, routed.
+struct Offered {
+    sip_call_id: String,
+    caller: Option<String>,
+    called: Option<String>,
+    offer: Option<String>,
+    peer: SocketAddr,
+    routed: Routed,
 }
 
 /// A call ringing, answered when its time comes. Without `negotiated` the
@@ -575,11 +589,25 @@ impl Endpoint {
                 peer,
                 from,
                 to,
+                request_uri,
+                headers,
             } => {
-                let parties = (user_of(&from), user_of(&to));
-                let sip_call_id = records::cap(&call_id, records::MAX_REMOTE_ID).to_string();
-                self.incoming(call, sip_call_id, parties, offer, peer, now)
-                    .await
+                let info = CallInfo {
+                    to: user_of(&to),
+                    from: user_of(&from),
+                    sip_user: user_of(&request_uri),
+                    headers,
+                    params: Default::default(),
+                };
+                let offered = Offered {
+                    routed: self.ctx.agents.route(&info),
+                    caller: info.from,
+                    called: info.to,
+                    sip_call_id: records::cap(&call_id, records::MAX_REMOTE_ID).to_string(),
+                    offer,
+                    peer,
+                };
+                self.incoming(call, offered, now).await
             }
             Event::Confirmed { call, answer } => self.confirmed(call, answer, now),
             Event::Reoffer { call, offer } => self.reoffer(call, offer, now).await,
@@ -603,15 +631,15 @@ impl Endpoint {
         }
     }
 
-    async fn incoming(
-        &mut self,
-        call: CallRef,
-        sip_call_id: String,
-        (caller, called): (Option<String>, Option<String>),
-        offer: Option<String>,
-        peer: SocketAddr,
-        now: std::time::Instant,
-    ) {
+    async fn incoming(&mut self, call: CallRef, offered: Offered, now: std::time::Instant) {
+        let Offered {
+            sip_call_id,
+            caller,
+            called,
+            offer,
+            peer,
+            routed,
+        } = offered;
         let call_id = records::new_call_id();
         let negotiated = match offer.as_deref().map(|o| self.negotiate(o)) {
             Some(Ok(n)) => Some(n),
@@ -625,7 +653,7 @@ impl Endpoint {
             // A late offer: Izwi offers in the 200 and the ACK answers.
             None => None,
         };
-        tracing::info!(call = %call_id, sip_call_id = %sip_call_id, %peer, "call offered");
+        tracing::info!(call = %call_id, sip_call_id = %sip_call_id, %peer, agent = %routed.name, rule = %routed.rule.as_deref().unwrap_or("default"), "call offered");
         let Some((socket, guard)) = rtp::bind_rtp(&self.ports, self.media_ip).await else {
             if let Some(held) = REFUSED_LOG.pass() {
                 tracing::warn!(call = %call_id, held, "no free RTP port");
@@ -650,6 +678,7 @@ impl Endpoint {
                 caller,
                 called,
                 peer,
+                routed,
             },
             negotiated,
         };
@@ -744,6 +773,7 @@ impl Endpoint {
             caller,
             called,
             peer,
+            routed,
         } = m;
         let start = CallStart {
             id: call_id.clone(),
@@ -752,9 +782,11 @@ impl Endpoint {
             started_at_ms: now_ms(),
             called,
             caller,
-            agent: Some(self.ctx.agent_name()),
+            agent: Some(routed.name),
+            rule: routed.rule,
             codec: Some(negotiated.codec.encoding_name().to_string()),
         };
+        let agent = routed.agent;
         tracing::info!(call = %call_id, codec = ?negotiated.codec, ptime = negotiated.ptime, rtp_port = guard.port, "call answered");
         let (control, control_rx) = mpsc::channel(4);
         self.calls.insert(
@@ -783,6 +815,7 @@ impl Endpoint {
             let _port = guard;
             let setup = CoreSetup {
                 start,
+                agent,
                 wire_rate: params.codec.clock_rate(),
                 confirms_playback: false,
                 continuous: true,

@@ -64,6 +64,20 @@ impl Parsed {
             .find_map(|h| header_named(h, name).then(|| header_value(h)))
     }
 
+    /// Every header as (name, value), at most `max` of them, each value cut
+    /// to `max_len` characters: for routing, never stored.
+    pub fn header_pairs(&self, max: usize, max_len: usize) -> Vec<(String, String)> {
+        headers(&self.msg)
+            .iter()
+            .take(max)
+            .map(|h| {
+                let (n, v) = header_name_value(h);
+                let v: String = v.chars().take(max_len).collect();
+                (n, v)
+            })
+            .collect()
+    }
+
     pub fn header_values(&self, name: &str) -> Vec<String> {
         headers(&self.msg)
             .iter()

@@ -32,6 +32,9 @@ const MAX_REJECTED_BYTES: usize = 32 << 20;
 /// BYEs kept for retransmission at most, in number and bytes; past this a BYE is sent once.
 const MAX_CLIENTS: usize = 4_096;
 const MAX_CLIENT_BYTES: usize = 8 << 20;
+/// Headers of an INVITE handed on for routing at most, and their longest value.
+const MAX_ROUTING_HEADERS: usize = 64;
+const MAX_ROUTING_VALUE: usize = 256;
 /// Lines about refused callers let through per window (the rest are counted).
 const LOG_LINES: u32 = 10;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -76,6 +79,10 @@ pub enum Event {
         call_id: String,
         from: String,
         to: String,
+        /// The Request-URI.
+        request_uri: String,
+        /// The INVITE's headers, for routing (capped in number and length).
+        headers: Vec<(String, String)>,
         offer: Option<String>,
         peer: SocketAddr,
     },
@@ -714,6 +721,8 @@ impl UserAgent {
         self.legs.insert(call, leg);
         self.event(Event::Incoming {
             call,
+            headers: p.header_pairs(MAX_ROUTING_HEADERS, MAX_ROUTING_VALUE),
+            request_uri: p.request_uri.clone(),
             call_id: p.call_id,
             from: message::uri_of(&remote_party),
             to: to_uri,

@@ -270,8 +270,23 @@ impl MediaCall {
         MediaCall::start_with(izwi, "call-media-by-test.xml", hold_ms, 20)
     }
 
+    /// Places a call to `number`; sipp hangs up after `hold_ms`.
+    pub fn start_to(izwi: &Izwi, number: &str, hold_ms: u32) -> MediaCall {
+        MediaCall::place(izwi, "call-media-by-test.xml", hold_ms, 20, &["-s", number])
+    }
+
     /// Places the call of a `*-by-test.xml` scenario asking for `ptime` ms packets.
     pub fn start_with(izwi: &Izwi, scenario_name: &str, hold_ms: u32, ptime: u32) -> MediaCall {
+        MediaCall::place(izwi, scenario_name, hold_ms, ptime, &[])
+    }
+
+    fn place(
+        izwi: &Izwi,
+        scenario_name: &str,
+        hold_ms: u32,
+        ptime: u32,
+        extra: &[&str],
+    ) -> MediaCall {
         let media = UdpSocket::bind("127.0.0.1:0").unwrap();
         media
             .set_read_timeout(Some(Duration::from_millis(5)))
@@ -287,14 +302,11 @@ impl MediaCall {
         )
         .unwrap();
         let hold = hold_ms.to_string();
-        let sipp = sipp(
-            izwi,
-            &scenario(scenario_name),
-            dir.path(),
-            &["-inf", fields.to_str().unwrap(), "-d", &hold],
-        )
-        .spawn()
-        .expect("sipp must be installed (scripts/setup.sh)");
+        let mut args = vec!["-inf", fields.to_str().unwrap(), "-d", &hold];
+        args.extend_from_slice(extra);
+        let sipp = sipp(izwi, &scenario(scenario_name), dir.path(), &args)
+            .spawn()
+            .expect("sipp must be installed (scripts/setup.sh)");
         let rtp_port = answered_rtp_port(&dir.path().join("messages.log"), Duration::from_secs(20));
         MediaCall {
             media,
