@@ -318,6 +318,11 @@ fn calls_work_through_a_record_routing_proxy() {
 /// account offers `codec`, and a `snd/` folder for what it records. Returns
 /// it with baresip's ctrl_tcp command port.
 fn baresip_dir(codec: &str) -> (tempfile::TempDir, u16) {
+    baresip_dir_at(codec, "127.0.0.1")
+}
+
+/// baresip's folder, for a baresip on `address`.
+fn baresip_dir_at(codec: &str, address: &str) -> (tempfile::TempDir, u16) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir(d.join("snd")).unwrap();
@@ -327,13 +332,14 @@ fn baresip_dir(codec: &str) -> (tempfile::TempDir, u16) {
     .unwrap();
     let ctrl = free_udp_port();
     let config = template
+        .replace("127.0.0.1", address)
         .replace("__DIR__", d.to_str().unwrap())
         .replace("__PORT__", &free_udp_port().to_string())
         .replace("__CTRL__", &ctrl.to_string());
     std::fs::write(d.join("config"), config).unwrap();
     std::fs::write(
         d.join("accounts"),
-        format!("<sip:baresip@127.0.0.1>;regint=0;audio_codecs={codec}\n"),
+        format!("<sip:baresip@{address}>;regint=0;audio_codecs={codec}\n"),
     )
     .unwrap();
     (dir, ctrl)
@@ -564,4 +570,104 @@ fn baresip_and_izwi_exchange_dtmf() {
     assert!(line.contains("dtmf=2"), "{line}");
     assert!(line.contains("digits_sent=2"), "{line}");
     assert!(line.contains("lost=0"), "{line}");
+}
+
+/// A caller on another host (the far end of a veth pair, in a network
+/// namespace of its own) calls Izwi listening on every address with no
+/// `sip.advertise`: Izwi's SDP and Contact carry the address the caller can
+/// reach, and the caller hears the greeting.
+#[test]
+fn a_caller_on_another_host_hears_izwi_listening_on_every_address() {
+    common::attack::isolate();
+    let far = format!("izwi-far-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&["netns", "add", &far]);
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _gone = Gone(far.clone());
+    ip(&[
+        "link", "add", "izv0", "type", "veth", "peer", "name", "izv1",
+    ]);
+    ip(&["link", "set", "izv1", "netns", &far]);
+    ip(&["addr", "add", "10.77.0.1/24", "dev", "izv0"]);
+    ip(&["link", "set", "izv0", "up"]);
+    for args in [
+        &["addr", "add", "10.77.0.2/24", "dev", "izv1"][..],
+        &["link", "set", "izv1", "up"],
+        &["link", "set", "lo", "up"],
+    ] {
+        let mut all = vec!["netns", "exec", &far, "ip"];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+    let port = free_udp_port();
+    let listen = format!("0.0.0.0:{port}");
+    let izwi = Izwi::start(&[
+        ("IZWI_DIALPLAN_ECHO", "false"),
+        ("IZWI_MODELS_PROFILE", "small"),
+        ("IZWI_SIP_LISTEN", listen.as_str()),
+    ]);
+    let (dir, _) = baresip_dir_at("PCMU/8000", "10.77.0.2");
+    let d = dir.path();
+    let silence = vec![0i16; 8000 * 6];
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(d.join("caller.wav"), spec).unwrap();
+    for s in &silence {
+        wav.write_sample(*s).unwrap();
+    }
+    wav.finalize().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &far, "baresip", "-f"])
+        .arg(d)
+        .args([
+            "-e",
+            &format!("/dial sip:izwi@10.77.0.1:{port}"),
+            "-t",
+            "20",
+        ])
+        .output()
+        .expect("baresip");
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        console.contains("Call established"),
+        "{console}\n{}",
+        izwi.log()
+    );
+    let received = std::fs::read_dir(d.join("snd"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .expect("baresip wrote no received audio");
+    let (audio, rate) = izwi::codec::wav::read_mono(&received).unwrap();
+    let audio16 = izwi::codec::resample::resample(&audio, rate, 16_000).unwrap();
+    let heard = common::engine().asr.transcribe(&audio16, "en").unwrap();
+    assert!(
+        common::words(&heard).len() >= 3,
+        "the caller heard no greeting: {heard:?}\n{}",
+        izwi.log()
+    );
+    // What Izwi gave the caller to reach it: the veth address, not loopback.
+    let answered = izwi.wait_line("call offered", Duration::from_secs(5));
+    assert!(answered.contains("peer=10.77.0.2"), "{answered}");
+    assert!(
+        !console.contains("127.0.0.1:"),
+        "the caller was told of loopback:\n{console}"
+    );
 }

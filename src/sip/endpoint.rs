@@ -59,6 +59,8 @@ struct CallMedia {
     called: Option<String>,
     /// The SIP peer (the caller, or its proxy).
     peer: SocketAddr,
+    /// The address Izwi's SDP gives for this call.
+    media_ip: IpAddr,
     /// The agent the dialplan chose for the call.
     routed: Routed,
 }
@@ -192,6 +194,8 @@ struct ActiveCall {
     control: Option<mpsc::Sender<Control>>,
     /// Whether the caller's ACK has come (media goes out only then).
     confirmed: bool,
+    /// The address Izwi's SDP gives for this call.
+    media_ip: IpAddr,
     rtp_port: u16,
     sdp_version: u64,
     session_id: u64,
@@ -212,7 +216,12 @@ pub struct Endpoint {
     tcp_rx: mpsc::Receiver<TcpEvent>,
     ua: UserAgent,
     cfg: SipConfig,
-    media_ip: IpAddr,
+    /// The address in SDP and Contact, when one serves every call.
+    advertise: Option<IpAddr>,
+    /// Where RTP sockets are bound: the listen address.
+    rtp_ip: IpAddr,
+    /// The SIP port, for per-call Contacts.
+    sip_port: u16,
     codecs: Vec<Codec>,
     ports: PortPool,
     ctx: Arc<CallContext>,
@@ -253,11 +262,15 @@ impl Endpoint {
                 addr: local.to_string(),
                 source,
             })?;
-        let media_ip: IpAddr = match cfg.advertise.parse() {
-            Ok(ip) => ip,
-            Err(_) if local.ip().is_unspecified() => IpAddr::from([127, 0, 0, 1]),
-            Err(_) => local.ip(),
+        // What Izwi puts in SDP and Contact: `advertise` (behind NAT), the
+        // listen address, or (listening on every address) per call, the local
+        // address of the route towards the caller.
+        let advertise: Option<IpAddr> = match cfg.advertise.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) if local.ip().is_unspecified() => None,
+            Err(_) => Some(local.ip()),
         };
+        let media_ip = advertise.unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let host = SocketAddr::new(media_ip, local.port());
         let trusted: Vec<Cidr> = cfg.allow.iter().filter_map(|c| c.parse().ok()).collect();
         let allow = trusted.clone();
@@ -305,7 +318,7 @@ impl Endpoint {
             .then(|| TokenBuckets::new(2.0 * rate, rate, MAX_TRACKED_SOURCES));
         tracing::info!(
             listen = %local,
-            advertise = %media_ip,
+            advertise = %advertise.map_or("per call (the route towards each caller)".to_string(), |ip| ip.to_string()),
             tcp_max_connections = tcp_caps.max_total(),
             tcp_max_connections_per_source = tcp_caps.max_per_source(),
             requests_per_source = cfg.requests_per_source,
@@ -328,7 +341,10 @@ impl Endpoint {
             tcp_rx,
             ua,
             cfg: cfg.clone(),
-            media_ip,
+            advertise,
+            // RTP where SIP listens: `advertise` may be a NAT's public address.
+            rtp_ip: local.ip(),
+            sip_port: local.port(),
             codecs,
             ports: PortPool::new(cfg.rtp_port_min, cfg.rtp_port_max),
             ctx,
@@ -654,7 +670,12 @@ impl Endpoint {
             None => None,
         };
         tracing::info!(call = %call_id, sip_call_id = %sip_call_id, %peer, agent = %routed.name, rule = %routed.rule.as_deref().unwrap_or("default"), "call offered");
-        let Some((socket, guard)) = rtp::bind_rtp(&self.ports, self.media_ip).await else {
+        let media_ip = self.advertise.unwrap_or_else(|| route_towards(peer));
+        if self.advertise.is_none() {
+            self.ua
+                .set_local_host(call, SocketAddr::new(media_ip, self.sip_port));
+        }
+        let Some((socket, guard)) = rtp::bind_rtp(&self.ports, self.rtp_ip).await else {
             if let Some(held) = REFUSED_LOG.pass() {
                 tracing::warn!(call = %call_id, held, "no free RTP port");
             }
@@ -663,8 +684,8 @@ impl Endpoint {
         };
         let session_id: u64 = rand::random::<u32>() as u64;
         let sdp = match &negotiated {
-            Some(n) => sdp::answer(n, self.media_ip, guard.port, session_id, 1),
-            None => sdp::offer(&self.codecs, true, self.media_ip, guard.port, session_id, 1),
+            Some(n) => sdp::answer(n, media_ip, guard.port, session_id, 1),
+            None => sdp::offer(&self.codecs, true, media_ip, guard.port, session_id, 1),
         };
         let ringing = Ringing {
             due: Instant::now() + Duration::from_millis(self.cfg.ring_ms as u64),
@@ -678,6 +699,7 @@ impl Endpoint {
                 caller,
                 called,
                 peer,
+                media_ip,
                 routed,
             },
             negotiated,
@@ -773,6 +795,7 @@ impl Endpoint {
             caller,
             called,
             peer,
+            media_ip,
             routed,
         } = m;
         let start = CallStart {
@@ -794,6 +817,7 @@ impl Endpoint {
             ActiveCall {
                 control: Some(control),
                 confirmed,
+                media_ip,
                 rtp_port: guard.port,
                 sdp_version: 1,
                 session_id,
@@ -857,7 +881,7 @@ impl Endpoint {
             let sdp = sdp::offer(
                 &self.codecs,
                 true,
-                self.media_ip,
+                active.media_ip,
                 active.rtp_port,
                 active.session_id,
                 active.sdp_version,
@@ -869,7 +893,7 @@ impl Endpoint {
             Ok(n) => {
                 let answer = sdp::answer(
                     &n,
-                    self.media_ip,
+                    active.media_ip,
                     active.rtp_port,
                     active.session_id,
                     active.sdp_version,
@@ -886,6 +910,24 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// The local address of the route towards `peer` (what a caller on another
+/// machine must be given to reach Izwi listening on every address); the
+/// loopback address if there is no route.
+fn route_towards(peer: SocketAddr) -> IpAddr {
+    let any: SocketAddr = if peer.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| {
+            s.connect(peer)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
 /// A control message the reactor must get: sent at once, or as soon as its

@@ -191,6 +191,9 @@ struct Leg {
     live: bool,
     /// Bytes held for this leg while it is counted among the refused ones.
     rejected_bytes: Option<usize>,
+    /// Izwi's own host:port for this call (Contact, Via of its requests),
+    /// when it differs from the configured one.
+    local_host: Option<SocketAddr>,
 }
 
 impl Leg {
@@ -711,6 +714,7 @@ impl UserAgent {
             reoffer_waiting: false,
             live: true,
             rejected_bytes: None,
+            local_host: None,
         };
         self.live += 1;
         *self
@@ -927,7 +931,7 @@ impl UserAgent {
         let Some(leg) = self.legs.get_mut(&call) else {
             return;
         };
-        let mut extra = vec![("Contact", format!("<{}>", id.contact))];
+        let mut extra = vec![("Contact", format!("<{}>", contact_of(&id, leg.local_host)))];
         if (200..300).contains(&code) {
             extra.push(("Allow", ALLOW.to_string()));
             extra.push(("Supported", String::new()));
@@ -986,6 +990,14 @@ impl UserAgent {
         self.send(to, t, r);
     }
 
+    /// The host:port this call reaches Izwi at (the local address of the
+    /// route towards the caller): its Contact and the Via of Izwi's requests.
+    pub fn set_local_host(&mut self, call: CallRef, host: SocketAddr) {
+        if let Some(leg) = self.legs.get_mut(&call) {
+            leg.local_host = Some(host);
+        }
+    }
+
     /// 180 Ringing for a call not yet answered.
     pub fn ringing(&mut self, call: CallRef) {
         let id = self.cfg.identity.clone();
@@ -1002,7 +1014,7 @@ impl UserAgent {
             (180, "Ringing"),
             Some(&leg.local_tag),
             &id,
-            &[("Contact", format!("<{}>", id.contact))],
+            &[("Contact", format!("<{}>", contact_of(&id, leg.local_host)))],
             None,
         );
         leg.last_response = Some(r.clone());
@@ -1082,7 +1094,9 @@ impl UserAgent {
                 method: "BYE",
                 target: &leg.remote_target,
                 route: &leg.route_set,
-                via_host: &self.cfg.via_host,
+                via_host: &leg
+                    .local_host
+                    .map_or_else(|| self.cfg.via_host.clone(), |h| h.to_string()),
                 transport: leg.transport.as_str(),
                 branch: &branch,
                 from: &leg.local_party,
@@ -1196,6 +1210,14 @@ impl UserAgent {
             self.schedule(next, Timer::Client(branch));
             self.send(to, t, req);
         }
+    }
+}
+
+/// The Contact of a call: the configured one, or at the call's own local host.
+fn contact_of(id: &Identity, local_host: Option<SocketAddr>) -> String {
+    match local_host {
+        Some(h) => format!("sip:izwi@{h}"),
+        None => id.contact.clone(),
     }
 }
 
