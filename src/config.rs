@@ -153,6 +153,10 @@ pub struct TwilioConfig {
     pub validate_signature: bool,
     pub voice_path: String,
     pub stream_path: String,
+    /// Where Twilio asks what to do once a stream ends (the TwiML
+    /// `<Connect action>`): `<Dial>` the target of an agent's transfer,
+    /// `<Hangup/>` otherwise.
+    pub action_path: String,
     /// Concurrent streams; more are refused at the webhook (TwiML `<Reject>`)
     /// and at the WebSocket upgrade (503).
     pub max_streams: usize,
@@ -179,6 +183,7 @@ impl Default for TwilioConfig {
             validate_signature: true,
             voice_path: "/twilio/voice".into(),
             stream_path: "/twilio/stream".into(),
+            action_path: "/twilio/stream-ended".into(),
             max_streams: 100,
             stream_token_max_age_secs: 300,
             start_timeout_secs: 10,
@@ -402,6 +407,245 @@ pub struct AgentProfile {
     /// espeak-ng voice used for phonemes; empty means the voice model's own.
     #[serde(default)]
     pub espeak_voice: Option<String>,
+    /// Said before Izwi hangs up (unless the model's own reply said goodbye).
+    #[serde(default = "AgentProfile::default_goodbye")]
+    pub goodbye: String,
+    /// Whether the model may end the call (its `end_call` action).
+    #[serde(default = "yes")]
+    pub end_call: bool,
+    /// What happens when the caller says nothing.
+    #[serde(default)]
+    pub silence: SilencePolicy,
+    /// The longest call, in seconds, before the goodbye and hang-up (0: none;
+    /// `sip.max_call_secs` stays the hard limit).
+    #[serde(default = "AgentProfile::default_max_call_secs")]
+    pub max_call_secs: u32,
+    /// Where the caller may be transferred: a name the model and the keys use
+    /// → a SIP URI or a number. The model can never name anything else.
+    #[serde(default)]
+    pub transfer: BTreeMap<String, String>,
+    /// Said before a transfer.
+    #[serde(default = "AgentProfile::default_transfer_announcement")]
+    pub transfer_announcement: String,
+    /// Said when a transfer fails (the caller's side refused it).
+    #[serde(default = "AgentProfile::default_transfer_failed")]
+    pub transfer_failed: String,
+    /// What the call does when a transfer fails.
+    #[serde(default)]
+    pub transfer_fallback: TransferFallback,
+    /// Keys and what they do: `"0" = "transfer:front_desk"`, `"9" = "repeat"`,
+    /// `"#" = "end_call"`.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+    /// Keys not mapped are collected and handed to the model, when set.
+    #[serde(default)]
+    pub collect: Option<CollectDigits>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Caller silent for `after_secs`: the prompt, up to `prompts` times; then
+/// the goodbye and a hang-up. With the defaults a silent call ends within
+/// a minute.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SilencePolicy {
+    /// 0: never (the call waits for the caller or the maximum length).
+    pub after_secs: u32,
+    pub prompt: String,
+    pub prompts: u32,
+}
+
+impl Default for SilencePolicy {
+    fn default() -> Self {
+        SilencePolicy {
+            after_secs: 12,
+            prompt: "Are you still there?".into(),
+            prompts: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferFallback {
+    /// Say `transfer_failed` and go on with the call.
+    #[default]
+    Continue,
+    /// Say `transfer_failed`, then the goodbye, and hang up.
+    HangUp,
+}
+
+/// Digits for the model: up to `max_digits`, or ended by `end_key`, or by
+/// `timeout_secs` without a key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectDigits {
+    pub max_digits: u32,
+    pub end_key: String,
+    pub timeout_secs: u32,
+}
+
+impl Default for CollectDigits {
+    fn default() -> Self {
+        CollectDigits {
+            max_digits: 10,
+            end_key: "#".into(),
+            timeout_secs: 5,
+        }
+    }
+}
+
+/// What a key or the model may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAction {
+    EndCall,
+    Repeat,
+    Transfer(String),
+}
+
+const KEYS: &str = "0123456789*#ABCD";
+
+impl KeyAction {
+    pub fn parse(s: &str) -> Option<KeyAction> {
+        match s.trim() {
+            "end_call" => Some(KeyAction::EndCall),
+            "repeat" => Some(KeyAction::Repeat),
+            t => t
+                .strip_prefix("transfer:")
+                .map(|n| KeyAction::Transfer(n.trim().to_string())),
+        }
+    }
+}
+
+impl AgentProfile {
+    fn default_goodbye() -> String {
+        "Thank you for calling. Goodbye.".into()
+    }
+    fn default_max_call_secs() -> u32 {
+        900
+    }
+    fn default_transfer_announcement() -> String {
+        "Please hold while I transfer your call.".into()
+    }
+    fn default_transfer_failed() -> String {
+        "I am sorry, I cannot transfer your call right now.".into()
+    }
+
+    /// A profile with these words and every other setting at its default.
+    pub fn new(language: &str, system_prompt: &str, greeting: &str) -> AgentProfile {
+        AgentProfile {
+            language: language.into(),
+            system_prompt: system_prompt.into(),
+            greeting: greeting.into(),
+            espeak_voice: None,
+            goodbye: Self::default_goodbye(),
+            end_call: true,
+            silence: SilencePolicy::default(),
+            max_call_secs: Self::default_max_call_secs(),
+            transfer: BTreeMap::new(),
+            transfer_announcement: Self::default_transfer_announcement(),
+            transfer_failed: Self::default_transfer_failed(),
+            transfer_fallback: TransferFallback::default(),
+            keys: BTreeMap::new(),
+            collect: None,
+        }
+    }
+
+    /// The key map, checked: `(key, action)`.
+    pub fn key_actions(&self) -> Vec<(char, KeyAction)> {
+        self.keys
+            .iter()
+            .filter_map(|(k, a)| Some((k.chars().next()?, KeyAction::parse(a)?)))
+            .collect()
+    }
+
+    /// What is wrong with the profile, naming the setting (relative to the
+    /// agent's table).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let bad = |field: &str, msg: String| Err((field.to_string(), msg));
+        if self.language.trim().is_empty() {
+            return bad("language", "must not be empty".into());
+        }
+        if self.system_prompt.trim().is_empty() {
+            return bad("system_prompt", "must not be empty".into());
+        }
+        for (name, target) in &self.transfer {
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
+                return bad(
+                    &format!("transfer.{name}"),
+                    "a target's name is letters, digits and _ only".into(),
+                );
+            }
+            let t = target.trim();
+            let number = t.strip_prefix('+').unwrap_or(t);
+            let uri = t.starts_with("sip:") || t.starts_with("sips:");
+            if !uri && (number.is_empty() || !number.chars().all(|c| c.is_ascii_digit())) {
+                return bad(
+                    &format!("transfer.{name}"),
+                    format!("`{target}` is neither a SIP URI (sip:…) nor a number"),
+                );
+            }
+            if t.chars()
+                .any(|c| c.is_whitespace() || c == '<' || c == '>' || c == '"')
+            {
+                return bad(
+                    &format!("transfer.{name}"),
+                    format!("`{target}` contains spaces, quotes or angle brackets"),
+                );
+            }
+        }
+        for (key, action) in &self.keys {
+            if key.chars().count() != 1 || !KEYS.contains(key.as_str()) {
+                return bad(
+                    &format!("keys.\"{key}\""),
+                    format!("`{key}` is not a key (one of {KEYS})"),
+                );
+            }
+            match KeyAction::parse(action) {
+                None => {
+                    return bad(
+                        &format!("keys.\"{key}\""),
+                        format!(
+                            "`{action}` is not an action (end_call, repeat, transfer:<target>)"
+                        ),
+                    );
+                }
+                Some(KeyAction::Transfer(t)) if !self.transfer.contains_key(&t) => {
+                    return bad(
+                        &format!("keys.\"{key}\""),
+                        format!(
+                            "transfer target `{t}` is not in this agent's transfer table ({})",
+                            self.transfer.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(c) = &self.collect {
+            if c.max_digits == 0 || c.max_digits > 32 {
+                return bad("collect.max_digits", "must be 1 to 32".into());
+            }
+            if !c.end_key.is_empty()
+                && (c.end_key.chars().count() != 1 || !KEYS.contains(c.end_key.as_str()))
+            {
+                return bad(
+                    "collect.end_key",
+                    format!("`{}` is not a key (one of {KEYS})", c.end_key),
+                );
+            }
+            if self.keys.contains_key(&c.end_key) {
+                return bad(
+                    "collect.end_key",
+                    format!("`{}` is also in the key map", c.end_key),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -418,15 +662,12 @@ impl Default for Config {
         let mut agents = BTreeMap::new();
         agents.insert(
             "english".to_string(),
-            AgentProfile {
-                language: "en".into(),
-                system_prompt:
-                    "You are Izwi, a friendly phone assistant. Answer in one or two short \
-                                spoken sentences. Do not use lists, markdown or emojis."
-                        .into(),
-                greeting: "Hello, this is Izwi. How can I help you today?".into(),
-                espeak_voice: None,
-            },
+            AgentProfile::new(
+                "en",
+                "You are Izwi, a friendly phone assistant. Answer in one or two short \
+                 spoken sentences. Do not use lists, markdown or emojis.",
+                "Hello, this is Izwi. How can I help you today?",
+            ),
         );
         Config {
             models: ModelsConfig::default(),
@@ -808,17 +1049,8 @@ impl Config {
             ));
         }
         for (name, agent) in &self.agents {
-            if agent.language.trim().is_empty() {
-                return Err(invalid(
-                    &format!("agents.{name}.language"),
-                    "must not be empty",
-                ));
-            }
-            if agent.system_prompt.trim().is_empty() {
-                return Err(invalid(
-                    &format!("agents.{name}.system_prompt"),
-                    "must not be empty",
-                ));
+            if let Err((field, msg)) = agent.check() {
+                return Err(invalid(&format!("agents.{name}.{field}"), &msg));
             }
         }
         Ok(())

@@ -8,7 +8,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use izwi::call::Agent;
-use izwi::call::ending::Ending;
 use izwi::call::session::CallTracker;
 use izwi::codec::{resample::resample, wav};
 use izwi::config::Config;
@@ -131,8 +130,12 @@ struct ListArgs {
 #[derive(Args)]
 struct TalkArgs {
     /// The caller's side: any WAV file (resampled to 16 kHz mono).
-    #[arg(long = "in")]
-    input: PathBuf,
+    #[arg(long = "in", required_unless_present = "say", conflicts_with = "say")]
+    input: Option<PathBuf>,
+    /// The caller's side as words, spoken with the agent's voice after the
+    /// greeting; repeat it for several questions (a pause follows each).
+    #[arg(long)]
+    say: Vec<String>,
     /// Where to write the agent's side (16 kHz mono, aligned with the caller's).
     #[arg(long = "out")]
     output: PathBuf,
@@ -401,10 +404,15 @@ async fn bench_cmd(config: Config, args: BenchArgs) -> Result<()> {
 
 async fn talk_cmd(config: Config, args: TalkArgs) -> Result<()> {
     let (name, profile) = pick_agent(&config, args.agent.as_deref())?;
-    let (audio, rate) = wav::read_mono(&args.input)?;
-    let audio = resample(&audio, rate, izwi::audio::ENGINE_RATE)?;
     let engine = load_engine(&config).await?;
     let agent = Arc::new(Agent::prepare(&engine, name, profile).await?);
+    let audio = match &args.input {
+        Some(input) => {
+            let (audio, rate) = wav::read_mono(input)?;
+            resample(&audio, rate, izwi::audio::ENGINE_RATE)?
+        }
+        None => talk::spoken_caller(&engine, &agent, &args.say).await?,
+    };
     let clock = if args.fast {
         Clock::Simulated
     } else {
@@ -428,13 +436,20 @@ async fn talk_cmd(config: Config, args: TalkArgs) -> Result<()> {
     );
     tracker.answered(now_ms());
     let outcome = talk::talk(engine, agent, &config.turn, &audio, clock).await?;
-    tracker.finish(Ending::TalkEnd, 0, &outcome.turns);
+    tracker.finish(outcome.ending, 0, &outcome.turns, outcome.actions.clone());
     close_records(store, recorder, writer).await;
     if config.records.enabled {
         println!("call {id} recorded in {}", config.records.path.display());
     }
     wav::write_mono(&args.output, &outcome.agent_audio, izwi::audio::ENGINE_RATE)?;
     print!("{}", talk::report(&outcome.turns));
+    if !outcome.actions.is_empty() {
+        print!("{}", izwi::records::actions_table(&outcome.actions));
+    }
+    println!("ended: {}", outcome.ending);
+    if let Some(to) = &outcome.transferred_to {
+        println!("transferred to {to}");
+    }
     if args.json {
         for t in &outcome.turns {
             println!("{}", serde_json::to_string(t)?);
@@ -559,16 +574,20 @@ async fn calls_cmd(config: Config, action: CallsAction) -> Result<()> {
             let Some((call, turns)) = store.get(&id).await? else {
                 bail!("no call `{id}` in {}", path.display());
             };
+            let actions = store.actions(&id).await?;
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &serde_json::json!({"call": call, "turns": turns})
+                        &serde_json::json!({"call": call, "turns": turns, "actions": actions})
                     )?
                 );
             } else {
                 print!("{}", izwi::records::table(std::slice::from_ref(&call)));
                 print!("{}", izwi::records::turns_table(&turns));
+                if !actions.is_empty() {
+                    print!("{}", izwi::records::actions_table(&actions));
+                }
             }
         }
     }

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use crate::audio::{ENGINE_RATE, FRAME, SILENCE, frames};
 use crate::call::Agent;
+use crate::call::action::CallControl;
 use crate::call::conversation::{Conversation, TurnRecord};
+use crate::call::ending::Ending;
 use crate::config::TurnConfig;
 use crate::engine::{ChatMessage, Engine, EngineError};
+use crate::records::ActionRow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Clock {
@@ -25,6 +28,12 @@ pub struct TalkOutcome {
     /// The conversation as the agent remembers it (in memory only).
     pub history: Vec<ChatMessage>,
     pub caller_seconds: f64,
+    pub actions: Vec<ActionRow>,
+    /// How the talk ended: the recording ran out, or the agent hung up or
+    /// transferred (a transfer is taken as done: there is no one to hand to).
+    pub ending: Ending,
+    /// Where the agent transferred the caller.
+    pub transferred_to: Option<String>,
 }
 
 /// How long the harness keeps listening after the recording ends.
@@ -45,6 +54,8 @@ pub async fn talk(
         Vec::with_capacity(caller.len() + MAX_TAIL.as_secs() as usize * ENGINE_RATE as usize);
     let start = tokio::time::Instant::now();
     let mut quiet = Duration::ZERO;
+    let mut ending = Ending::TalkEnd;
+    let mut transferred_to = None;
     for k in 0u32.. {
         let at = FRAME * k;
         if clock == Clock::RealTime {
@@ -54,6 +65,19 @@ pub async fn talk(
         conv.push_caller(frame, at);
         let agent_frame = conv.next_frame(at, clock == Clock::Simulated).await;
         out.extend_from_slice(&agent_frame.unwrap_or(SILENCE));
+        match conv.take_control() {
+            Some(CallControl::HangUp(e)) => {
+                ending = e;
+                break;
+            }
+            Some(CallControl::Transfer { target }) => {
+                conv.transfer_result(true);
+                transferred_to = Some(target);
+                ending = Ending::Transferred;
+                break;
+            }
+            None => {}
+        }
         if k as usize >= caller_frames.len() {
             quiet = if conv.is_idle() {
                 quiet + FRAME
@@ -72,7 +96,30 @@ pub async fn talk(
         turns: conv.turns().to_vec(),
         history: conv.history().to_vec(),
         caller_seconds: caller.len() as f64 / ENGINE_RATE as f64,
+        actions: conv.actions().to_vec(),
+        ending,
+        transferred_to,
     })
+}
+
+/// A caller who says `lines` with the agent's voice: after the greeting and a
+/// short pause, each line then a pause long enough for a short answer.
+pub async fn spoken_caller(
+    engine: &Arc<Engine>,
+    agent: &Agent,
+    lines: &[String],
+) -> Result<Vec<f32>, EngineError> {
+    let samples = |d: Duration| (d.as_secs_f64() * ENGINE_RATE as f64) as usize;
+    let greeting = FRAME * agent.greeting.len() as u32;
+    let mut audio = vec![0.0; samples(greeting + Duration::from_millis(800))];
+    for line in lines {
+        let spoken = engine
+            .speak(line.clone(), agent.profile.espeak_voice.clone())
+            .await?;
+        audio.extend_from_slice(&spoken);
+        audio.extend(std::iter::repeat_n(0.0, samples(Duration::from_secs(6))));
+    }
+    Ok(audio)
 }
 
 fn opt(v: Option<f64>, decimals: usize) -> String {

@@ -7,8 +7,10 @@ use std::ops::ControlFlow;
 
 use common::*;
 use izwi::audio::{ENGINE_RATE, FRAME_SAMPLES};
+use izwi::call::action::{self, Action, Refusal};
 use izwi::codec::resample::resample;
-use izwi::engine::{ChatMessage, EnginePool, Speaker};
+use izwi::config::AgentProfile;
+use izwi::engine::{ChatMessage, EnginePool, LlmEvent, Speaker, ToolCall};
 
 #[test]
 fn whisper_and_llama_run_in_one_process_on_real_models() {
@@ -25,7 +27,7 @@ fn whisper_and_llama_run_in_one_process_on_real_models() {
 
     let mut session = engine
         .llm
-        .session("You are a helpful assistant. Answer briefly.")
+        .session("You are a helpful assistant. Answer briefly.", &[])
         .unwrap();
     let history = vec![ChatMessage {
         speaker: Speaker::User,
@@ -34,8 +36,10 @@ fn whisper_and_llama_run_in_one_process_on_real_models() {
     let mut reply = String::new();
     let pool = EnginePool::new(2);
     let stats = session
-        .reply(&history, &pool, &mut |piece| {
-            reply.push_str(piece);
+        .reply(&history, &pool, &mut |event| {
+            if let LlmEvent::Text(piece) = event {
+                reply.push_str(piece);
+            }
             ControlFlow::Continue(())
         })
         .unwrap();
@@ -50,15 +54,17 @@ fn system_prompt_and_earlier_turns_are_not_evaluated_again() {
     let engine = engine();
     let prompt = "You are a phone assistant for a bakery. Answer in one sentence.";
     let pool = EnginePool::new(2);
-    let mut a = engine.llm.session(prompt).unwrap();
+    let mut a = engine.llm.session(prompt, &[]).unwrap();
     let mut history = vec![ChatMessage {
         speaker: Speaker::User,
         text: "Do you sell bread?".into(),
     }];
     let mut reply = String::new();
     let first = a
-        .reply(&history, &pool, &mut |p| {
-            reply.push_str(p);
+        .reply(&history, &pool, &mut |event| {
+            if let LlmEvent::Text(p) = event {
+                reply.push_str(p);
+            }
             ControlFlow::Continue(())
         })
         .unwrap();
@@ -83,18 +89,95 @@ fn system_prompt_and_earlier_turns_are_not_evaluated_again() {
     );
 
     // A second call with the same prompt starts from the same saved state.
-    let mut b = engine.llm.session(prompt).unwrap();
+    let mut b = engine.llm.session(prompt, &[]).unwrap();
     let other = b
         .reply(&history[..1], &pool, &mut |_| ControlFlow::Continue(()))
         .unwrap();
     assert_eq!(other.reused_tokens, first.reused_tokens);
 }
 
+/// The agent of the model-path test: the prompt shows the bracket form by
+/// example (a 135M model follows examples, not descriptions).
+fn acting_agent() -> AgentProfile {
+    let mut p = AgentProfile::new(
+        "en",
+        "You are the phone receptionist of Hope Clinic. Answer in one short sentence. \
+         Examples: Caller: When do you open? You: [answer] We open at eight. \
+         Caller: Bye, thanks. You: [end_call] Goodbye! \
+         Caller: Can I talk to the nurse? You: [transfer:nurse] Of course.",
+        "Hello.",
+    );
+    p.transfer
+        .insert("front_desk".into(), "sip:desk@127.0.0.1:5070".into());
+    p.transfer.insert("nurse".into(), "+263771000111".into());
+    p
+}
+
+/// One reply: its words and the actions it asked for.
+fn ask(profile: &AgentProfile, question: &str) -> (String, Vec<ToolCall>) {
+    let engine = engine();
+    let pool = EnginePool::new(2);
+    let tools = action::tools(profile);
+    let mut s = engine.llm.session(&profile.system_prompt, &tools).unwrap();
+    let history = vec![ChatMessage {
+        speaker: Speaker::User,
+        text: question.into(),
+    }];
+    let (mut words, mut calls) = (String::new(), Vec::new());
+    s.reply(&history, &pool, &mut |event| {
+        match event {
+            LlmEvent::Text(t) => words.push_str(t),
+            LlmEvent::ToolCall(c) => calls.push(c),
+            LlmEvent::Malformed(m) => panic!("malformed action {m:?}"),
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    (words, calls)
+}
+
+#[test]
+fn the_small_model_asks_for_end_call_and_transfer_and_only_allowed_targets_pass() {
+    let p = acting_agent();
+    let (words, calls) = ask(&p, "Thank you, that is all. Goodbye.");
+    assert_eq!(calls.len(), 1, "{words:?} {calls:?}");
+    assert_eq!(action::from_model(&p, &calls[0]), Ok(Action::EndCall));
+    assert!(!words.contains('['), "the bracket is not spoken: {words:?}");
+
+    let (words, calls) = ask(&p, "Please put me through to the nurse.");
+    assert_eq!(calls.len(), 1, "{words:?} {calls:?}");
+    assert_eq!(
+        action::from_model(&p, &calls[0]),
+        Ok(Action::Transfer {
+            name: "nurse".into(),
+            target: "+263771000111".into()
+        })
+    );
+    // The grammar kept the model to the list; a forged request (as a remote
+    // model could make) is refused before anything happens.
+    let forged = ToolCall {
+        name: "transfer".into(),
+        arguments: serde_json::json!({"to": "+263779999999"}),
+    };
+    assert_eq!(action::from_model(&p, &forged), Err(Refusal::Target));
+
+    // The default agent (end_call only) answers a question with words and
+    // no action.
+    let plain = AgentProfile::new(
+        "en",
+        "You are Izwi, a friendly phone assistant. Answer in one or two short spoken sentences.",
+        "Hello.",
+    );
+    let (words, calls) = ask(&plain, "What time do you open on Monday?");
+    assert!(calls.is_empty(), "{words:?} {calls:?}");
+    assert!(words.split_whitespace().count() >= 2, "{words:?}");
+}
+
 #[test]
 fn llm_stops_when_the_listener_goes_away() {
     let engine = engine();
     let pool = EnginePool::new(2);
-    let mut s = engine.llm.session("You are a storyteller.").unwrap();
+    let mut s = engine.llm.session("You are a storyteller.", &[]).unwrap();
     let history = vec![ChatMessage {
         speaker: Speaker::User,
         text: "Tell me a long story about a lion.".into(),

@@ -124,12 +124,7 @@ mod tests {
     use std::path::Path;
 
     fn profiles() -> BTreeMap<String, AgentProfile> {
-        let p = AgentProfile {
-            language: "en".into(),
-            system_prompt: "x".into(),
-            greeting: "hi".into(),
-            espeak_voice: None,
-        };
+        let p = AgentProfile::new("en", "x", "hi");
         [("a".to_string(), p.clone()), ("b".to_string(), p)]
             .into_iter()
             .collect()

@@ -11,17 +11,30 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use super::Agent;
-use super::reply::{self, ReplyEvent, ReplyRequest, ReplyStream};
+use super::action::{self, Action, CallControl, Source};
+use super::ending::{AgentEnd, Ending};
+use super::reply::{self, ReplyEvent, ReplyInput, ReplyRequest, ReplyStream};
 use super::turn::{Input, Output, State, TurnMachine, TurnPolicy};
+use super::{Agent, Phrase};
 use crate::audio::{ENGINE_RATE, FRAME, Frame, ms_to_samples};
+use crate::config::TransferFallback;
 use crate::config::TurnConfig;
 use crate::engine::{ChatMessage, Engine, EngineError, LlmSession, Speaker, VadStream};
+use crate::records::ActionRow;
 
 /// Caller audio kept for the start of a turn (onset detection lags the onset).
 const RECENT: Duration = Duration::from_secs(3);
 /// Keys a call keeps; more are a flood.
 const MAX_DIGITS: usize = 256;
+/// Actions a call records; more are a flood (of keys).
+const MAX_ACTIONS: usize = 64;
+/// The last answer kept for `repeat`, at most.
+const MAX_REPEAT_FRAMES: usize = 30 * 50;
+/// After the last frame of the words before a hang-up or transfer: time for
+/// them to leave the far end's buffers (a transport that confirms playback
+/// waits for that instead, up to [`CONFIRM_WAIT`]).
+const GRACE: Duration = Duration::from_millis(300);
+const CONFIRM_WAIT: Duration = Duration::from_secs(3);
 
 /// How a turn ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,6 +135,14 @@ struct ActiveReply {
     synth: Duration,
     synth_audio: Duration,
     record: TurnRecord,
+    /// Fixed words (a prompt, a goodbye, a repeat): not a turn of its own.
+    fixed: bool,
+    /// What the call does once these words are played.
+    then: Option<CallControl>,
+    /// What the model asked for, checked, to do after its words.
+    action: Option<Action>,
+    /// The frames played so far, for `repeat`.
+    kept: Vec<Frame>,
 }
 
 impl ActiveReply {
@@ -131,6 +152,10 @@ impl ActiveReply {
         record: TurnRecord,
     ) -> ActiveReply {
         ActiveReply {
+            fixed: false,
+            then: None,
+            action: None,
+            kept: Vec::new(),
             done: stream.is_none(),
             stream,
             phrases,
@@ -195,8 +220,38 @@ pub struct Conversation {
     vad_errors: u64,
     next_phrase: u64,
     barge_ins: u64,
+    /// Replies cut while playing by a key or a policy.
+    cuts: u64,
     playback: Option<Playback>,
     digit_log: crate::limits::LogGate,
+    /// Audio time of the latest input or output.
+    now: Duration,
+    /// A final phrase is playing or played: the caller is no longer heard.
+    closing: bool,
+    /// The control waiting for its words to be played.
+    due: Option<Due>,
+    /// Controls for the transport.
+    controls: VecDeque<CallControl>,
+    actions: Vec<ActionRow>,
+    /// The transfer waiting for the transport's result (its record).
+    transferring: Option<usize>,
+    /// Since when nobody has spoken.
+    quiet_since: Duration,
+    silence_prompts: u32,
+    /// Keys collected for the model, and when the last came.
+    collected: String,
+    last_key: Duration,
+    /// The last answer, for `repeat`.
+    last_answer: Option<Phrase>,
+}
+
+/// A control waiting for the words before it to be heard.
+struct Due {
+    control: CallControl,
+    /// The last phrase of those words (none: nothing to wait for).
+    seq: Option<u64>,
+    /// When their last frame went out.
+    sent: Duration,
 }
 
 /// What a transport that confirms playback (Twilio's marks) has reported.
@@ -227,7 +282,7 @@ impl Conversation {
     ) -> Result<Conversation, EngineError> {
         let vad = engine.vad.stream()?;
         let session = engine
-            .llm_session(agent.profile.system_prompt.clone())
+            .llm_session(agent.profile.system_prompt.clone(), agent.tools.clone())
             .await?;
         let mut c = Conversation {
             engine,
@@ -248,8 +303,20 @@ impl Conversation {
             vad_errors: 0,
             next_phrase: 0,
             barge_ins: 0,
+            cuts: 0,
             playback: None,
             digit_log: crate::limits::LogGate::new(5, Duration::from_secs(10)),
+            now: Duration::ZERO,
+            closing: false,
+            due: None,
+            controls: VecDeque::new(),
+            actions: Vec::new(),
+            transferring: None,
+            quiet_since: Duration::ZERO,
+            silence_prompts: 0,
+            collected: String::new(),
+            last_key: Duration::ZERO,
+            last_answer: None,
         };
         c.greet();
         Ok(c)
@@ -298,9 +365,10 @@ impl Conversation {
         }
     }
 
-    /// Barge-ins so far: a transport with its own playback buffer clears it on each.
+    /// Barge-ins and replies cut by a key or a policy so far: a transport
+    /// with its own playback buffer clears it on each.
     pub fn barge_ins(&self) -> u64 {
-        self.barge_ins
+        self.barge_ins + self.cuts
     }
 
     pub fn state(&self) -> State {
@@ -314,11 +382,243 @@ impl Conversation {
 
     /// Ends the conversation: a reply still in progress is recorded as cut by the hang-up.
     pub fn close(&mut self) {
-        if let Some(mut r) = self.reply.take() {
+        if let Some(mut r) = self.reply.take()
+            && !r.fixed
+        {
             r.record.words_spoken = r.played_text().split_whitespace().count();
             r.record.outcome = TurnOutcome::HungUp;
             self.turns.push(r.record);
         }
+    }
+
+    /// What the agent did besides talking, for the record.
+    pub fn actions(&self) -> &[ActionRow] {
+        &self.actions
+    }
+
+    /// The next control for the transport, once its words have been played.
+    pub fn take_control(&mut self) -> Option<CallControl> {
+        self.controls.pop_front()
+    }
+
+    /// The transport's result of a [`CallControl::Transfer`]: on success the
+    /// call is over (the transport ends it); on failure the caller hears so,
+    /// and the agent's fallback decides what follows.
+    pub fn transfer_result(&mut self, done: bool) {
+        if let Some(i) = self.transferring.take()
+            && let Some(a) = self.actions.get_mut(i)
+        {
+            a.result = if done { "done" } else { "failed" }.into();
+        }
+        if done {
+            return;
+        }
+        tracing::info!(call = %self.call_id, "transfer failed; the call goes on");
+        self.closing = false;
+        let failed = self.agent.phrases.transfer_failed.clone();
+        match self.agent.profile.transfer_fallback {
+            TransferFallback::Continue => self.say(vec![failed], None),
+            TransferFallback::HangUp => {
+                let goodbye = self.agent.phrases.goodbye.clone();
+                self.say(
+                    vec![failed, goodbye],
+                    Some(CallControl::HangUp(Ending::Agent(AgentEnd::TransferFailed))),
+                )
+            }
+        }
+    }
+
+    fn record_action(
+        &mut self,
+        action: &str,
+        source: Source,
+        target: Option<&str>,
+        result: &str,
+    ) -> Option<usize> {
+        if self.actions.len() >= MAX_ACTIONS {
+            return None;
+        }
+        tracing::info!(call = %self.call_id, action, source = source.as_str(), target, result, "agent action");
+        self.actions.push(ActionRow {
+            at_ms: ms(self.now),
+            action: action.into(),
+            source: source.as_str().into(),
+            target: target.map(str::to_string),
+            result: result.into(),
+        });
+        Some(self.actions.len() - 1)
+    }
+
+    /// Plays fixed words in place of whatever the agent was doing; with
+    /// `then`, they are the call's last (the caller is no longer heard), and
+    /// the control follows once they are played.
+    fn say(&mut self, phrases: Vec<Phrase>, then: Option<CallControl>) {
+        self.drop_reply();
+        let mut playing = VecDeque::new();
+        for p in phrases.into_iter().filter(|p| !p.frames.is_empty()) {
+            let seq = self.phrase_seq();
+            playing.push_back(Playing {
+                seq,
+                total: p.frames.len(),
+                frames: p.frames.into(),
+                text: p.text,
+            });
+        }
+        if then.is_some() {
+            self.closing = true;
+            self.capture = None;
+        }
+        if playing.is_empty() {
+            // Nothing more to say: the control waits for the last words sent.
+            if let Some(control) = then {
+                self.due = Some(Due {
+                    control,
+                    seq: (self.next_phrase > 0).then_some(self.next_phrase),
+                    sent: self.now,
+                });
+            }
+            return;
+        }
+        let mut r = ActiveReply::new(None, playing, TurnRecord::new(0, false));
+        r.fixed = true;
+        r.then = then;
+        self.reply = Some(r);
+    }
+
+    /// The reply in progress stops where it is (a key or a policy took over).
+    fn drop_reply(&mut self) {
+        let Some(mut r) = self.reply.take() else {
+            return;
+        };
+        if r.started {
+            self.cuts += 1;
+        }
+        let played = r.played_text();
+        if !played.is_empty() {
+            self.history.push(ChatMessage {
+                speaker: Speaker::Assistant,
+                text: played.clone(),
+            });
+        }
+        if !r.fixed {
+            r.record.words_spoken = played.split_whitespace().count();
+            r.record.outcome = TurnOutcome::Interrupted;
+            self.turns.push(r.record);
+        }
+        if let Some(a) = r.action.take() {
+            self.record_action(a.label(), Source::Model, None, "interrupted");
+        }
+        self.turn.step(Input::ReplyAbandoned);
+    }
+
+    /// Carries out a checked action.
+    fn perform(&mut self, action: Action, source: Source, words_before: bool) {
+        let why = match source {
+            Source::Key => AgentEnd::Key,
+            Source::Silence => AgentEnd::Silence,
+            Source::MaxLength => AgentEnd::MaxLength,
+            _ => AgentEnd::Model,
+        };
+        match action {
+            Action::EndCall => {
+                self.record_action("end_call", source, None, "done");
+                let goodbye = if words_before {
+                    Vec::new()
+                } else {
+                    vec![self.agent.phrases.goodbye.clone()]
+                };
+                self.say(goodbye, Some(CallControl::HangUp(Ending::Agent(why))));
+            }
+            Action::Transfer { name, target } => {
+                self.transferring = self.record_action("transfer", source, Some(&name), "failed");
+                let announce = vec![self.agent.phrases.transferring.clone()];
+                self.say(announce, Some(CallControl::Transfer { target }));
+            }
+            Action::Repeat => match self.last_answer.clone() {
+                Some(answer) => {
+                    self.record_action("repeat", source, None, "done");
+                    self.say(vec![answer], None);
+                }
+                None => {
+                    self.record_action("repeat", source, None, "refused");
+                }
+            },
+        }
+    }
+
+    /// Policies that act on time: the caller's silence, the longest call,
+    /// keys left waiting; and a control whose words have been heard.
+    fn policies(&mut self, at: Duration) {
+        if let Some(due) = &self.due {
+            let heard = match (due.seq, self.playback.as_ref()) {
+                (None, _) => true,
+                (Some(seq), Some(p)) => {
+                    p.heard.is_some_and(|h| h >= seq) || at >= due.sent + CONFIRM_WAIT
+                }
+                (Some(_), None) => at >= due.sent + GRACE,
+            };
+            if heard && let Some(due) = self.due.take() {
+                self.controls.push_back(due.control);
+            }
+        }
+        if self.closing {
+            return;
+        }
+        let profile = &self.agent.profile;
+        if profile.max_call_secs > 0 && at >= Duration::from_secs(profile.max_call_secs as u64) {
+            tracing::info!(call = %self.call_id, "the agent's longest call is reached");
+            self.perform(Action::EndCall, Source::MaxLength, false);
+            return;
+        }
+        if !self.collected.is_empty()
+            && let Some(c) = &profile.collect
+            && at >= self.last_key + Duration::from_secs(c.timeout_secs as u64)
+        {
+            self.collected_digits();
+            return;
+        }
+        if !self.is_idle() || !self.collected.is_empty() {
+            self.quiet_since = at;
+            return;
+        }
+        let silence = &profile.silence;
+        if silence.after_secs == 0
+            || at < self.quiet_since + Duration::from_secs(silence.after_secs as u64)
+        {
+            return;
+        }
+        self.quiet_since = at;
+        if self.silence_prompts < silence.prompts {
+            self.silence_prompts += 1;
+            self.record_action("silence_prompt", Source::Silence, None, "done");
+            let prompt = self.agent.phrases.still_there.clone();
+            self.say(vec![prompt], None);
+        } else {
+            self.perform(Action::EndCall, Source::Silence, false);
+        }
+    }
+
+    /// The keys collected go to the model, as the caller's words.
+    fn collected_digits(&mut self) {
+        let digits = std::mem::take(&mut self.collected);
+        self.record_action("collect", Source::Collect, None, "done");
+        self.drop_reply();
+        let index = self.turns.iter().filter(|t| !t.greeting).count() + 1;
+        let text = format!("(The caller typed on the keypad: {digits})");
+        let stream = reply::start(
+            self.engine.clone(),
+            self.llm.clone(),
+            ReplyRequest {
+                input: ReplyInput::Text(text.clone()),
+                language: self.agent.profile.language.clone(),
+                voice: self.agent.profile.espeak_voice.clone(),
+                history: self.history.clone(),
+            },
+        );
+        let mut r = ActiveReply::new(Some(stream), VecDeque::new(), TurnRecord::new(index, false));
+        r.heard = Some(text);
+        r.play_from = self.now;
+        self.reply = Some(r);
     }
 
     pub fn turns(&self) -> &[TurnRecord] {
@@ -344,6 +644,31 @@ impl Conversation {
                 turn,
             });
         }
+        self.now = self.now.max(at);
+        if self.closing {
+            return;
+        }
+        self.quiet_since = self.now;
+        self.silence_prompts = 0;
+        if let Some(action) = action::from_key(&self.agent.profile, digit) {
+            self.perform(action, Source::Key, false);
+            return;
+        }
+        let Some(c) = self.agent.profile.collect.clone() else {
+            return;
+        };
+        self.last_key = self.now;
+        let end = c.end_key.chars().next();
+        if Some(digit) == end {
+            if !self.collected.is_empty() {
+                self.collected_digits();
+            }
+            return;
+        }
+        self.collected.push(digit);
+        if self.collected.len() >= c.max_digits as usize {
+            self.collected_digits();
+        }
     }
 
     pub fn digits(&self) -> &[DigitRecord] {
@@ -356,6 +681,10 @@ impl Conversation {
 
     /// One 20 ms frame of caller audio starting at audio time `at`.
     pub fn push_caller(&mut self, frame: &Frame, at: Duration) {
+        self.now = self.now.max(at + FRAME);
+        if self.closing {
+            return;
+        }
         self.recent.extend(frame.iter().copied());
         let cap = ms_to_samples(RECENT.as_millis() as u32);
         if self.recent.len() > cap {
@@ -383,6 +712,7 @@ impl Conversation {
         match out {
             None => {}
             Some(Output::UserStarted { onset }) => {
+                self.silence_prompts = 0;
                 self.capture = Some(self.recent_since(onset.saturating_sub(self.preroll)));
             }
             Some(Output::UserFinished {
@@ -431,7 +761,7 @@ impl Conversation {
             self.engine.clone(),
             self.llm.clone(),
             ReplyRequest {
-                audio,
+                input: ReplyInput::Audio(audio),
                 language: self.agent.profile.language.clone(),
                 voice: self.agent.profile.espeak_voice.clone(),
                 history: self.history.clone(),
@@ -444,6 +774,8 @@ impl Conversation {
     /// `simulated` the audio clock waits for the engine (deterministic results,
     /// engine time not counted); otherwise whatever is not ready is silence.
     pub async fn next_frame(&mut self, at: Duration, simulated: bool) -> Option<Frame> {
+        self.now = self.now.max(at);
+        self.policies(at);
         loop {
             let reply = self.reply.as_mut()?;
             while reply.phrases.front().is_some_and(|p| p.frames.is_empty()) {
@@ -473,6 +805,9 @@ impl Conversation {
                     }
                     self.capture = None;
                     self.turn.step(Input::AgentStarted);
+                }
+                if !reply.fixed && reply.kept.len() < MAX_REPEAT_FRAMES {
+                    reply.kept.push(frame);
                 }
                 return Some(frame);
             }
@@ -546,6 +881,28 @@ impl Conversation {
                 rec.llm_reused_tokens = Some(stats.reused_tokens);
             }
             ReplyEvent::Done => reply.done = true,
+            ReplyEvent::Action(call) => {
+                let at = ms(self.now);
+                match action::from_model(&self.agent.profile, &call) {
+                    Ok(a) if reply.action.is_none() => reply.action = Some(a),
+                    Ok(_) => {
+                        tracing::info!(call = %self.call_id, "a second action in one reply refused");
+                        self.actions.push(action::refused_row(Some(&call), at));
+                    }
+                    Err(refusal) => {
+                        tracing::info!(call = %self.call_id, action = %crate::records::cap(&call.name, 32), %refusal, "the model's action refused");
+                        if self.actions.len() < MAX_ACTIONS {
+                            self.actions.push(action::refused_row(Some(&call), at));
+                        }
+                    }
+                }
+            }
+            ReplyEvent::MalformedAction => {
+                tracing::info!(call = %self.call_id, refusal = %action::Refusal::Malformed, "the model's action refused");
+                if self.actions.len() < MAX_ACTIONS {
+                    self.actions.push(action::refused_row(None, ms(self.now)));
+                }
+            }
             ReplyEvent::NothingHeard { asr } => {
                 rec.asr_ms = Some(ms(asr));
                 rec.outcome = TurnOutcome::NothingHeard;
@@ -580,20 +937,43 @@ impl Conversation {
         if interrupted {
             self.barge_ins += 1;
         }
-        r.record.words_spoken = played.split_whitespace().count();
-        r.record.barged_in = interrupted;
-        if interrupted {
-            r.record.outcome = TurnOutcome::Interrupted;
-        }
         if !played.is_empty() {
             self.history.push(ChatMessage {
                 speaker: Speaker::Assistant,
-                text: played,
+                text: played.clone(),
             });
         }
-        self.turns.push(r.record);
+        if !r.fixed {
+            r.record.words_spoken = played.split_whitespace().count();
+            r.record.barged_in = interrupted;
+            if interrupted {
+                r.record.outcome = TurnOutcome::Interrupted;
+            }
+            if !interrupted && !r.kept.is_empty() {
+                self.last_answer = Some(Phrase {
+                    text: played.clone(),
+                    frames: std::mem::take(&mut r.kept),
+                });
+            }
+            self.turns.push(r.record);
+        }
         if !interrupted {
             self.turn.step(Input::AgentFinished);
+        }
+        if let Some(control) = r.then.take() {
+            let seq = r.spoken.last().map(|(seq, _)| *seq);
+            self.due = Some(Due {
+                control,
+                seq,
+                sent: self.now,
+            });
+        }
+        match r.action.take() {
+            Some(a) if interrupted => {
+                self.record_action(a.label(), Source::Model, None, "interrupted");
+            }
+            Some(a) => self.perform(a, Source::Model, !played.is_empty()),
+            None => {}
         }
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Agent;
+use super::action::CallControl;
 use super::conversation::TurnRecord;
 use super::ending::Ending;
 use super::session::{CallAgent, CallContext, CallTracker};
@@ -73,6 +74,8 @@ pub struct Tick {
     pub clear: bool,
     /// Keys to send to the caller.
     pub keys: String,
+    /// What the transport must do for the call (its words already played).
+    pub control: Option<CallControl>,
 }
 
 pub struct CallCore {
@@ -111,7 +114,7 @@ impl CallCore {
         let (up, down) = match resamplers {
             Ok(r) => r,
             Err(e) => {
-                tracker.finish(Ending::AgentFailed, 0, &[]);
+                tracker.finish(Ending::AgentFailed, 0, &[], Vec::new());
                 return Err(e);
             }
         };
@@ -127,7 +130,7 @@ impl CallCore {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(call = %tracker.id(), error = %e, "cannot start the call's agent");
-                tracker.finish(Ending::AgentFailed, 0, &[]);
+                tracker.finish(Ending::AgentFailed, 0, &[], Vec::new());
                 return Err(e.into());
             }
         };
@@ -228,6 +231,7 @@ impl CallCore {
         out.marks.clear();
         out.clear = false;
         out.keys.clear();
+        out.control = None;
         let now = self.now();
         self.ticks += 1;
         // Caller time never lags the clock by more than MAX_LAG: after a stall
@@ -289,16 +293,23 @@ impl CallCore {
         }
         out.keys.push_str(&self.keys);
         self.keys.clear();
+        out.control = self.agent.take_control();
+    }
+
+    /// How the transport's transfer went: done (the transport ends the call
+    /// as [`Ending::Transferred`]) or refused (the agent goes on per its profile).
+    pub fn transfer_result(&mut self, done: bool) {
+        self.agent.transfer_result(done);
     }
 
     /// Ends the call: the conversation closes, and the record is written with
     /// how it ended. Returns the turns, for the transport's log line.
     pub fn end(mut self, ending: Ending) -> Vec<TurnRecord> {
-        let turns = self.agent.close();
+        let (turns, actions) = self.agent.close();
         if self.skipped > 0 {
             tracing::info!(call = %self.id(), frames = self.skipped, "caller audio came too late and was skipped");
         }
-        self.tracker.finish(ending, self.digits, &turns);
+        self.tracker.finish(ending, self.digits, &turns, actions);
         turns
     }
 }
@@ -306,6 +317,7 @@ impl CallCore {
 #[cfg(test)]
 mod tests_support {
     pub use super::*;
+    pub use crate::call::Agent;
     pub use crate::config::TurnConfig;
     pub use crate::records::{Recorder, Transport};
 
@@ -456,5 +468,361 @@ mod tests {
         assert!(out.keys.is_empty());
         assert_eq!(c.digits, 2);
         assert!(c.end(Ending::CallerBye).is_empty());
+    }
+}
+
+/// The core with a conversation on the fake engine: the clock is the test's
+/// (one tick per 20 ms of audio), the engine's work is done between ticks.
+#[cfg(test)]
+mod conversation_tests {
+    use super::tests_support::*;
+    use crate::call::action::CallControl;
+    use crate::call::conversation::TurnOutcome;
+    use crate::call::ending::AgentEnd;
+    use crate::config::AgentProfile;
+    use crate::engine::ToolCall;
+    use crate::engine::fake::{self, Script, Step};
+
+    const SPOKEN: &str =
+        "We open at eight in the morning and we close at five in the afternoon on every weekday.";
+
+    fn quiet_profile() -> AgentProfile {
+        let mut p = AgentProfile::new("en", "x", "");
+        p.silence.after_secs = 0;
+        p.goodbye = "Goodbye now.".into();
+        p
+    }
+
+    async fn engine_core(script: Script, profile: AgentProfile, twilio: bool) -> CallCore {
+        let engine = fake::engine(script);
+        let agent = Arc::new(Agent::prepare(&engine, "a", &profile).await.unwrap());
+        let plan = crate::dialplan::Dialplan::single("a", &Default::default());
+        let ctx = CallContext {
+            engine: Some(engine.clone()),
+            agents: Arc::new(super::super::agents::Agents::new(None, plan).await.unwrap()),
+            turn: TurnConfig::default(),
+            echo: false,
+            recorder: Recorder::disabled(),
+        };
+        let setup = CoreSetup {
+            agent: Some(agent),
+            start: CallStart {
+                id: "t".into(),
+                remote_id: None,
+                transport: Transport::Talk,
+                started_at_ms: 0,
+                called: None,
+                caller: None,
+                agent: None,
+                rule: None,
+                codec: None,
+            },
+            wire_rate: 8_000,
+            confirms_playback: twilio,
+            continuous: !twilio,
+        };
+        CallCore::start(&ctx, setup).await.unwrap()
+    }
+
+    /// What happened on one tick.
+    #[derive(Debug, Default, Clone)]
+    struct Seen {
+        loud: bool,
+        clear: bool,
+        control: Option<CallControl>,
+        marks: Vec<u64>,
+    }
+
+    /// One tick: the caller's frame (if any) in, the agent's out; the
+    /// engine's tasks get their turn after it.
+    async fn step(c: &mut CallCore, out: &mut Tick, caller: Option<&[f32]>) -> Seen {
+        if let Some(a) = caller {
+            c.caller_audio(a);
+        }
+        c.tick(out).await;
+        for _ in 0..3 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Seen {
+            loud: out.audio.iter().any(|s| s.abs() > 0.05),
+            clear: out.clear,
+            control: out.control.clone(),
+            marks: out.marks.clone(),
+        }
+    }
+
+    fn silence() -> Vec<f32> {
+        vec![0.0; 160]
+    }
+
+    /// The caller speaks `frames` frames, then is silent until the agent is
+    /// heard; returns the tick of the agent's first audio.
+    async fn ask(c: &mut CallCore, out: &mut Tick, frames: usize) -> usize {
+        for _ in 0..frames {
+            step(c, out, Some(&tone(160))).await;
+        }
+        for i in 0..500 {
+            if step(c, out, Some(&silence())).await.loud {
+                return i;
+            }
+        }
+        panic!("the agent never answered");
+    }
+
+    #[tokio::test]
+    async fn a_barge_in_stops_the_answer_and_clears_the_far_end() {
+        let script = Script {
+            replies: vec![vec![Step::Say(SPOKEN)]],
+            ..Default::default()
+        };
+        let mut c = engine_core(script, quiet_profile(), true).await;
+        let mut out = Tick::default();
+        ask(&mut c, &mut out, 50).await;
+        for _ in 0..25 {
+            assert!(step(&mut c, &mut out, Some(&silence())).await.loud);
+        }
+        // The caller talks over the answer.
+        let mut cleared_at = None;
+        for i in 0..30 {
+            let s = step(&mut c, &mut out, Some(&tone(160))).await;
+            if s.clear {
+                cleared_at = Some(i);
+                break;
+            }
+        }
+        let at = cleared_at.expect("no clear on barge-in");
+        assert!(at <= 12, "barge-in took {at} ticks");
+        assert!(!step(&mut c, &mut out, Some(&tone(160))).await.loud);
+        let turns = c.end(Ending::CallerBye);
+        let answer = turns.iter().find(|t| !t.greeting).unwrap();
+        assert!(answer.barged_in);
+        assert_eq!(answer.outcome, TurnOutcome::Interrupted);
+        assert!(answer.words_spoken < SPOKEN.split_whitespace().count());
+    }
+
+    #[tokio::test]
+    async fn a_transfer_comes_after_its_words_and_a_refusal_lets_the_call_go_on() {
+        let mut profile = quiet_profile();
+        profile
+            .transfer
+            .insert("front_desk".into(), "sip:desk@192.0.2.7".into());
+        let script = Script {
+            replies: vec![vec![
+                Step::Say("Of course."),
+                Step::Act(ToolCall {
+                    name: "transfer".into(),
+                    arguments: serde_json::json!({"to": "front_desk"}),
+                }),
+            ]],
+            ..Default::default()
+        };
+        let mut c = engine_core(script, profile, false).await;
+        let mut out = Tick::default();
+        ask(&mut c, &mut out, 50).await;
+        let mut last_loud = 0;
+        let mut control = None;
+        for i in 0..600 {
+            let s = step(&mut c, &mut out, Some(&silence())).await;
+            if s.loud {
+                last_loud = i;
+            }
+            if s.control.is_some() {
+                control = s.control.map(|c| (i, c));
+                break;
+            }
+        }
+        let (at, control) = control.expect("no transfer");
+        assert_eq!(
+            control,
+            CallControl::Transfer {
+                target: "sip:desk@192.0.2.7".into()
+            }
+        );
+        // "Of course." and the announcement, then the grace for the last frames.
+        assert!(last_loud > 2 * 10, "the announcement was not played");
+        assert!(at > last_loud, "the transfer came before its words ended");
+        // The caller's side refused: the agent says so and the call goes on.
+        c.transfer_result(false);
+        let mut loud = 0;
+        for _ in 0..300 {
+            let s = step(&mut c, &mut out, Some(&silence())).await;
+            loud += usize::from(s.loud);
+            assert!(s.control.is_none(), "{:?}", s.control);
+        }
+        assert!(loud > 20, "the failure was not said");
+        let (_, actions) = c.agent.close();
+        assert_eq!(actions.len(), 1);
+        assert_eq!(actions[0].action, "transfer");
+        assert_eq!(actions[0].target.as_deref(), Some("front_desk"));
+        assert_eq!(actions[0].result, "failed");
+    }
+
+    #[tokio::test]
+    async fn a_key_hangs_up_during_an_answer_after_the_goodbye() {
+        let mut profile = quiet_profile();
+        profile.keys.insert("#".into(), "end_call".into());
+        let script = Script {
+            replies: vec![vec![Step::Say(SPOKEN)]],
+            ..Default::default()
+        };
+        let mut c = engine_core(script, profile, true).await;
+        let mut out = Tick::default();
+        ask(&mut c, &mut out, 50).await;
+        for _ in 0..20 {
+            step(&mut c, &mut out, Some(&silence())).await;
+        }
+        c.digit('#');
+        let first = step(&mut c, &mut out, Some(&silence())).await;
+        assert!(first.clear, "the answer queued at the far end is cleared");
+        // The goodbye ("Goodbye now.", 400 ms) plays; the far end confirms it;
+        // then the hang-up.
+        let mut loud = 0;
+        let mut hangup = None;
+        for i in 0..400 {
+            let s = step(&mut c, &mut out, Some(&silence())).await;
+            loud += usize::from(s.loud);
+            for m in &s.marks {
+                c.heard_through(*m);
+            }
+            if let Some(ctl) = s.control {
+                hangup = Some((i, ctl));
+                break;
+            }
+        }
+        let (at, ctl) = hangup.expect("no hang-up");
+        assert_eq!(ctl, CallControl::HangUp(Ending::Agent(AgentEnd::Key)));
+        assert!((18..=22).contains(&loud), "goodbye frames: {loud}");
+        assert!(at < 40, "the hang-up waited {at} ticks");
+        let turns = c.end(Ending::Agent(AgentEnd::Key));
+        let answer = turns.iter().find(|t| !t.greeting).unwrap();
+        assert_eq!(answer.outcome, TurnOutcome::Interrupted);
+        assert!(!answer.barged_in);
+    }
+
+    #[tokio::test]
+    async fn latency_stays_right_when_the_caller_s_frames_come_late() {
+        // Twilio-like: frames come in bursts after gaps. The caller's audio is
+        // stamped on the core's clock as it arrives, so the reported latency is
+        // the one the caller lives (a count of frames would put the end of
+        // speech a second early and report a second more).
+        let script = Script {
+            replies: vec![vec![Step::Say("We open at eight.")]],
+            ..Default::default()
+        };
+        let mut c = engine_core(script, quiet_profile(), true).await;
+        let mut out = Tick::default();
+        let mut tick = 0usize;
+        for _ in 0..50 {
+            step(&mut c, &mut out, Some(&silence())).await;
+            tick += 1;
+        }
+        // A second with no frames at all (the provider's stall).
+        for _ in 0..50 {
+            step(&mut c, &mut out, None).await;
+            tick += 1;
+        }
+        // Speech, two frames every other tick (bursts), then silence likewise.
+        let mut last_speech_tick = 0;
+        for i in 0..40 {
+            let audio = tone(320);
+            let s = step(&mut c, &mut out, (i % 2 == 0).then_some(&audio[..])).await;
+            if i % 2 == 0 {
+                // Its second frame is due on the next tick.
+                last_speech_tick = tick + 1;
+            }
+            tick += 1;
+            assert!(!s.loud);
+        }
+        let mut first_audio_tick = None;
+        for _ in 0..300 {
+            let audio = vec![0.0; 320];
+            let s = step(
+                &mut c,
+                &mut out,
+                tick.is_multiple_of(2).then_some(&audio[..]),
+            )
+            .await;
+            if s.loud {
+                first_audio_tick = Some(tick);
+                break;
+            }
+            tick += 1;
+        }
+        let first = first_audio_tick.expect("no answer");
+        let lived = (first - last_speech_tick) as f64 * 20.0;
+        let turns = c.end(Ending::StreamStop);
+        let answer = turns.iter().find(|t| !t.greeting).unwrap();
+        let reported = answer.response_ms.unwrap();
+        assert!(
+            (reported - lived).abs() <= 100.0,
+            "reported {reported} ms, the caller lived {lived} ms"
+        );
+        assert!(
+            reported >= 400.0,
+            "at least the endpoint silence: {reported}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_caller_is_prompted_then_hung_up_on() {
+        let mut profile = quiet_profile();
+        profile.silence.after_secs = 2;
+        profile.silence.prompt = "Are you still there?".into();
+        let mut c = engine_core(Script::default(), profile, false).await;
+        let mut out = Tick::default();
+        let (mut first_loud, mut hangup) = (None, None);
+        for i in 0..600 {
+            let s = step(&mut c, &mut out, Some(&silence())).await;
+            if s.loud && first_loud.is_none() {
+                first_loud = Some(i);
+            }
+            if let Some(ctl) = s.control {
+                hangup = Some((i, ctl));
+                break;
+            }
+        }
+        assert_eq!(first_loud, Some(100), "the prompt after 2 s");
+        let (at, ctl) = hangup.expect("no hang-up");
+        assert_eq!(ctl, CallControl::HangUp(Ending::Agent(AgentEnd::Silence)));
+        // Prompt (0.8 s), 2 s, goodbye (0.4 s), 300 ms of grace.
+        assert!((270..285).contains(&at), "{at}");
+        let (_, actions) = c.agent.close();
+        let labels: Vec<_> = actions.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(labels, ["silence_prompt", "end_call"]);
+    }
+
+    #[tokio::test]
+    async fn collected_keys_reach_the_model_as_the_caller_s_words() {
+        let mut profile = quiet_profile();
+        profile.collect = Some(crate::config::CollectDigits {
+            max_digits: 6,
+            end_key: "#".into(),
+            timeout_secs: 3,
+        });
+        let script = Script {
+            replies: vec![vec![Step::Say("Thank you.")]],
+            ..Default::default()
+        };
+        let seen = script.seen.clone();
+        let mut c = engine_core(script, profile, false).await;
+        let mut out = Tick::default();
+        for k in ['1', '2', '3', '4', '#'] {
+            c.digit(k);
+            step(&mut c, &mut out, Some(&silence())).await;
+        }
+        let mut loud = false;
+        for _ in 0..100 {
+            loud |= step(&mut c, &mut out, Some(&silence())).await.loud;
+        }
+        assert!(loud, "no answer to the keys");
+        let seen = seen.lock().unwrap();
+        let last = seen.last().expect("the model was not asked");
+        assert!(
+            last.last()
+                .unwrap()
+                .text
+                .contains("typed on the keypad: 1234"),
+            "{last:?}"
+        );
     }
 }

@@ -2,8 +2,28 @@
 
 use crate::records::{Outcome, Side};
 
+/// Why the agent hung up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentEnd {
+    /// The model's `end_call`.
+    Model,
+    /// A key mapped to `end_call`.
+    Key,
+    /// The caller stayed silent through the prompts.
+    Silence,
+    /// The agent's longest call was reached.
+    MaxLength,
+    /// A transfer failed and the agent's fallback is to hang up.
+    TransferFailed,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
+    /// The agent hung up, after its goodbye.
+    Agent(AgentEnd),
+    /// The caller was handed on (SIP REFER accepted and the new call up;
+    /// Twilio: the stream ended for the `<Dial>`).
+    Transferred,
     /// The caller hung up (a SIP BYE).
     CallerBye,
     /// Izwi hung up: the call was ended from Izwi's side without a reason
@@ -45,6 +65,7 @@ impl Ending {
     /// The record's outcome.
     pub fn outcome(self) -> Outcome {
         match self {
+            Ending::Agent(_) | Ending::Transferred => Outcome::Completed,
             Ending::CallerBye
             | Ending::IzwiBye
             | Ending::MaxDuration
@@ -68,6 +89,7 @@ impl Ending {
     /// Who ended the call.
     pub fn side(self) -> Side {
         match self {
+            Ending::Agent(_) | Ending::Transferred => Side::Agent,
             Ending::CallerBye | Ending::NoAck | Ending::Cancelled | Ending::StreamStop => {
                 Side::Caller
             }
@@ -88,6 +110,14 @@ impl Ending {
     /// The record's `hangup_cause` (and the label logs carry).
     pub fn cause(self) -> String {
         match self {
+            Ending::Agent(why) => match why {
+                AgentEnd::Model => "agent:end_call".into(),
+                AgentEnd::Key => "agent:key".into(),
+                AgentEnd::Silence => "agent:silence".into(),
+                AgentEnd::MaxLength => "agent:max_length".into(),
+                AgentEnd::TransferFailed => "agent:transfer_failed".into(),
+            },
+            Ending::Transferred => "transferred".into(),
             Ending::CallerBye => "caller_bye".into(),
             Ending::IzwiBye => "izwi_bye".into(),
             Ending::NoAck => "no_ack".into(),
@@ -122,6 +152,12 @@ mod tests {
     #[test]
     fn every_ending_has_a_record_outcome_side_and_a_short_cause() {
         for e in [
+            Ending::Agent(AgentEnd::Model),
+            Ending::Agent(AgentEnd::Key),
+            Ending::Agent(AgentEnd::Silence),
+            Ending::Agent(AgentEnd::MaxLength),
+            Ending::Agent(AgentEnd::TransferFailed),
+            Ending::Transferred,
             Ending::CallerBye,
             Ending::IzwiBye,
             Ending::NoAck,
@@ -148,5 +184,7 @@ mod tests {
         assert_eq!(Ending::Rejected(486).cause(), "rejected:486");
         assert_eq!(Ending::Protocol("utf8").to_string(), "protocol:utf8");
         assert_eq!(Ending::SocketClosed.outcome(), Outcome::Failed);
+        assert_eq!(Ending::Agent(AgentEnd::Silence).side(), Side::Agent);
+        assert_eq!(Ending::Agent(AgentEnd::Silence).cause(), "agent:silence");
     }
 }

@@ -1,5 +1,6 @@
 //! One call: the agent it talks to, the conversation core and the turn machine.
 
+pub mod action;
 pub mod agents;
 pub mod conversation;
 pub mod core;
@@ -14,15 +15,52 @@ use std::time::{Duration, Instant};
 
 use crate::audio::{Frame, frames};
 use crate::config::AgentProfile;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, ToolSpec};
 
-/// An agent profile made ready for calls: its greeting synthesized once and its
-/// system prompt evaluated once, so that a call starts speaking at once.
+/// An agent profile made ready for calls: its fixed phrases synthesized once
+/// and its system prompt evaluated once, so that a call starts speaking at once.
 pub struct Agent {
     pub name: String,
     pub profile: AgentProfile,
     pub greeting: Vec<Frame>,
+    pub phrases: Phrases,
+    /// The actions the model is offered.
+    pub tools: Vec<ToolSpec>,
     pub prepared_in: Duration,
+}
+
+/// A fixed phrase and its audio (none when its text is empty).
+#[derive(Debug, Clone, Default)]
+pub struct Phrase {
+    pub text: String,
+    pub frames: Vec<Frame>,
+}
+
+/// What an agent says around its actions.
+#[derive(Debug, Clone, Default)]
+pub struct Phrases {
+    pub goodbye: Phrase,
+    pub still_there: Phrase,
+    pub transferring: Phrase,
+    pub transfer_failed: Phrase,
+}
+
+async fn synthesize(
+    engine: &Arc<Engine>,
+    text: &str,
+    profile: &AgentProfile,
+) -> Result<Phrase, EngineError> {
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Ok(Phrase::default());
+    }
+    let audio = engine
+        .speak(text.clone(), profile.espeak_voice.clone())
+        .await?;
+    Ok(Phrase {
+        text,
+        frames: frames(&audio),
+    })
 }
 
 impl Agent {
@@ -32,20 +70,32 @@ impl Agent {
         profile: &AgentProfile,
     ) -> Result<Agent, EngineError> {
         let t = Instant::now();
-        let greeting = if profile.greeting.trim().is_empty() {
-            Vec::new()
-        } else {
-            let audio = engine
-                .speak(profile.greeting.clone(), profile.espeak_voice.clone())
-                .await?;
-            frames(&audio)
+        let greeting = synthesize(engine, &profile.greeting, profile).await?.frames;
+        let phrases = Phrases {
+            goodbye: synthesize(engine, &profile.goodbye, profile).await?,
+            still_there: synthesize(engine, &profile.silence.prompt, profile).await?,
+            transferring: if profile.transfer.is_empty() {
+                Phrase::default()
+            } else {
+                synthesize(engine, &profile.transfer_announcement, profile).await?
+            },
+            transfer_failed: if profile.transfer.is_empty() {
+                Phrase::default()
+            } else {
+                synthesize(engine, &profile.transfer_failed, profile).await?
+            },
         };
+        let tools = action::tools(profile);
         // Evaluates the system prompt into the shared prefix cache.
-        engine.llm_session(profile.system_prompt.clone()).await?;
+        engine
+            .llm_session(profile.system_prompt.clone(), tools.clone())
+            .await?;
         Ok(Agent {
             name: name.to_string(),
             profile: profile.clone(),
             greeting,
+            phrases,
+            tools,
             prepared_in: t.elapsed(),
         })
     }
@@ -64,7 +114,7 @@ impl Agent {
             .speak("Hello.".into(), self.profile.espeak_voice.clone())
             .await?;
         engine
-            .llm_session(self.profile.system_prompt.clone())
+            .llm_session(self.profile.system_prompt.clone(), self.tools.clone())
             .await?;
         Ok(t.elapsed())
     }

@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 
 use crate::audio::{ENGINE_RATE, Frame, frames};
 use crate::engine::phrase::PhraseCutter;
-use crate::engine::{ChatMessage, Engine, EngineError, GenerationStats, LlmSession, Speaker};
+use crate::engine::{
+    ChatMessage, Engine, EngineError, GenerationStats, LlmEvent, LlmSession, Speaker, ToolCall,
+};
 
 /// Bound of every queue between stages.
 pub const QUEUE: usize = 8;
@@ -39,12 +41,24 @@ pub enum ReplyEvent {
         asr: Duration,
     },
     Failed(String),
+    /// The model asked for an action (not yet checked).
+    Action(ToolCall),
+    /// The model asked for an action in a form that cannot be read.
+    MalformedAction,
     /// No more phrases will come.
     Done,
 }
 
+/// What the reply answers.
+pub enum ReplyInput {
+    /// The caller's utterance, to be recognised first.
+    Audio(Vec<f32>),
+    /// Something the caller gave otherwise (keys), already in words.
+    Text(String),
+}
+
 pub struct ReplyRequest {
-    pub audio: Vec<f32>,
+    pub input: ReplyInput,
     pub language: String,
     pub voice: Option<String>,
     pub history: Vec<ChatMessage>,
@@ -96,43 +110,58 @@ async fn run(
     tx: &mpsc::Sender<ReplyEvent>,
 ) -> Result<(), EngineError> {
     let ReplyRequest {
-        audio,
+        input,
         language,
         voice,
         mut history,
     } = req;
-    let audio_len = Duration::from_secs_f64(audio.len() as f64 / ENGINE_RATE as f64);
-    let t = Instant::now();
-    let text = engine.transcribe(audio, language).await?;
-    let asr_time = t.elapsed();
-    if text.is_empty() {
-        send(tx, ReplyEvent::NothingHeard { asr: asr_time }).await?;
-        return Ok(());
-    }
-    send(
-        tx,
-        ReplyEvent::Heard {
-            text: text.clone(),
-            asr: asr_time,
-            audio: audio_len,
-        },
-    )
-    .await?;
+    let text = match input {
+        ReplyInput::Text(text) => text,
+        ReplyInput::Audio(audio) => {
+            let audio_len = Duration::from_secs_f64(audio.len() as f64 / ENGINE_RATE as f64);
+            let t = Instant::now();
+            let text = engine.transcribe(audio, language).await?;
+            let asr_time = t.elapsed();
+            if text.is_empty() {
+                send(tx, ReplyEvent::NothingHeard { asr: asr_time }).await?;
+                return Ok(());
+            }
+            send(
+                tx,
+                ReplyEvent::Heard {
+                    text: text.clone(),
+                    asr: asr_time,
+                    audio: audio_len,
+                },
+            )
+            .await?;
+            text
+        }
+    };
     history.push(ChatMessage {
         speaker: Speaker::User,
         text,
     });
 
     let (piece_tx, mut pieces) = mpsc::channel::<String>(QUEUE);
+    // Actions go straight to the call, beside the phrases: they are few.
+    let actions = tx.clone();
     let (phrase_tx, mut phrases) = mpsc::channel::<String>(QUEUE);
 
     let generate = engine.pool.run_stepwise(move |pool| {
         let mut session = llm.lock().unwrap_or_else(|p| p.into_inner());
-        session.reply(&history, pool, &mut |piece| {
-            if piece_tx.blocking_send(piece.to_string()).is_err() {
-                ControlFlow::Break(())
-            } else {
+        session.reply(&history, pool, &mut |event| {
+            let sent = match event {
+                LlmEvent::Text(piece) => piece_tx.blocking_send(piece.to_string()).is_ok(),
+                LlmEvent::ToolCall(call) => actions.blocking_send(ReplyEvent::Action(call)).is_ok(),
+                LlmEvent::Malformed(_) => {
+                    actions.blocking_send(ReplyEvent::MalformedAction).is_ok()
+                }
+            };
+            if sent {
                 ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
             }
         })
     });

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Agent;
+use super::action::CallControl;
 use super::agents::Agents;
 use super::conversation::{Conversation, TurnOutcome, TurnRecord};
 use super::ending::Ending;
@@ -14,7 +15,9 @@ use crate::audio::Frame;
 use crate::config::TurnConfig;
 use crate::engine::{Engine, EngineError};
 use crate::metrics::{TurnTimings, metrics};
-use crate::records::{CallEnd, CallGuard, CallStart, Outcome, Recorder, Transport, TurnRow};
+use crate::records::{
+    ActionRow, CallEnd, CallGuard, CallStart, Outcome, Recorder, Transport, TurnRow,
+};
 
 /// What a call needs to be answered; shared by every call of every transport.
 pub struct CallContext {
@@ -69,7 +72,13 @@ impl CallTracker {
 
     /// Records the call's end: how it ended, the keys the caller pressed, and
     /// its turns (a failed turn counts as an error, and so does a failed call).
-    pub fn finish(mut self, ending: Ending, digits: u32, turns: &[TurnRecord]) {
+    pub fn finish(
+        mut self,
+        ending: Ending,
+        digits: u32,
+        turns: &[TurnRecord],
+        actions: Vec<ActionRow>,
+    ) {
         let outcome = ending.outcome();
         let errors = turns
             .iter()
@@ -111,6 +120,7 @@ impl CallTracker {
                 dtmf: digits,
                 errors,
                 turns: turns.iter().map(turn_row).collect(),
+                actions,
             });
         }
     }
@@ -204,13 +214,27 @@ impl CallAgent {
         }
     }
 
-    pub(crate) fn close(&mut self) -> Vec<TurnRecord> {
+    /// Ends the conversation: its turns and actions, for the record.
+    pub(crate) fn close(&mut self) -> (Vec<TurnRecord>, Vec<ActionRow>) {
         match self {
             CallAgent::Engine(c) => {
                 c.close();
-                c.turns().to_vec()
+                (c.turns().to_vec(), c.actions().to_vec())
             }
-            CallAgent::Echo(_) => Vec::new(),
+            CallAgent::Echo(_) => (Vec::new(), Vec::new()),
+        }
+    }
+
+    pub(crate) fn take_control(&mut self) -> Option<CallControl> {
+        match self {
+            CallAgent::Engine(c) => c.take_control(),
+            CallAgent::Echo(_) => None,
+        }
+    }
+
+    pub(crate) fn transfer_result(&mut self, done: bool) {
+        if let CallAgent::Engine(c) = self {
+            c.transfer_result(done);
         }
     }
 }

@@ -208,14 +208,8 @@ impl Dialplan {
             let line = text
                 .find(&format!("[agents.{name}]"))
                 .map_or(1, |o| line_of(text, o));
-            if profile.language.trim().is_empty() {
-                return Err(invalid(line, format!("agent `{name}`: language is empty")));
-            }
-            if profile.system_prompt.trim().is_empty() {
-                return Err(invalid(
-                    line,
-                    format!("agent `{name}`: system_prompt is empty"),
-                ));
+            if let Err((field, msg)) = profile.check() {
+                return Err(invalid(line, format!("agents.{name}.{field}: {msg}")));
             }
             agents.insert(name, profile);
         }
@@ -429,12 +423,7 @@ mod tests {
     use super::*;
 
     fn agents() -> BTreeMap<String, AgentProfile> {
-        let p = AgentProfile {
-            language: "en".into(),
-            system_prompt: "x".into(),
-            greeting: "hi".into(),
-            espeak_voice: None,
-        };
+        let p = AgentProfile::new("en", "x", "hi");
         ["english", "clinic"]
             .into_iter()
             .map(|n| (n.to_string(), p.clone()))

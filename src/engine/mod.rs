@@ -2,6 +2,8 @@
 //! once and shared by every call.
 
 pub mod asr;
+#[cfg(test)]
+pub mod fake;
 pub mod llm;
 pub mod onnx;
 pub mod phrase;
@@ -84,21 +86,55 @@ impl GenerationStats {
     }
 }
 
+/// An action the model may ask for, as a function with JSON-schema
+/// parameters (what OpenAI-style tool calling and chat templates take).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// A JSON schema of an object; `{"type":"object","properties":{}}` for none.
+    pub parameters: serde_json::Value,
+}
+
+/// The model asked for an action. Nothing is done with it until the call has
+/// checked it against what the agent allows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+/// What a reply is made of, as it streams: words to speak and actions asked
+/// for. The reply is done when [`LlmSession::reply`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LlmEvent<'a> {
+    Text(&'a str),
+    ToolCall(ToolCall),
+    /// The model asked for an action in a form that cannot be read (cut off,
+    /// malformed): refused, and the call goes on.
+    Malformed(&'a str),
+}
+
 /// One call's conversation with the language model; keeps its KV cache between turns.
 pub trait LlmSession: Send {
     /// Streams the assistant's next reply to `history` (which ends with the
-    /// caller's words) piece by piece until done or `on_piece` breaks.
+    /// caller's words) event by event until done or `on_event` breaks.
     fn reply(
         &mut self,
         history: &[ChatMessage],
         pool: &EnginePool,
-        on_piece: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        on_event: &mut dyn FnMut(LlmEvent<'_>) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError>;
 }
 
 pub trait Llm: Send + Sync {
-    /// A session whose system prompt is already evaluated (computed once per prompt, then reused).
-    fn session(&self, system_prompt: &str) -> Result<Box<dyn LlmSession>, EngineError>;
+    /// A session whose system prompt is already evaluated (computed once per
+    /// prompt and tool set, then reused); the model may ask for `tools`.
+    fn session(
+        &self,
+        system_prompt: &str,
+        tools: &[ToolSpec],
+    ) -> Result<Box<dyn LlmSession>, EngineError>;
 }
 
 pub trait Tts: Send + Sync {
@@ -152,11 +188,12 @@ impl Engine {
     pub async fn llm_session(
         &self,
         system_prompt: String,
+        tools: Vec<ToolSpec>,
     ) -> Result<Box<dyn LlmSession>, EngineError> {
         let llm = self.llm.clone();
         self.pool
             .run(self.settings.llm_batch_threads, move || {
-                llm.session(&system_prompt)
+                llm.session(&system_prompt, &tools)
             })
             .await?
     }

@@ -258,14 +258,23 @@ pub async fn list_calls(
     }
 }
 
-/// `GET /v1/calls/{id}`: the call with its turns.
+/// `GET /v1/calls/{id}`: the call with its turns and actions.
 pub async fn get_call(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let Some(store) = &state.store else {
         return unavailable();
     };
-    match store.get(&id).await {
-        Ok(Some((call, turns))) => {
-            Json(serde_json::json!({ "call": call, "turns": turns })).into_response()
+    let found = match store.get(&id).await {
+        Ok(Some((call, turns))) => store
+            .actions(&id)
+            .await
+            .map(|actions| Some((call, turns, actions))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(Some((call, turns, actions))) => {
+            Json(serde_json::json!({ "call": call, "turns": turns, "actions": actions }))
+                .into_response()
         }
         Ok(None) => (
             StatusCode::NOT_FOUND,

@@ -18,6 +18,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::{AppState, StreamSlot};
 use crate::audio::FRAME;
 use crate::call::Agent;
+use crate::call::action::CallControl;
 use crate::call::core::{CallCore, CoreSetup, Tick};
 use crate::call::ending::Ending;
 use crate::call::session::{CallContext, CallTracker};
@@ -43,6 +44,10 @@ const CLOSE_FLUSH: Duration = Duration::from_millis(500);
 const OUT_QUEUE: usize = 150;
 /// Stream tokens remembered as used, at most (each is good for minutes only).
 const MAX_USED_TOKENS: usize = 100_000;
+/// How long a transfer waits for Twilio's `<Connect action>` callback, and
+/// how many may wait at once.
+const TRANSFER_KEPT_SECS: u64 = 300;
+const MAX_TRANSFERS_KEPT: usize = 10_000;
 /// Lines about refused streams, about closes, and about the ends of sockets
 /// that never started a call, per window (the rest are counted).
 static REFUSED_LOG: SharedLogGate = SharedLogGate::new(10, Duration::from_secs(10));
@@ -92,6 +97,10 @@ pub struct StreamSummary {
 /// A stream after its `start`.
 struct Live {
     stream_id: String,
+    /// The call as its webhook named it (our TwiML's `callSid`, which the
+    /// stream token vouches for; else the stream's own): what the
+    /// `<Connect action>` callback will name.
+    call_sid: String,
     core: CallCore,
     /// Holds one of the `max_streams` places while the call lasts.
     _slot: StreamSlot,
@@ -264,6 +273,7 @@ pub async fn run(
                             Ok(core) => {
                                 tracing::info!(call = %core.id(), stream = %summary.stream_id, call_sid = %summary.call_id, provider = provider.name(), agent = %routed.0, rule = %routed.1, "media stream started");
                                 live = Some(Live {
+                                    call_sid: records::cap(start.custom.get("callSid").unwrap_or(&start.call_id), records::MAX_REMOTE_ID).to_string(),
                                     stream_id: start.stream_id,
                                     core,
                                     _slot: slot,
@@ -331,6 +341,33 @@ pub async fn run(
                 }
                 if !kept_up {
                     break slow_consumer("outbound queue full");
+                }
+                match out.control.take() {
+                    Some(CallControl::HangUp(e)) => {
+                        close(&outbox, &mut incoming, 1000, "the agent ended the call", "agent").await;
+                        break e;
+                    }
+                    Some(CallControl::Transfer { target }) => {
+                        // The stream ends; Twilio's `<Connect action>` callback dials the target.
+                        let lapses = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                            + TRANSFER_KEPT_SECS;
+                        let kept = {
+                            let mut t = state.transfers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            let now = lapses - TRANSFER_KEPT_SECS;
+                            t.retain(|_, (_, until)| *until > now);
+                            (t.len() < MAX_TRANSFERS_KEPT && !l.call_sid.is_empty())
+                                .then(|| t.insert(l.call_sid.clone(), (target, lapses)))
+                                .is_some()
+                        };
+                        l.core.transfer_result(kept);
+                        if kept {
+                            close(&outbox, &mut incoming, 1000, "transferred", "agent").await;
+                            break Ending::Transferred;
+                        }
+                    }
+                    None => {}
                 }
             }
             _ = ping.tick() => {
@@ -405,7 +442,7 @@ fn over(window: &mut (Instant, u32, usize), len: usize, limits: &StreamLimits) -
 /// A call whose stream found every slot taken: recorded as failed, `busy`.
 fn record_busy(ctx: &CallContext, start: &StreamStart) {
     let tracker = CallTracker::start(&ctx.recorder, call_start(ctx, start).0);
-    tracker.finish(Ending::Busy, 0, &[]);
+    tracker.finish(Ending::Busy, 0, &[], Vec::new());
 }
 
 /// The client stopped reading what Izwi sends.
@@ -540,7 +577,8 @@ async fn close(
     if let Some(held) = CLOSE_LOG.pass() {
         tracing::info!(code, reason, kind = label, held, "closing media stream");
     }
-    if label != "shutdown" {
+    // Ends Izwi chose (shutting down, the agent's hang-up) are no rejection.
+    if label != "shutdown" && label != "agent" {
         metrics().stream_rejected(label);
     }
     // Close reasons are limited to 123 bytes.

@@ -80,6 +80,9 @@ pub struct AppState {
     pub stream_secret: String,
     /// Streams (calls) in progress.
     pub active_streams: AtomicUsize,
+    /// Calls whose agent transferred them, by CallSid: the target the
+    /// `<Connect action>` callback dials, and when the entry lapses.
+    pub transfers: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
     /// Flips to true at shutdown: every stream closes.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -182,6 +185,7 @@ impl Server {
             records_errors_seen: AtomicU64::new(0),
             metrics_allow,
             used_tokens: Default::default(),
+            transfers: Default::default(),
             stream_secret,
             active_streams: AtomicUsize::new(0),
             shutdown,
@@ -236,7 +240,8 @@ impl Server {
         if state.twilio.enabled {
             app = app
                 .route(&state.twilio.voice_path, post(twilio::voice))
-                .route(&state.twilio.stream_path, get(twilio::stream));
+                .route(&state.twilio.stream_path, get(twilio::stream))
+                .route(&state.twilio.action_path, post(twilio::stream_ended));
         }
         let request_timeout = Duration::from_secs(state.http.request_timeout_secs);
         let app = app

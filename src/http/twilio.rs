@@ -31,29 +31,8 @@ pub async fn voice(
 ) -> Response {
     let params = twilio::parse_form(&body);
     let base = public_base(&state, &headers);
-    if state.twilio.validate_signature {
-        let url = format!(
-            "{base}{}",
-            uri.path_and_query().map_or(uri.path(), |p| p.as_str())
-        );
-        let signature = headers
-            .get("x-twilio-signature")
-            .and_then(|v| v.to_str().ok());
-        let valid = !state.twilio.auth_token.is_empty()
-            && signature.is_some_and(|s| {
-                twilio::signature_matches(&state.twilio.auth_token, &url, &params, s)
-            });
-        if !valid && let Some(held) = REFUSED_LOG.pass() {
-            tracing::warn!(
-                held,
-                signed = signature.is_some(),
-                "voice webhook refused: missing or wrong X-Twilio-Signature"
-            );
-        }
-        if !valid {
-            crate::metrics::metrics().webhook("twilio", "forbidden");
-            return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
-        }
+    if let Err(refused) = verify(&state, &base, &uri, &headers, &params, "voice webhook") {
+        return *refused;
     }
     let get = |name: &str| {
         params
@@ -88,8 +67,10 @@ pub async fn voice(
     let token = twilio::stream_token(&state.stream_secret, now, call_sid);
     tracing::info!(call = %crate::records::cap(call_sid, 64), "voice webhook: connecting the call to a media stream");
     crate::metrics::metrics().webhook("twilio", "accepted");
+    let action = format!("{base}{}", state.twilio.action_path);
     twiml(twilio::connect_stream(
         &stream_url,
+        &action,
         &[
             ("callSid", call_sid),
             ("caller", get("From")),
@@ -97,6 +78,85 @@ pub async fn voice(
             ("token", &token),
         ],
     ))
+}
+
+/// Checks a webhook's X-Twilio-Signature (when signatures are checked).
+fn verify(
+    state: &AppState,
+    base: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+    what: &str,
+) -> Result<(), Box<Response>> {
+    if !state.twilio.validate_signature {
+        return Ok(());
+    }
+    let url = format!(
+        "{base}{}",
+        uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+    );
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok());
+    let valid = !state.twilio.auth_token.is_empty()
+        && signature
+            .is_some_and(|s| twilio::signature_matches(&state.twilio.auth_token, &url, params, s));
+    if valid {
+        return Ok(());
+    }
+    if let Some(held) = REFUSED_LOG.pass() {
+        tracing::warn!(
+            held,
+            signed = signature.is_some(),
+            "{what} refused: missing or wrong X-Twilio-Signature"
+        );
+    }
+    crate::metrics::metrics().webhook("twilio", "forbidden");
+    Err(Box::new(
+        (StatusCode::FORBIDDEN, "invalid signature\n").into_response(),
+    ))
+}
+
+/// `POST /twilio/stream-ended`: the `<Connect action>` callback once a
+/// stream ended. A call its agent transferred is dialled to the target; any
+/// other is hung up (the agent or the caller ended it).
+pub async fn stream_ended(
+    State(state): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let params = twilio::parse_form(&body);
+    let base = public_base(&state, &headers);
+    if let Err(refused) = verify(
+        &state,
+        &base,
+        &uri,
+        &headers,
+        &params,
+        "stream-ended callback",
+    ) {
+        return *refused;
+    }
+    let call_sid = params
+        .iter()
+        .find(|(k, _)| k == "CallSid")
+        .map_or("", |(_, v)| v.as_str());
+    let target = state
+        .transfers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(call_sid)
+        .map(|(target, _)| target);
+    crate::metrics::metrics().webhook("twilio", "stream_ended");
+    match target {
+        Some(target) => {
+            tracing::info!(call = %crate::records::cap(call_sid, 64), "stream ended: dialling the transfer target");
+            twiml(twilio::dial(&target))
+        }
+        None => twiml(twilio::hangup()),
+    }
 }
 
 /// `GET /twilio/stream`: the media stream's WebSocket. No stream slot is

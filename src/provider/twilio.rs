@@ -402,8 +402,11 @@ fn url_variants(url: &str) -> Vec<String> {
 /// TwiML bridging the call to our WebSocket. Twilio drops query strings from
 /// the stream URL, so per-call data (such as a [`stream_token`]) must travel
 /// as `<Parameter>`s, which come back in [`StreamStart::custom`].
-pub fn connect_stream(stream_url: &str, params: &[(&str, &str)]) -> String {
-    let mut xml = String::from(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect>"#);
+pub fn connect_stream(stream_url: &str, action: &str, params: &[(&str, &str)]) -> String {
+    let mut xml =
+        String::from(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect action=""#);
+    push_attr(&mut xml, action);
+    xml.push_str(r#"">"#);
     xml.push_str(r#"<Stream url=""#);
     push_attr(&mut xml, stream_url);
     xml.push_str(r#"">"#);
@@ -416,6 +419,25 @@ pub fn connect_stream(stream_url: &str, params: &[(&str, &str)]) -> String {
     }
     xml.push_str("</Stream></Connect></Response>");
     xml
+}
+
+/// TwiML that dials `target`: a number, or a SIP URI (`<Sip>`).
+pub fn dial(target: &str) -> String {
+    let mut xml = String::from(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial>"#);
+    if target.starts_with("sip:") || target.starts_with("sips:") {
+        xml.push_str("<Sip>");
+        push_attr(&mut xml, target);
+        xml.push_str("</Sip>");
+    } else {
+        push_attr(&mut xml, target);
+    }
+    xml.push_str("</Dial></Response>");
+    xml
+}
+
+/// TwiML that ends the call.
+pub fn hangup() -> String {
+    r#"<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>"#.to_string()
 }
 
 /// Escapes for a double-quoted attribute. Tab/CR/LF become character
@@ -1042,9 +1064,12 @@ mod tests {
     fn twiml_connect_stream() {
         let xml = connect_stream(
             "wss://izwi.example/stream?a=1&b=2",
+            "https://izwi.example/twilio/stream-ended",
             &[("token", "t.0f"), ("x&\"<>'", "v&\"<>'\n\u{1}")],
         );
-        assert!(xml.starts_with(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect>"#));
+        assert!(xml.starts_with(
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect action="https://izwi.example/twilio/stream-ended">"#
+        ));
         assert!(
             xml.contains(r#"<Stream url="wss://izwi.example/stream?a=1&amp;b=2">"#),
             "{xml}"
@@ -1063,12 +1088,26 @@ mod tests {
 
     #[test]
     fn twiml_without_parameters() {
-        let xml = connect_stream("wss://h/s", &[]);
+        let xml = connect_stream("wss://h/s", "https://h/a?x=1&y=2", &[]);
         assert_eq!(
             xml,
-            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://h/s"></Stream></Connect></Response>"#
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect action="https://h/a?x=1&amp;y=2"><Stream url="wss://h/s"></Stream></Connect></Response>"#
         );
         assert_well_formed(&xml);
+    }
+
+    #[test]
+    fn twiml_dial_and_hangup() {
+        assert_eq!(
+            dial("+263771000111"),
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial>+263771000111</Dial></Response>"#
+        );
+        assert_eq!(
+            dial("sip:desk@pbx.example;transport=tcp"),
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial><Sip>sip:desk@pbx.example;transport=tcp</Sip></Dial></Response>"#
+        );
+        assert_well_formed(&dial("sip:a@b"));
+        assert_well_formed(&hangup());
     }
 
     /// A small checker: tags balance, attribute values contain no raw `<`,

@@ -26,7 +26,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 pub use store::Store;
-pub use table::{table, turns_table};
+pub use table::{actions_table, table, turns_table};
 
 /// How the call reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +43,9 @@ pub enum Transport {
 pub enum Side {
     Caller,
     Izwi,
+    /// The agent ended the call (its decision, a key, or its silence or
+    /// length policy), or handed it on.
+    Agent,
     Provider,
     Unknown,
 }
@@ -86,7 +89,7 @@ macro_rules! text_enum {
 }
 
 text_enum!(Transport { Sip => "sip", Twilio => "twilio", Talk => "talk" });
-text_enum!(Side { Caller => "caller", Izwi => "izwi", Provider => "provider", Unknown => "unknown" });
+text_enum!(Side { Caller => "caller", Izwi => "izwi", Agent => "agent", Provider => "provider", Unknown => "unknown" });
 text_enum!(Outcome {
     Open => "open",
     Completed => "completed",
@@ -170,6 +173,23 @@ pub struct CallEnd {
     pub dtmf: u32,
     pub errors: u32,
     pub turns: Vec<TurnRow>,
+    pub actions: Vec<ActionRow>,
+}
+
+/// One thing the agent did besides talking. Labels only: never the words
+/// that asked for it, never a number the model or the caller produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionRow {
+    /// Audio time from the start of the call.
+    pub at_ms: f64,
+    /// "end_call" | "transfer" | "repeat" | "collect" | "silence_prompt" | "unknown"
+    pub action: String,
+    /// "model" | "key" | "silence" | "max_length" | "collect" | "fallback"
+    pub source: String,
+    /// The configured target's name (transfers).
+    pub target: Option<String>,
+    /// "done" | "refused" | "failed" | "interrupted"
+    pub result: String,
 }
 
 /// One turn's metrics. No words, only counts.
@@ -458,6 +478,7 @@ impl Drop for CallGuard {
             dtmf: 0,
             errors: 1,
             turns: Vec::new(),
+            actions: Vec::new(),
         }));
     }
 }

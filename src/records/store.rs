@@ -18,12 +18,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{
-    CallEnd, CallQuery, CallRow, CallStart, Counters, MAX_REMOTE_ID, Outcome, Page, Record,
-    RecordError, Recorder, Side, TurnRow, caller_hash, cap,
+    ActionRow, CallEnd, CallQuery, CallRow, CallStart, Counters, MAX_REMOTE_ID, Outcome, Page,
+    Record, RecordError, Recorder, Side, TurnRow, caller_hash, cap,
 };
 use crate::limits::LogGate;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Records kept in memory while writes fail (a full disk); beyond, the
 /// oldest are dropped and counted.
@@ -285,7 +285,63 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        sqlx::query("DELETE FROM actions WHERE call_id = ?1")
+            .bind(&e.id)
+            .execute(&mut *tx)
+            .await?;
+        for (i, a) in e.actions.iter().enumerate() {
+            // A label outside the schema's set would fail the whole record:
+            // it is kept as the nearest honest one instead.
+            let action = match a.action.as_str() {
+                v @ ("end_call" | "transfer" | "repeat" | "collect" | "silence_prompt") => v,
+                _ => "unknown",
+            };
+            let source = match a.source.as_str() {
+                v @ ("model" | "key" | "silence" | "max_length" | "collect" | "fallback") => v,
+                _ => "model",
+            };
+            let result = match a.result.as_str() {
+                v @ ("done" | "refused" | "failed" | "interrupted") => v,
+                _ => "failed",
+            };
+            sqlx::query(
+                "INSERT OR REPLACE INTO actions (call_id, idx, at_ms, action, source, target, result) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(&e.id)
+            .bind(i as i64)
+            .bind(a.at_ms.max(0.0))
+            .bind(action)
+            .bind(source)
+            .bind(a.target.as_deref().map(|t| cap(t, 64)))
+            .bind(result)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await
+    }
+
+    /// A call's actions in order.
+    pub async fn actions(&self, id: &str) -> Result<Vec<ActionRow>, RecordError> {
+        let err = self.query_err();
+        sqlx::query(
+            "SELECT at_ms, action, source, target, result FROM actions WHERE call_id = ?1 ORDER BY idx",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.query_err())?
+        .iter()
+        .map(|r| {
+            Ok(ActionRow {
+                at_ms: r.try_get("at_ms").map_err(&err)?,
+                action: r.try_get("action").map_err(&err)?,
+                source: r.try_get("source").map_err(&err)?,
+                target: r.try_get("target").map_err(&err)?,
+                result: r.try_get("result").map_err(&err)?,
+            })
+        })
+        .collect()
     }
 
     /// Calls newest first, filtered, one page at a time (keyset pagination on

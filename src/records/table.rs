@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{CallRow, TurnRow};
+use super::{ActionRow, CallRow, TurnRow};
 
 fn when(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
@@ -81,6 +81,25 @@ pub fn turns_table(turns: &[TurnRow]) -> String {
             ms(t.tts_first_audio_ms),
             t.words_heard,
             t.words_spoken
+        );
+    }
+    out
+}
+
+pub fn actions_table(actions: &[ActionRow]) -> String {
+    let mut out = format!(
+        "{:>9} {:<15} {:<11} {:<16} {}\n",
+        "AT", "ACTION", "SOURCE", "TARGET", "RESULT"
+    );
+    for a in actions {
+        let _ = writeln!(
+            out,
+            "{:>9} {:<15} {:<11} {:<16} {}",
+            format!("{:.1}s", a.at_ms / 1000.0),
+            a.action,
+            a.source,
+            a.target.as_deref().unwrap_or("-"),
+            a.result
         );
     }
     out

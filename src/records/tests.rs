@@ -63,6 +63,7 @@ fn end(id: &str, answered: Option<i64>, ended: i64, turns: Vec<TurnRow>) -> Call
         dtmf: 3,
         errors: 1,
         turns,
+        actions: Vec::new(),
     }
 }
 
@@ -98,7 +99,7 @@ async fn migrates_from_empty_and_reopens() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
     assert!(store.ping().await);
     store.close().await;
     assert!(!store.ping().await);
@@ -109,7 +110,7 @@ async fn migrates_from_empty_and_reopens() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
     assert!(again.ping().await);
 }
 
@@ -159,6 +160,14 @@ async fn schema_has_no_room_for_words_or_audio() {
                 "words_heard",
                 "words_spoken",
                 "interrupted",
+            ][..],
+        ),
+        (
+            "actions",
+            // Labels only: which action, from what, the configured target's
+            // name, the result.
+            &[
+                "call_id", "idx", "at_ms", "action", "source", "target", "result",
             ][..],
         ),
     ] {
@@ -743,4 +752,115 @@ fn enums_round_trip_their_stored_names() {
         );
     }
     assert!("Completed".parse::<Outcome>().is_err());
+}
+
+#[tokio::test]
+async fn actions_are_kept_with_their_call_and_agent_is_a_side() {
+    let (_dir, _path, store) = open_temp().await;
+    let mut e = end("a1", Some(1_000), 9_000, vec![turn(0, false)]);
+    e.hangup_side = Side::Agent;
+    e.hangup_cause = "agent:silence".into();
+    e.actions = vec![
+        ActionRow {
+            at_ms: 12_000.0,
+            action: "silence_prompt".into(),
+            source: "silence".into(),
+            target: None,
+            result: "done".into(),
+        },
+        ActionRow {
+            at_ms: 14_500.0,
+            action: "transfer".into(),
+            source: "model".into(),
+            target: Some("front_desk".into()),
+            result: "refused".into(),
+        },
+        // A label outside the schema's set is kept as the nearest honest one.
+        ActionRow {
+            at_ms: 15_000.0,
+            action: "launch_rockets".into(),
+            source: "model".into(),
+            target: None,
+            result: "refused".into(),
+        },
+    ];
+    let counters = write_all(
+        &store,
+        vec![Record::Start(start("a1", 500)), Record::End(e)],
+    )
+    .await;
+    assert_eq!(counters.write_errors.load(Ordering::Relaxed), 0);
+    let (call, turns) = store.get("a1").await.unwrap().unwrap();
+    assert_eq!(call.hangup_side, Some(Side::Agent));
+    assert_eq!(turns.len(), 1);
+    let actions = store.actions("a1").await.unwrap();
+    assert_eq!(actions.len(), 3);
+    assert_eq!(actions[0].action, "silence_prompt");
+    assert_eq!(actions[1].target.as_deref(), Some("front_desk"));
+    assert_eq!(actions[2].action, "unknown");
+    // Anything else is refused by the schema itself.
+    let bad = sqlx::query(
+        "INSERT INTO actions (call_id, idx, at_ms, action, source, result) \
+         VALUES ('a1', 9, 1, 'end_call', 'caller said so', 'done')",
+    )
+    .execute(store.pool())
+    .await;
+    assert!(bad.is_err());
+}
+
+#[tokio::test]
+async fn the_actions_migration_keeps_every_call_and_turn() {
+    // A database as the previous version left it: migrations 1 to 3, a call
+    // with turns.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let old = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(super::store::MIGRATOR.migrations[..3].to_vec()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    old.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO calls (id, transport, started_at_ms, hangup_side, rule, remote_id) \
+         VALUES ('old', 'sip', 5, 'caller', 'r1', 'sip-call-id')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for idx in 0..3 {
+        sqlx::query(
+            "INSERT INTO turns (call_id, idx, greeting, outcome, interrupted) VALUES ('old', ?1, 0, 'answered', 0)",
+        )
+        .bind(idx)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let store = Store::open(&path, KEY).await.unwrap();
+    let (call, turns) = store.get("old").await.unwrap().unwrap();
+    assert_eq!(call.rule.as_deref(), Some("r1"));
+    assert_eq!(call.remote_id.as_deref(), Some("sip-call-id"));
+    assert_eq!(turns.len(), 3, "the rebuilt calls table keeps its turns");
+    let fk: bool = sqlx::query("PRAGMA foreign_keys")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get::<i64, _>(0)
+        == 1;
+    assert!(fk, "foreign keys are on again");
+    let orphans: i64 = sqlx::query("SELECT COUNT(*) FROM pragma_foreign_key_check")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0);
 }

@@ -20,6 +20,7 @@ use super::jitter::{JitterBuffer, Playout};
 use super::packet::{self, Packetizer};
 use super::source::SourceFilter;
 use crate::audio::FRAME;
+use crate::call::action::CallControl;
 use crate::call::core::{CallCore, Tick};
 use crate::call::ending::Ending;
 use crate::codec::Codec;
@@ -50,6 +51,9 @@ pub enum Control {
     Update(Params),
     /// The SIP side ended the call, and how.
     Ended(Ending),
+    /// How the transfer the session asked for went (`true`: the caller's
+    /// new call is up, and this one ends).
+    Transferred(bool),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -83,6 +87,8 @@ pub struct Settings {
     /// sent (so an INVITE naming a third party's address never makes Izwi
     /// send that party anything).
     pub confirmed: bool,
+    /// Asks the SIP side to transfer the call to a target (`false`: it cannot).
+    pub transfer: Box<dyn Fn(String) -> bool + Send>,
 }
 
 /// How long Izwi holds each key it sends, and the pause after it (RFC 4733
@@ -245,6 +251,13 @@ pub async fn run(
                 ) + core.caller_backlog();
                 stats.max_in_to_agent = stats.max_in_to_agent.max(queued + FRAME);
                 core.tick(&mut out).await;
+                match out.control.take() {
+                    Some(CallControl::HangUp(e)) => break e,
+                    Some(CallControl::Transfer { target }) if !(settings.transfer)(target.clone()) => {
+                        core.transfer_result(false);
+                    }
+                    Some(CallControl::Transfer { .. }) | None => {}
+                }
                 digits_out.queue(&out.keys);
                 agent_wire.extend(out.audio.iter().copied());
                 if !params.sends {
@@ -304,6 +317,12 @@ pub async fn run(
                         params = n;
                     }
                     Some(Control::Ended(e)) => break e,
+                    Some(Control::Transferred(done)) => {
+                        core.transfer_result(done);
+                        if done {
+                            break Ending::Transferred;
+                        }
+                    }
                     None => break Ending::IzwiBye,
                 }
             }

@@ -196,6 +196,8 @@ struct ActiveCall {
     confirmed: bool,
     /// The address Izwi's SDP gives for this call.
     media_ip: IpAddr,
+    /// The SIP peer (the caller, or its proxy).
+    peer: SocketAddr,
     rtp_port: u16,
     sdp_version: u64,
     session_id: u64,
@@ -233,6 +235,9 @@ pub struct Endpoint {
     reported: super::ua::Stats,
     ended_tx: mpsc::Sender<MediaEnded>,
     ended_rx: mpsc::Receiver<MediaEnded>,
+    /// Transfers the calls' agents ask for: the call and its target.
+    transfer_tx: mpsc::Sender<(CallRef, String)>,
+    transfer_rx: mpsc::Receiver<(CallRef, String)>,
 }
 
 impl Endpoint {
@@ -307,6 +312,7 @@ impl Endpoint {
             ua.register(reg, std::time::Instant::now());
         }
         let (ended_tx, ended_rx) = mpsc::channel(64);
+        let (transfer_tx, transfer_rx) = mpsc::channel(64);
         let (tcp_tx, tcp_rx) = mpsc::channel(256);
         let tcp_max = match cfg.tcp_max_connections {
             0 => limits::connection_share(cfg.max_calls),
@@ -354,6 +360,8 @@ impl Endpoint {
             reported: Default::default(),
             ended_tx,
             ended_rx,
+            transfer_tx,
+            transfer_rx,
         })
     }
 
@@ -389,6 +397,7 @@ impl Endpoint {
                     self.answer_due();
                 }
                 Some(ended) = self.ended_rx.recv() => self.media_ended(ended),
+                Some((call, target)) = self.transfer_rx.recv() => self.transfer(call, &target),
                 accepted = self.tcp.accept(), if accepting => match accepted {
                     Ok((stream, peer)) => {
                         self.accept.accepted();
@@ -565,6 +574,29 @@ impl Endpoint {
         out_tx
     }
 
+    /// Blind transfer by REFER: a number goes to the caller's side (their
+    /// trunk or proxy routes it); a SIP URI as it is.
+    fn transfer(&mut self, call: CallRef, target: &str) {
+        let Some(active) = self.calls.get(&call) else {
+            return;
+        };
+        let uri = if target.starts_with("sip:") || target.starts_with("sips:") {
+            target.to_string()
+        } else {
+            let peer = active.peer;
+            match peer {
+                SocketAddr::V6(a) => format!("sip:{target}@[{}]:{}", a.ip(), a.port()),
+                SocketAddr::V4(a) => format!("sip:{target}@{a}"),
+            }
+        };
+        tracing::info!(call = %active.call_id, "transferring by REFER");
+        if !self.ua.refer(call, &uri, std::time::Instant::now())
+            && let Some(c) = &active.control
+        {
+            send_control(c, Control::Transferred(false));
+        }
+    }
+
     fn media_ended(&mut self, ended: MediaEnded) {
         let MediaEnded {
             call,
@@ -627,6 +659,14 @@ impl Endpoint {
             }
             Event::Confirmed { call, answer } => self.confirmed(call, answer, now),
             Event::Reoffer { call, offer } => self.reoffer(call, offer, now).await,
+            Event::Transfer { call, result } => {
+                if let Some(active) = self.calls.get(&call) {
+                    tracing::info!(call = %active.call_id, ?result, "transfer result");
+                    if let Some(c) = &active.control {
+                        send_control(c, Control::Transferred(result.is_ok()));
+                    }
+                }
+            }
             Event::Ended { call, reason } => {
                 if let Some(r) = self.ringing.remove(&call) {
                     tracing::info!(call = %r.media.call_id, ?reason, "call ended before answer");
@@ -818,6 +858,7 @@ impl Endpoint {
                 control: Some(control),
                 confirmed,
                 media_ip,
+                peer,
                 rtp_port: guard.port,
                 sdp_version: 1,
                 session_id,
@@ -833,6 +874,10 @@ impl Endpoint {
             latch: self.cfg.rtp_latch,
             peer_ip: peer.ip(),
             confirmed,
+            transfer: {
+                let tx = self.transfer_tx.clone();
+                Box::new(move |target| tx.try_send((call, target)).is_ok())
+            },
         };
         let params = negotiated.rtp();
         let reactor = async move {

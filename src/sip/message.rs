@@ -394,7 +394,7 @@ pub struct Identity {
     pub contact: String,
 }
 
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, NOTIFY";
 
 /// A response to `req` (received from `source`). `to_tag` is added to To when the
 /// request's To has none.
@@ -468,6 +468,10 @@ pub struct DialogRequest<'a> {
     pub to: &'a str,
     pub call_id: &'a str,
     pub cseq: u32,
+    /// Our Contact for this dialog.
+    pub contact: &'a str,
+    /// Headers of the method (REFER's Refer-To, …).
+    pub extra: &'a [(&'a str, String)],
 }
 
 pub fn in_dialog_request(
@@ -486,6 +490,8 @@ pub fn in_dialog_request(
         to,
         call_id,
         cseq,
+        contact,
+        extra,
     } = *r;
     let mut out = format!("{method} {target} SIP/2.0\r\n");
     out.push_str(&format!(
@@ -499,9 +505,12 @@ pub fn in_dialog_request(
         "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
     ));
     out.push_str(&format!(
-        "Contact: <{}>\r\nUser-Agent: {}\r\n",
-        id.contact, id.user_agent
+        "Contact: <{contact}>\r\nUser-Agent: {}\r\n",
+        id.user_agent
     ));
+    for (name, value) in extra {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
     finish(out, body)
 }
 

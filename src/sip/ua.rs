@@ -38,6 +38,8 @@ const MAX_ROUTING_VALUE: usize = 256;
 /// Lines about refused callers let through per window (the rest are counted).
 const LOG_LINES: u32 = 10;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
+/// How long a transfer may take to say how it went (the new call's answer).
+const TRANSFER_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallRef(pub u64);
@@ -102,6 +104,13 @@ pub enum Event {
     Ended {
         call: CallRef,
         reason: EndReason,
+    },
+    /// How a transfer ([`UserAgent::refer`]) went: `Ok` once the caller's new
+    /// call is up (the NOTIFY's sipfrag says 2xx), `Err(code)` when the REFER
+    /// or the new call was refused, or nothing came in time (408).
+    Transfer {
+        call: CallRef,
+        result: Result<(), u16>,
     },
 }
 
@@ -225,6 +234,7 @@ struct ClientTx {
 enum Timer {
     Leg(CallRef),
     Client(String),
+    Transfer(CallRef),
 }
 
 pub struct UserAgent {
@@ -240,6 +250,10 @@ pub struct UserAgent {
     /// The keys of `done` in the order they expire (all live [`TIMER_H`]).
     done_order: VecDeque<(Instant, (String, String))>,
     clients: HashMap<String, ClientTx>,
+    /// Our REFERs waiting for their answer, by branch, and the calls
+    /// waiting for the NOTIFY that says how the transfer went.
+    refers: HashMap<String, CallRef>,
+    transferring: HashMap<CallRef, Instant>,
     /// Retransmission and give-up times of legs and client transactions.
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     /// Calls in progress (legs not refused or ended), in all and per source.
@@ -272,6 +286,8 @@ impl UserAgent {
             done: HashMap::new(),
             done_order: VecDeque::new(),
             clients: HashMap::new(),
+            refers: HashMap::new(),
+            transferring: HashMap::new(),
             timers: BinaryHeap::new(),
             live: 0,
             live_by_source: HashMap::new(),
@@ -404,6 +420,20 @@ impl UserAgent {
                 {
                     return;
                 }
+                if code >= 200
+                    && let Some(call) = self.refers.remove(&parsed.branch)
+                {
+                    if let Some(c) = self.clients.remove(&parsed.branch) {
+                        self.client_bytes -= c.request.len();
+                    }
+                    if code >= 300 && self.transferring.remove(&call).is_some() {
+                        self.event(Event::Transfer {
+                            call,
+                            result: Err(code),
+                        });
+                    }
+                    return;
+                }
                 // Otherwise only our BYEs are client transactions.
                 if code >= 200 {
                     match self.clients.remove(&parsed.branch) {
@@ -468,9 +498,9 @@ impl UserAgent {
                 ];
                 self.answer_stateless(&p, from, transport, (200, "OK"), &extra);
             }
+            Method::Notify => self.notify(p, from, transport, now),
             Method::Register
             | Method::Subscribe
-            | Method::Notify
             | Method::Message
             | Method::Info
             | Method::PRack
@@ -908,6 +938,7 @@ impl UserAgent {
 
     fn remove(&mut self, call: CallRef) {
         self.release(call);
+        self.forget_transfer(call);
         if let Some(leg) = self.legs.remove(&call) {
             if let Some(bytes) = leg.rejected_bytes {
                 self.rejected -= 1;
@@ -1080,8 +1111,126 @@ impl UserAgent {
         });
     }
 
+    fn forget_transfer(&mut self, call: CallRef) {
+        if self.transferring.remove(&call).is_some() {
+            self.refers.retain(|_, c| *c != call);
+        }
+    }
+
+    /// Blind transfer (RFC 3515): asks the caller's side to call `target`
+    /// instead. The result comes as [`Event::Transfer`]; the call itself goes
+    /// on until Izwi hangs it up. `false` when the call cannot be transferred
+    /// (not confirmed, or a transfer already under way).
+    pub fn refer(&mut self, call: CallRef, target: &str, now: Instant) -> bool {
+        if self.transferring.contains_key(&call) {
+            return false;
+        }
+        let Some(leg) = self.legs.get_mut(&call) else {
+            return false;
+        };
+        if leg.state != LegState::Confirmed {
+            return false;
+        }
+        leg.local_cseq += 1;
+        let branch = message::token("z9hG4bK");
+        let contact = contact_of(&self.cfg.identity, leg.local_host);
+        let extra = [
+            ("Refer-To", format!("<{target}>")),
+            ("Referred-By", format!("<{contact}>")),
+        ];
+        let refer = message::in_dialog_request(
+            &message::DialogRequest {
+                method: "REFER",
+                target: &leg.remote_target,
+                route: &leg.route_set,
+                via_host: &leg
+                    .local_host
+                    .map_or_else(|| self.cfg.via_host.clone(), |h| h.to_string()),
+                transport: leg.transport.as_str(),
+                branch: &branch,
+                from: &leg.local_party,
+                to: &leg.remote_party,
+                call_id: &leg.call_id,
+                cseq: leg.local_cseq,
+                contact: &contact,
+                extra: &extra,
+            },
+            &self.cfg.identity,
+            None,
+        );
+        let (peer, transport) = (leg.peer, leg.transport);
+        self.send(peer, transport, refer.clone());
+        self.refers.insert(branch.clone(), call);
+        self.transferring.insert(call, now + TRANSFER_WAIT);
+        self.schedule(now + TRANSFER_WAIT, Timer::Transfer(call));
+        self.track_client(branch, refer, peer, transport, now);
+        true
+    }
+
+    /// The referee's word on a transfer (RFC 3515 NOTIFY with a sipfrag).
+    fn notify(&mut self, p: Parsed, from: SocketAddr, transport: Transport, now: Instant) {
+        let Some(call) = self.leg_of(&p).filter(|_| p.to_tag.is_some()) else {
+            self.no_such_call(&p, from, transport);
+            return;
+        };
+        let event = p.header_value("Event").unwrap_or_default();
+        if !event.trim().to_ascii_lowercase().starts_with("refer") {
+            self.answer_stateless(&p, from, transport, (489, "Bad Event"), &[]);
+            return;
+        }
+        self.finish_non_invite(&p, from, transport, (200, "OK"), now);
+        // "SIP/2.0 200 OK" (the status line of the new call's answer).
+        let frag = String::from_utf8_lossy(p.body()).to_string();
+        let code = frag
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse::<u16>().ok());
+        let Some(code) = code else {
+            tracing::info!(call = call.0, "a transfer NOTIFY without a status line");
+            return;
+        };
+        if code < 200 || self.transferring.remove(&call).is_none() {
+            return;
+        }
+        self.refers.retain(|_, c| *c != call);
+        let result = if code < 300 { Ok(()) } else { Err(code) };
+        self.event(Event::Transfer { call, result });
+    }
+
+    /// Retransmits a request over UDP until its final answer (timer F).
+    fn track_client(
+        &mut self,
+        branch: String,
+        request: String,
+        to: SocketAddr,
+        transport: Transport,
+        now: Instant,
+    ) {
+        if transport.reliable()
+            || self.clients.len() >= MAX_CLIENTS
+            || self.client_bytes + request.len() > MAX_CLIENT_BYTES
+        {
+            return;
+        }
+        self.client_bytes += request.len();
+        self.schedule(now + T1, Timer::Client(branch.clone()));
+        self.clients.insert(
+            branch,
+            ClientTx {
+                request,
+                to,
+                transport,
+                next: now + T1,
+                interval: T1,
+                give_up: now + TIMER_H,
+            },
+        );
+    }
+
     fn send_bye(&mut self, call: CallRef, now: Instant) {
         self.release(call);
+        self.forget_transfer(call);
         let Some(mut leg) = self.legs.remove(&call) else {
             return;
         };
@@ -1103,29 +1252,14 @@ impl UserAgent {
                 to: &leg.remote_party,
                 call_id: &leg.call_id,
                 cseq: leg.local_cseq,
+                contact: &contact_of(&self.cfg.identity, leg.local_host),
+                extra: &[],
             },
             &self.cfg.identity,
             None,
         );
         self.send(leg.peer, leg.transport, bye.clone());
-        if !leg.transport.reliable()
-            && self.clients.len() < MAX_CLIENTS
-            && self.client_bytes + bye.len() <= MAX_CLIENT_BYTES
-        {
-            self.client_bytes += bye.len();
-            self.schedule(now + T1, Timer::Client(branch.clone()));
-            self.clients.insert(
-                branch,
-                ClientTx {
-                    request: bye,
-                    to: leg.peer,
-                    transport: leg.transport,
-                    next: now + T1,
-                    interval: T1,
-                    give_up: now + TIMER_H,
-                },
-            );
-        }
+        self.track_client(branch, bye, leg.peer, leg.transport, now);
     }
 
     /// Retransmissions and give-ups that are due: each costs O(log n).
@@ -1142,6 +1276,16 @@ impl UserAgent {
             match timer {
                 Timer::Leg(call) => self.leg_timer(call, now),
                 Timer::Client(branch) => self.client_timer(branch, now),
+                Timer::Transfer(call) => {
+                    if self.transferring.get(&call).is_some_and(|at| *at <= now) {
+                        self.transferring.remove(&call);
+                        tracing::info!(call = call.0, "no word on the transfer in time");
+                        self.event(Event::Transfer {
+                            call,
+                            result: Err(408),
+                        });
+                    }
+                }
             }
         }
         while let Some((at, _)) = self.done_order.front()
@@ -1202,6 +1346,14 @@ impl UserAgent {
         if now >= c.give_up {
             if let Some(c) = self.clients.remove(&branch) {
                 self.client_bytes -= c.request.len();
+            }
+            if let Some(call) = self.refers.remove(&branch)
+                && self.transferring.remove(&call).is_some()
+            {
+                self.event(Event::Transfer {
+                    call,
+                    result: Err(408),
+                });
             }
         } else if now >= c.next {
             c.interval = (c.interval * 2).min(T2);

@@ -20,9 +20,11 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use super::bracket::{self, Brackets, Piece};
 use crate::config::EngineConfig;
 use crate::engine::{
-    ChatMessage, EngineError, EnginePool, GenerationStats, Llm, LlmSession, Speaker,
+    ChatMessage, EngineError, EnginePool, GenerationStats, Llm, LlmEvent, LlmSession, Speaker,
+    ToolSpec,
 };
 
 const SEQ: i32 = 0;
@@ -179,7 +181,15 @@ fn decode_tokens(
 }
 
 impl Llm for LlamaLlm {
-    fn session(&self, system_prompt: &str) -> Result<Box<dyn LlmSession>, EngineError> {
+    fn session(
+        &self,
+        system_prompt: &str,
+        tools: &[ToolSpec],
+    ) -> Result<Box<dyn LlmSession>, EngineError> {
+        // The bundled models' templates have no function calling: actions
+        // are taught in the prompt and held to a grammar (see `bracket`).
+        let system_prompt = format!("{system_prompt}{}", bracket::instructions(tools));
+        let system_prompt = system_prompt.as_str();
         let prefix = self.prefix(system_prompt)?;
         let mut ctx = self.shared.new_context()?;
         ctx.state_seq_set(&prefix.state, SEQ)
@@ -189,6 +199,8 @@ impl Llm for LlamaLlm {
             system: system_prompt.to_string(),
             evaluated: prefix.tokens.clone(),
             ctx,
+            tools: tools.to_vec(),
+            grammar: bracket::grammar(tools),
         }))
     }
 }
@@ -199,22 +211,33 @@ pub struct LlamaSession {
     /// Tokens whose keys and values are in the context, in order from position 0.
     evaluated: Vec<LlamaToken>,
     ctx: LlamaContext<'static>,
+    tools: Vec<ToolSpec>,
+    grammar: Option<String>,
 }
 
 impl LlamaSession {
-    fn sampler(&self) -> LlamaSampler {
+    fn sampler(&self) -> Result<LlamaSampler, EngineError> {
         let s = &self.shared.settings;
         let penalties = LlamaSampler::penalties(self.shared.model.n_vocab(), 64, 1.15, 0.0, 0.0);
+        let mut chain = Vec::with_capacity(6);
+        if let Some(g) = &self.grammar {
+            chain.push(
+                LlamaSampler::grammar(self.shared.model, g, "root")
+                    .map_err(|e| EngineError::Llm(format!("action grammar: {e}")))?,
+            );
+        }
+        chain.push(penalties);
         if s.llm_temperature <= 0.0 {
-            LlamaSampler::chain_simple([penalties, LlamaSampler::greedy()])
+            chain.push(LlamaSampler::greedy());
+            Ok(LlamaSampler::chain_simple(chain))
         } else {
-            LlamaSampler::chain_simple([
-                penalties,
+            chain.extend([
                 LlamaSampler::top_k(40),
                 LlamaSampler::top_p(0.9, 1),
                 LlamaSampler::temp(s.llm_temperature),
                 LlamaSampler::dist(s.llm_seed),
-            ])
+            ]);
+            Ok(LlamaSampler::chain_simple(chain))
         }
     }
 }
@@ -224,7 +247,7 @@ impl LlmSession for LlamaSession {
         &mut self,
         history: &[ChatMessage],
         pool: &EnginePool,
-        on_piece: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        on_event: &mut dyn FnMut(LlmEvent<'_>) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError> {
         let started = Instant::now();
         let n_ctx = self.ctx.n_ctx() as usize;
@@ -269,14 +292,17 @@ impl LlmSession for LlamaSession {
             reused_tokens: common,
             ..Default::default()
         };
-        let mut sampler = self.sampler();
+        let mut sampler = self.sampler()?;
+        let mut brackets = Brackets::new(&self.tools);
+        let mut pieces = Vec::new();
         let vocab = self.shared.model.vocab();
         let mut pending = Vec::<u8>::new();
         let mut batch = LlamaBatch::new(1, 1);
         let decode_start = Instant::now();
         for _ in 0..max_new {
+            // Sampling also accepts the token (grammar, penalties): accepting
+            // it again would count it twice and derail the grammar.
             let token = sampler.sample(&self.ctx, -1);
-            sampler.accept(token);
             if vocab.is_eog(token) {
                 break;
             }
@@ -285,7 +311,9 @@ impl LlmSession for LlamaSession {
             let text = take_utf8(&mut pending);
             if !text.is_empty() {
                 stats.first_token.get_or_insert_with(|| started.elapsed());
-                if on_piece(&text).is_break() {
+                pieces.clear();
+                brackets.push(&text, &mut pieces);
+                if emit(&mut pieces, on_event).is_break() {
                     break;
                 }
             }
@@ -302,8 +330,26 @@ impl LlmSession for LlamaSession {
             self.evaluated.push(token);
         }
         stats.decode_time = decode_start.elapsed();
+        pieces.clear();
+        pieces.extend(brackets.finish());
+        let _ = emit(&mut pieces, on_event);
         Ok(stats)
     }
+}
+
+fn emit(
+    pieces: &mut Vec<Piece>,
+    on_event: &mut dyn FnMut(LlmEvent<'_>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    for p in pieces.drain(..) {
+        let flow = match &p {
+            Piece::Text(t) => on_event(LlmEvent::Text(t)),
+            Piece::Call(c) => on_event(LlmEvent::ToolCall(c.clone())),
+            Piece::Malformed(m) => on_event(LlmEvent::Malformed(m)),
+        };
+        flow?;
+    }
+    ControlFlow::Continue(())
 }
 
 /// Splits off the longest valid UTF-8 prefix; a token may end inside a character.

@@ -1,5 +1,6 @@
 //! Language model backends.
 
+pub mod bracket;
 pub mod llama;
 
 use std::sync::Once;
