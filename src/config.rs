@@ -410,9 +410,12 @@ pub struct AgentProfile {
     /// Said before Izwi hangs up (unless the model's own reply said goodbye).
     #[serde(default = "AgentProfile::default_goodbye")]
     pub goodbye: String,
-    /// Whether the model may end the call (its `end_call` action).
-    #[serde(default = "yes")]
-    pub end_call: bool,
+    /// What the model may ask for: `end_call`, `transfer` (to the targets
+    /// in `transfer`). None by default: a small model asked to choose picks
+    /// an action for ordinary questions too (measured on the bundled 135M
+    /// model); the silence policy and the keys act whatever the model.
+    #[serde(default)]
+    pub model_actions: Vec<String>,
     /// What happens when the caller says nothing.
     #[serde(default)]
     pub silence: SilencePolicy,
@@ -440,10 +443,6 @@ pub struct AgentProfile {
     /// Keys not mapped are collected and handed to the model, when set.
     #[serde(default)]
     pub collect: Option<CollectDigits>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// Caller silent for `after_secs`: the prompt, up to `prompts` times; then
@@ -542,7 +541,7 @@ impl AgentProfile {
             greeting: greeting.into(),
             espeak_voice: None,
             goodbye: Self::default_goodbye(),
-            end_call: true,
+            model_actions: Vec::new(),
             silence: SilencePolicy::default(),
             max_call_secs: Self::default_max_call_secs(),
             transfer: BTreeMap::new(),
@@ -552,6 +551,11 @@ impl AgentProfile {
             keys: BTreeMap::new(),
             collect: None,
         }
+    }
+
+    /// Whether the model may ask for `action`.
+    pub fn model_may(&self, action: &str) -> bool {
+        self.model_actions.iter().any(|a| a == action)
     }
 
     /// The key map, checked: `(key, action)`.
@@ -595,6 +599,26 @@ impl AgentProfile {
                     &format!("transfer.{name}"),
                     format!("`{target}` contains spaces, quotes or angle brackets"),
                 );
+            }
+        }
+        for a in &self.model_actions {
+            match a.as_str() {
+                "end_call" => {}
+                "transfer" if self.transfer.is_empty() => {
+                    return bad(
+                        "model_actions",
+                        "`transfer` needs targets in this agent's `transfer` table".into(),
+                    );
+                }
+                "transfer" => {}
+                other => {
+                    return bad(
+                        "model_actions",
+                        format!(
+                            "`{other}` is not an action the model can ask for (end_call, transfer)"
+                        ),
+                    );
+                }
             }
         }
         for (key, action) in &self.keys {

@@ -212,6 +212,7 @@ pub struct Metrics {
     api_requests: Family<L2, Counter>,
     accept_errors: Family<L2, Counter>,
     dialplan_reloads: Family<L1, Counter>,
+    agent_actions: Family<L2, Counter>,
     connections_refused: Family<L2, Counter>,
     connections_closed: Family<L2, Counter>,
     ready: Gauge,
@@ -342,6 +343,12 @@ impl Metrics {
             "Dialplan reloads, by result (loaded, refused)",
             dialplan_reloads.clone(),
         );
+        let agent_actions = Family::<L2, Counter>::default();
+        registry.register(
+            "izwi_agent_actions",
+            "What agents did besides talking, by action and result (done, refused, failed, interrupted)",
+            agent_actions.clone(),
+        );
         let accept_errors = Family::<L2, Counter>::default();
         registry.register(
             "izwi_accept_errors",
@@ -412,6 +419,7 @@ impl Metrics {
             api_requests,
             accept_errors,
             dialplan_reloads,
+            agent_actions,
             connections_refused,
             connections_closed,
             ready,
@@ -527,6 +535,29 @@ impl Metrics {
     pub fn dialplan_reload(&self, result: &str) {
         self.dialplan_reloads
             .get_or_create(&[("result", self.result.intern(result))])
+            .inc();
+    }
+
+    /// An agent's action: `izwi_agent_actions_total{action,result}` (labels
+    /// outside the known sets count as `unknown`).
+    pub fn agent_action(&self, action: &str, result: &str) {
+        let action = match action {
+            "end_call" => "end_call",
+            "transfer" => "transfer",
+            "repeat" => "repeat",
+            "collect" => "collect",
+            "silence_prompt" => "silence_prompt",
+            _ => "unknown",
+        };
+        let result = match result {
+            "done" => "done",
+            "refused" => "refused",
+            "failed" => "failed",
+            "interrupted" => "interrupted",
+            _ => "unknown",
+        };
+        self.agent_actions
+            .get_or_create(&[("action", action), ("result", result)])
             .inc();
     }
 

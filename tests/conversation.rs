@@ -320,3 +320,76 @@ async fn a_click_or_a_cough_does_not_interrupt() {
         "agent went quiet after the noise"
     );
 }
+
+/// `izwi talk --say`: the caller's words are spoken with the agent's voice;
+/// a goodbye makes the model ask for `end_call`, which is checked and
+/// carried out (the talk ends as the agent hung up), and recorded.
+#[test]
+fn izwi_talk_says_the_caller_s_words_and_the_model_ends_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("records.db");
+    let config_file = dir.path().join("izwi.toml");
+    std::fs::write(
+        &config_file,
+        r#"[agents.desk]
+language = "en"
+system_prompt = "You are the phone receptionist of Hope Clinic. Answer in one short sentence. Examples: Caller: When do you open? You: [answer] We open at eight. Caller: Bye, thanks. You: [end_call] Goodbye!"
+greeting = "Hope Clinic, hello."
+model_actions = ["end_call"]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(izwi_bin())
+        .env("IZWI_MODELS_PROFILE", config().models.profile)
+        .env("IZWI_RECORDS_PATH", &records)
+        .arg("--config")
+        .arg(&config_file)
+        .args([
+            "talk",
+            "--agent",
+            "desk",
+            "--fast",
+            "--say",
+            "Thank you, that is all. Goodbye.",
+            "--out",
+        ])
+        .arg(dir.path().join("agent.wav"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ended: agent:end_call"), "{stdout}");
+    let action = stdout
+        .lines()
+        .find(|l| l.contains("end_call"))
+        .unwrap_or_else(|| panic!("no action row: {stdout}"));
+    assert!(
+        action.contains("model") && action.contains("done"),
+        "{action}"
+    );
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("call ")?.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no call id printed: {stdout}"));
+    let show = Command::new(izwi_bin())
+        .env("IZWI_RECORDS_PATH", &records)
+        .args(["calls", "show", id, "--json"])
+        .output()
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(record["call"]["hangup_side"], "agent", "{record}");
+    assert_eq!(record["call"]["hangup_cause"], "agent:end_call", "{record}");
+    assert_eq!(record["actions"][0]["source"], "model", "{record}");
+    // The goodbye the agent said is in what it wrote.
+    let (agent, _) = wav::read_mono(&dir.path().join("agent.wav")).unwrap();
+    let heard = engine()
+        .asr
+        .transcribe(&agent, "en")
+        .unwrap()
+        .to_lowercase();
+    assert!(heard.contains("goodbye"), "{heard}");
+}

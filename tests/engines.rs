@@ -110,6 +110,7 @@ fn acting_agent() -> AgentProfile {
     p.transfer
         .insert("front_desk".into(), "sip:desk@127.0.0.1:5070".into());
     p.transfer.insert("nurse".into(), "+263771000111".into());
+    p.model_actions = vec!["end_call".into(), "transfer".into()];
     p
 }
 
@@ -161,16 +162,18 @@ fn the_small_model_asks_for_end_call_and_transfer_and_only_allowed_targets_pass(
     };
     assert_eq!(action::from_model(&p, &forged), Err(Refusal::Target));
 
-    // The default agent (end_call only) answers a question with words and
-    // no action.
-    let plain = AgentProfile::new(
-        "en",
-        "You are Izwi, a friendly phone assistant. Answer in one or two short spoken sentences.",
-        "Hello.",
-    );
-    let (words, calls) = ask(&plain, "What time do you open on Monday?");
-    assert!(calls.is_empty(), "{words:?} {calls:?}");
-    assert!(words.split_whitespace().count() >= 2, "{words:?}");
+    // Ordinary questions get words and no action.
+    for q in [
+        "What time do you open on Monday?",
+        "How much does a consultation cost?",
+    ] {
+        let (words, calls) = ask(&p, q);
+        assert!(calls.is_empty(), "{q}: {words:?} {calls:?}");
+        assert!(words.split_whitespace().count() >= 2, "{q}: {words:?}");
+    }
+    // The default agent offers its model no action at all.
+    let plain = izwi::config::Config::default().agents["english"].clone();
+    assert!(action::tools(&plain).is_empty());
 }
 
 #[test]

@@ -62,14 +62,14 @@ pub enum Refusal {
 /// The actions the model is offered, with the agent's allowed values.
 pub fn tools(profile: &AgentProfile) -> Vec<ToolSpec> {
     let mut tools = Vec::new();
-    if profile.end_call {
+    if profile.model_may("end_call") {
         tools.push(ToolSpec {
             name: "end_call".into(),
             description: "when the caller says goodbye or has nothing more to ask".into(),
             parameters: json!({"type": "object", "properties": {}}),
         });
     }
-    if !profile.transfer.is_empty() {
+    if profile.model_may("transfer") && !profile.transfer.is_empty() {
         let names: Vec<&String> = profile.transfer.keys().collect();
         tools.push(ToolSpec {
             name: "transfer".into(),
@@ -85,9 +85,11 @@ pub fn tools(profile: &AgentProfile) -> Vec<ToolSpec> {
 pub fn from_model(profile: &AgentProfile, call: &ToolCall) -> Result<Action, Refusal> {
     let args = call.arguments.as_object().ok_or(Refusal::Arguments)?;
     match call.name.as_str() {
-        "end_call" if !profile.end_call => Err(Refusal::NotAllowed("end the call")),
+        "end_call" if !profile.model_may("end_call") => Err(Refusal::NotAllowed("end the call")),
         "end_call" => Ok(Action::EndCall),
-        "transfer" if profile.transfer.is_empty() => Err(Refusal::NotAllowed("transfer")),
+        "transfer" if !profile.model_may("transfer") || profile.transfer.is_empty() => {
+            Err(Refusal::NotAllowed("transfer"))
+        }
         "transfer" => {
             let to = args
                 .get("to")
@@ -164,6 +166,7 @@ mod tests {
 
     fn profile() -> AgentProfile {
         let mut p = AgentProfile::new("en", "x", "hi");
+        p.model_actions = vec!["end_call".into(), "transfer".into()];
         p.transfer
             .insert("front_desk".into(), "sip:desk@127.0.0.1:5070".into());
         p.keys.insert("0".into(), "transfer:front_desk".into());
@@ -210,8 +213,8 @@ mod tests {
             from_model(&p, &call("end_call", json!({}))),
             Ok(Action::EndCall)
         );
-        let mut quiet = AgentProfile::new("en", "x", "hi");
-        quiet.end_call = false;
+        let mut quiet = profile();
+        quiet.model_actions.clear();
         assert!(matches!(
             from_model(&quiet, &call("end_call", json!({}))),
             Err(Refusal::NotAllowed(_))
@@ -235,6 +238,16 @@ mod tests {
             t[1].parameters["properties"]["to"]["enum"],
             json!(["front_desk"])
         );
-        assert_eq!(tools(&AgentProfile::new("en", "x", "hi")).len(), 1);
+        assert!(
+            tools(&AgentProfile::new("en", "x", "hi")).is_empty(),
+            "a default agent has no actions for its model"
+        );
+        let mut keys_only = profile();
+        keys_only.model_actions = vec!["end_call".into()];
+        assert_eq!(
+            tools(&keys_only).len(),
+            1,
+            "the targets serve the keys only"
+        );
     }
 }

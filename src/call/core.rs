@@ -606,6 +606,7 @@ mod conversation_tests {
         profile
             .transfer
             .insert("front_desk".into(), "sip:desk@192.0.2.7".into());
+        profile.model_actions = vec!["transfer".into()];
         let script = Script {
             replies: vec![vec![
                 Step::Say("Of course."),
@@ -655,6 +656,42 @@ mod conversation_tests {
         assert_eq!(actions[0].action, "transfer");
         assert_eq!(actions[0].target.as_deref(), Some("front_desk"));
         assert_eq!(actions[0].result, "failed");
+    }
+
+    #[tokio::test]
+    async fn a_forged_target_is_refused_and_the_call_goes_on() {
+        let mut profile = quiet_profile();
+        profile
+            .transfer
+            .insert("front_desk".into(), "sip:desk@192.0.2.7".into());
+        profile.model_actions = vec!["transfer".into()];
+        let script = Script {
+            replies: vec![vec![
+                Step::Say("Let me connect you."),
+                Step::Act(ToolCall {
+                    name: "transfer".into(),
+                    arguments: serde_json::json!({"to": "+263779999999"}),
+                }),
+            ]],
+            ..Default::default()
+        };
+        let mut c = engine_core(script, profile, false).await;
+        let mut out = Tick::default();
+        ask(&mut c, &mut out, 50).await;
+        for _ in 0..300 {
+            let s = step(&mut c, &mut out, Some(&silence())).await;
+            assert!(s.control.is_none(), "{:?}", s.control);
+        }
+        let (turns, actions) = c.agent.close();
+        assert_eq!(actions.len(), 1);
+        assert_eq!(actions[0].result, "refused");
+        assert_eq!(actions[0].target, None, "a forged target is never stored");
+        let answer = turns.iter().find(|t| !t.greeting).unwrap();
+        assert_eq!(
+            answer.outcome,
+            TurnOutcome::Answered,
+            "the words still played"
+        );
     }
 
     #[tokio::test]

@@ -105,6 +105,9 @@ impl CallTracker {
         for _ in 0..digits {
             m.dtmf(transport);
         }
+        for a in &actions {
+            m.agent_action(&a.action, &a.result);
+        }
         m.call_ended(transport, outcome.as_str());
         log_turns(self.id(), turns);
         if let Some(guard) = self.guard.take() {

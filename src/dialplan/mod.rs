@@ -567,6 +567,26 @@ greeting = "Mhoro"
         assert!(e.contains("`nobody`"), "{e}");
         let e = err("[[rule]\n");
         assert!(e.starts_with("plan.toml:1:"), "{e}");
+        // An agent's actions are checked with it.
+        let agent = |body: &str| {
+            err(&format!(
+                "[default]\nagent = \"x\"\n\n[agents.x]\nlanguage = \"en\"\nsystem_prompt = \"p\"\ngreeting = \"g\"\n{body}"
+            ))
+        };
+        let e = agent("keys = { \"0\" = \"transfer:desk\" }\n");
+        assert!(
+            e.starts_with("plan.toml:4:") && e.contains("agents.x.keys") && e.contains("`desk`"),
+            "{e}"
+        );
+        let e = agent("keys = { \"X\" = \"repeat\" }\n");
+        assert!(e.contains("not a key"), "{e}");
+        let e = agent("keys = { \"1\" = \"dance\" }\n");
+        assert!(e.contains("not an action"), "{e}");
+        let e = agent("transfer = { desk = \"call my cousin\" }\n");
+        assert!(e.contains("neither a SIP URI"), "{e}");
+        let e = agent("silence = { after_secs = 5, mumble = 1 }\n");
+        assert!(e.contains("mumble"), "{e}");
+        assert!(plan("[default]\nagent = \"x\"\n\n[agents.x]\nlanguage = \"en\"\nsystem_prompt = \"p\"\ngreeting = \"g\"\ntransfer = { desk = \"+263242700100\" }\nkeys = { \"0\" = \"transfer:desk\", \"#\" = \"end_call\" }\n").is_ok());
         // A later, narrower rule after a broader one that does not cover it is fine.
         assert!(plan("[[rule]]\nagent = \"clinic\"\nto = \"+263242\"\n[[rule]]\nagent = \"english\"\nto_prefix = \"+263\"\n").is_ok());
     }

@@ -76,8 +76,8 @@ fn literal(s: &str) -> String {
     out
 }
 
-/// The grammar that holds the model to one action once it writes `[`;
-/// `None` without tools.
+/// The grammar of a reply's opening tag: `[answer]` or one of the agent's
+/// actions with an allowed argument; `None` without tools.
 pub fn grammar(tools: &[ToolSpec]) -> Option<String> {
     if tools.is_empty() {
         return None;
@@ -101,7 +101,7 @@ pub fn grammar(tools: &[ToolSpec]) -> Option<String> {
         })
         .collect();
     Some(format!(
-        "root ::= \"[\" ({}) \"]\" [^\\x5B]*\n",
+        "root ::= \"[\" ({}) \"]\"\n",
         std::iter::once(literal(ANSWER))
             .chain(alternatives)
             .collect::<Vec<_>>()
@@ -115,6 +115,9 @@ pub enum Piece {
     Text(String),
     Call(ToolCall),
     Malformed(String),
+    /// A bracket after the reply's opening tag: the model has stopped
+    /// answering and started reciting its instructions; the reply ends here.
+    Stop,
 }
 
 /// Splits streamed text into words and bracketed actions.
@@ -122,6 +125,9 @@ pub enum Piece {
 pub struct Brackets {
     tools: Vec<ToolSpec>,
     open: Option<String>,
+    /// The opening tag has been read: later brackets end the reply.
+    tagged: bool,
+    stopped: bool,
 }
 
 impl Brackets {
@@ -129,13 +135,25 @@ impl Brackets {
         Brackets {
             tools: tools.to_vec(),
             open: None,
+            tagged: false,
+            stopped: false,
         }
     }
 
     pub fn push(&mut self, text: &str, out: &mut Vec<Piece>) {
         let mut words = String::new();
         for c in text.chars() {
+            if self.stopped {
+                break;
+            }
             match self.open.as_mut() {
+                None if c == '[' && !self.tools.is_empty() && self.tagged => {
+                    self.stopped = true;
+                    if !words.is_empty() {
+                        out.push(Piece::Text(std::mem::take(&mut words)));
+                    }
+                    out.push(Piece::Stop);
+                }
                 None if c == '[' && !self.tools.is_empty() => {
                     self.open = Some(String::new());
                 }
@@ -143,6 +161,7 @@ impl Brackets {
                 Some(inner) if c == ']' => {
                     let inner = std::mem::take(inner);
                     self.open = None;
+                    self.tagged = true;
                     if !words.is_empty() {
                         out.push(Piece::Text(std::mem::take(&mut words)));
                     }
@@ -154,6 +173,7 @@ impl Brackets {
                 Some(inner) if inner.len() >= MAX_BRACKET => {
                     let inner = std::mem::take(inner);
                     self.open = None;
+                    self.tagged = true;
                     out.push(Piece::Malformed(inner));
                 }
                 Some(inner) => inner.push(c),
@@ -254,6 +274,14 @@ mod tests {
     }
 
     #[test]
+    fn a_bracket_after_the_tag_ends_the_reply() {
+        assert_eq!(
+            pieces(&["[answer] We open at eight.\n[end_call] when"]),
+            vec![Piece::Text(" We open at eight.\n".into()), Piece::Stop]
+        );
+    }
+
+    #[test]
     fn an_answer_bracket_is_no_action() {
         assert_eq!(
             pieces(&["[answer] We open", " at eight."]),
@@ -308,7 +336,7 @@ mod tests {
         let g = grammar(&tools()).unwrap();
         assert_eq!(
             g,
-            "root ::= \"[\" (\"answer\" | \"end_call\" | \"transfer:\" (\"front_desk\" | \"nurse\")) \"]\" [^\\x5B]*\n"
+            "root ::= \"[\" (\"answer\" | \"end_call\" | \"transfer:\" (\"front_desk\" | \"nurse\")) \"]\"\n"
         );
         assert!(grammar(&[]).is_none());
         let i = instructions(&tools());

@@ -19,6 +19,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 
 use super::bracket::{self, Brackets, Piece};
 use crate::config::EngineConfig;
@@ -215,29 +216,51 @@ pub struct LlamaSession {
     grammar: Option<String>,
 }
 
+/// How much more likely `[answer]` is made than the actions (in logits): a
+/// wrong hang-up costs far more than a missed one (the silence policy ends
+/// the call anyway). Measured on the bundled 135M model with an agent whose
+/// prompt shows the tags by example: 0.5 keeps its goodbyes and transfer
+/// requests while a dozen ordinary questions got answers; 1.0 already loses
+/// the transfers. It is still a weak judge (it ended a call on "what time
+/// do you open?" once a greeting was in the history), hence `end_call` is
+/// off unless an agent turns it on.
+const ANSWER_BIAS: f32 = 0.5;
+
 impl LlamaSession {
-    fn sampler(&self) -> Result<LlamaSampler, EngineError> {
+    /// The reply's opening tag: only the agent's tags (the grammar), with
+    /// `[answer]` favoured; greedy, so that the same words get the same act.
+    fn tag_sampler(&self, grammar: &str) -> Result<LlamaSampler, EngineError> {
+        let model = self.shared.model;
+        let answer = model
+            .vocab()
+            .tokenize(bracket::ANSWER.as_bytes(), false, false);
+        let bias: Vec<LlamaLogitBias> = answer
+            .first()
+            .map(|t| LlamaLogitBias::new(*t, ANSWER_BIAS))
+            .into_iter()
+            .collect();
+        Ok(LlamaSampler::chain_simple([
+            LlamaSampler::grammar(model, grammar, "root")
+                .map_err(|e| EngineError::Llm(format!("action grammar: {e}")))?,
+            LlamaSampler::logit_bias(model.n_vocab(), &bias),
+            LlamaSampler::greedy(),
+        ]))
+    }
+
+    /// The reply's words.
+    fn sampler(&self) -> LlamaSampler {
         let s = &self.shared.settings;
         let penalties = LlamaSampler::penalties(self.shared.model.n_vocab(), 64, 1.15, 0.0, 0.0);
-        let mut chain = Vec::with_capacity(6);
-        if let Some(g) = &self.grammar {
-            chain.push(
-                LlamaSampler::grammar(self.shared.model, g, "root")
-                    .map_err(|e| EngineError::Llm(format!("action grammar: {e}")))?,
-            );
-        }
-        chain.push(penalties);
         if s.llm_temperature <= 0.0 {
-            chain.push(LlamaSampler::greedy());
-            Ok(LlamaSampler::chain_simple(chain))
+            LlamaSampler::chain_simple([penalties, LlamaSampler::greedy()])
         } else {
-            chain.extend([
+            LlamaSampler::chain_simple([
+                penalties,
                 LlamaSampler::top_k(40),
                 LlamaSampler::top_p(0.9, 1),
                 LlamaSampler::temp(s.llm_temperature),
                 LlamaSampler::dist(s.llm_seed),
-            ]);
-            Ok(LlamaSampler::chain_simple(chain))
+            ])
         }
     }
 }
@@ -292,7 +315,12 @@ impl LlmSession for LlamaSession {
             reused_tokens: common,
             ..Default::default()
         };
-        let mut sampler = self.sampler()?;
+        // With actions, the reply opens with its tag; then the words.
+        let mut in_tag = self.grammar.is_some();
+        let mut sampler = match &self.grammar {
+            Some(g) => self.tag_sampler(g)?,
+            None => self.sampler(),
+        };
         let mut brackets = Brackets::new(&self.tools);
         let mut pieces = Vec::new();
         let vocab = self.shared.model.vocab();
@@ -315,6 +343,10 @@ impl LlmSession for LlamaSession {
                 brackets.push(&text, &mut pieces);
                 if emit(&mut pieces, on_event).is_break() {
                     break;
+                }
+                if in_tag && text.contains(']') {
+                    in_tag = false;
+                    sampler = self.sampler();
                 }
             }
             batch.clear();
@@ -346,6 +378,7 @@ fn emit(
             Piece::Text(t) => on_event(LlmEvent::Text(t)),
             Piece::Call(c) => on_event(LlmEvent::ToolCall(c.clone())),
             Piece::Malformed(m) => on_event(LlmEvent::Malformed(m)),
+            Piece::Stop => ControlFlow::Break(()),
         };
         flow?;
     }
