@@ -57,7 +57,7 @@ CREATE TABLE turns_new (
 
 INSERT INTO turns_new SELECT call_id, idx, greeting, outcome, response_ms, asr_ms,
     llm_first_token_ms, llm_tokens_per_s, tts_first_audio_ms, words_heard, words_spoken,
-    interrupted FROM turns;
+    interrupted FROM turns WHERE call_id IN (SELECT id FROM calls_new);
 
 DROP TABLE turns;
 DROP TABLE calls;

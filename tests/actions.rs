@@ -16,13 +16,13 @@ use common::sip_peer::{Izwi, free_udp_port};
 use common::twilio::{self, AUTH_TOKEN, PUBLIC_URL};
 
 /// One agent: a short greeting, a short silence policy, key 0 transfers to
-/// the front desk at `desk`.
+/// the front desk at `desk`, other keys are collected for the model.
 fn dialplan(dir: &Path, desk: &str) -> std::path::PathBuf {
     let path = dir.join("plan.toml");
     std::fs::write(
         &path,
         format!(
-            r#"[default]
+            r##"[default]
 agent = "desk"
 
 [agents.desk]
@@ -34,7 +34,8 @@ silence = {{ after_secs = 3, prompt = "Are you still there?", prompts = 1 }}
 transfer = {{ front_desk = "{desk}" }}
 transfer_announcement = "Please hold, I am transferring your call."
 keys = {{ "0" = "transfer:front_desk" }}
-"#
+collect = {{ max_digits = 4, end_key = "#", timeout_secs = 3 }}
+"##
         ),
     )
     .unwrap();
@@ -273,6 +274,15 @@ fn key_0_transfers_a_baresip_caller_by_refer_to_a_sipp_front_desk() {
     let offered = izwi.wait_line("call offered", Duration::from_secs(5));
     let id = field(&offered, "call=").to_string();
     std::thread::sleep(Duration::from_millis(1500));
+    // Four digits: collected, and handed to the model, which answers them.
+    for key in ["1", "2", "3", "4"] {
+        caller.command(&format!(
+            r#"{{"command":"sndcode","params":"{key}","token":"k"}}"#
+        ));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    izwi.wait_line("action=\"collect\"", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(3));
     caller.command(r#"{"command":"sndcode","params":"0","token":"k"}"#);
     // The announcement plays, then the REFER; baresip calls the desk and
     // reports it up by NOTIFY; Izwi's leg ends.
@@ -295,7 +305,18 @@ fn key_0_transfers_a_baresip_caller_by_refer_to_a_sipp_front_desk() {
     let r = record(&izwi, &id);
     assert_eq!(r["call"]["hangup_cause"], "transferred", "{r}");
     assert_eq!(r["call"]["hangup_side"], "agent", "{r}");
-    let a = &r["actions"][0];
+    assert_eq!(r["actions"][0]["action"], "collect", "{r}");
+    assert_eq!(r["actions"][0]["result"], "done", "{r}");
+    // The model answered the digits (a turn with no words heard).
+    let digits_turn = r["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["greeting"] == false)
+        .unwrap_or_else(|| panic!("no turn for the digits: {r}"));
+    assert_eq!(digits_turn["words_heard"], 0, "{r}");
+    assert!(digits_turn["tts_first_audio_ms"].as_f64().is_some(), "{r}");
+    let a = &r["actions"][1];
     assert_eq!(a["action"], "transfer", "{r}");
     assert_eq!(a["source"], "key", "{r}");
     assert_eq!(a["target"], "front_desk", "{r}");

@@ -28,8 +28,8 @@ const RECENT: Duration = Duration::from_secs(3);
 const MAX_DIGITS: usize = 256;
 /// Actions a call records; more are a flood (of keys).
 const MAX_ACTIONS: usize = 64;
-/// The last answer kept for `repeat`, at most.
-const MAX_REPEAT_FRAMES: usize = 30 * 50;
+/// The last answer kept for `repeat`, at most (10 s: 640 KB).
+const MAX_REPEAT_FRAMES: usize = 10 * 50;
 /// After the last frame of the words before a hang-up or transfer: time for
 /// them to leave the far end's buffers (a transport that confirms playback
 /// waits for that instead, up to [`CONFIRM_WAIT`]).
@@ -233,8 +233,12 @@ pub struct Conversation {
     /// Controls for the transport.
     controls: VecDeque<CallControl>,
     actions: Vec<ActionRow>,
-    /// The transfer waiting for the transport's result (its record).
+    /// A transfer was handed to the transport and its result is awaited;
+    /// with the index of its record.
+    transfer_pending: bool,
     transferring: Option<usize>,
+    /// The last phrase sent whole.
+    last_sent: Option<u64>,
     /// Since when nobody has spoken.
     quiet_since: Duration,
     silence_prompts: u32,
@@ -311,7 +315,9 @@ impl Conversation {
             due: None,
             controls: VecDeque::new(),
             actions: Vec::new(),
+            transfer_pending: false,
             transferring: None,
+            last_sent: None,
             quiet_since: Duration::ZERO,
             silence_prompts: 0,
             collected: String::new(),
@@ -382,12 +388,22 @@ impl Conversation {
 
     /// Ends the conversation: a reply still in progress is recorded as cut by the hang-up.
     pub fn close(&mut self) {
-        if let Some(mut r) = self.reply.take()
-            && !r.fixed
+        if let Some(mut r) = self.reply.take() {
+            if let Some(a) = r.action.take() {
+                self.record_action(a.label(), Source::Model, None, "interrupted");
+            }
+            if !r.fixed {
+                r.record.words_spoken = r.played_text().split_whitespace().count();
+                r.record.outcome = TurnOutcome::HungUp;
+                self.turns.push(r.record);
+            }
+        }
+        // A transfer with no word from the caller's side when the call ended.
+        if self.transfer_pending
+            && let Some(i) = self.transferring.take()
+            && let Some(a) = self.actions.get_mut(i)
         {
-            r.record.words_spoken = r.played_text().split_whitespace().count();
-            r.record.outcome = TurnOutcome::HungUp;
-            self.turns.push(r.record);
+            a.result = "interrupted".into();
         }
     }
 
@@ -405,6 +421,10 @@ impl Conversation {
     /// call is over (the transport ends it); on failure the caller hears so,
     /// and the agent's fallback decides what follows.
     pub fn transfer_result(&mut self, done: bool) {
+        if !std::mem::take(&mut self.transfer_pending) {
+            tracing::debug!(call = %self.call_id, "a transfer result with no transfer pending");
+            return;
+        }
         if let Some(i) = self.transferring.take()
             && let Some(a) = self.actions.get_mut(i)
         {
@@ -415,6 +435,8 @@ impl Conversation {
         }
         tracing::info!(call = %self.call_id, "transfer failed; the call goes on");
         self.closing = false;
+        self.quiet_since = self.now;
+        self.turn.step(Input::Reset);
         let failed = self.agent.phrases.transfer_failed.clone();
         match self.agent.profile.transfer_fallback {
             TransferFallback::Continue => self.say(vec![failed], None),
@@ -467,13 +489,14 @@ impl Conversation {
         if then.is_some() {
             self.closing = true;
             self.capture = None;
+            self.turn.step(Input::Reset);
         }
         if playing.is_empty() {
             // Nothing more to say: the control waits for the last words sent.
             if let Some(control) = then {
                 self.due = Some(Due {
                     control,
-                    seq: (self.next_phrase > 0).then_some(self.next_phrase),
+                    seq: self.last_sent,
                     sent: self.now,
                 });
             }
@@ -487,13 +510,25 @@ impl Conversation {
 
     /// The reply in progress stops where it is (a key or a policy took over).
     fn drop_reply(&mut self) {
+        if self.replace_reply() {
+            self.turn.step(Input::ReplyAbandoned);
+        }
+    }
+
+    /// Takes the reply in progress out of the way and records it, leaving
+    /// the turn machine alone; `true` if there was one.
+    fn replace_reply(&mut self) -> bool {
         let Some(mut r) = self.reply.take() else {
-            return;
+            return false;
         };
         if r.started {
             self.cuts += 1;
         }
-        let played = r.played_text();
+        // What the far end had not yet played is cleared with the cut.
+        let played = match &self.playback {
+            Some(p) => r.confirmed_text(p.heard),
+            None => r.played_text(),
+        };
         if !played.is_empty() {
             self.history.push(ChatMessage {
                 speaker: Speaker::Assistant,
@@ -508,7 +543,7 @@ impl Conversation {
         if let Some(a) = r.action.take() {
             self.record_action(a.label(), Source::Model, None, "interrupted");
         }
-        self.turn.step(Input::ReplyAbandoned);
+        true
     }
 
     /// Carries out a checked action.
@@ -530,6 +565,7 @@ impl Conversation {
                 self.say(goodbye, Some(CallControl::HangUp(Ending::Agent(why))));
             }
             Action::Transfer { name, target } => {
+                self.transfer_pending = true;
                 self.transferring = self.record_action("transfer", source, Some(&name), "failed");
                 let announce = vec![self.agent.phrases.transferring.clone()];
                 self.say(announce, Some(CallControl::Transfer { target }));
@@ -729,7 +765,9 @@ impl Conversation {
             }
             Some(Output::UserResumed) => {
                 tracing::debug!(call = %self.call_id, "caller resumed before the reply; reply dropped");
-                self.reply = None;
+                if let Some(a) = self.reply.take().and_then(|r| r.action) {
+                    self.record_action(a.label(), Source::Model, None, "interrupted");
+                }
             }
             Some(Output::BargeIn { onset }) => {
                 tracing::info!(call = %self.call_id, turn = self.turns.len(), "barge-in");
@@ -752,6 +790,9 @@ impl Conversation {
     }
 
     fn request_reply(&mut self, onset: Duration, last_speech: Duration) {
+        // A reply the caller spoke over before it played (to collected keys,
+        // say) is recorded, not lost.
+        self.replace_reply();
         let audio = self.capture.clone().unwrap_or_default();
         let index = self.turns.iter().filter(|t| !t.greeting).count() + 1;
         let mut record = TurnRecord::new(index, false);
@@ -783,6 +824,7 @@ impl Conversation {
                     if let Some(playback) = self.playback.as_mut() {
                         playback.ended.push(p.seq);
                     }
+                    self.last_sent = Some(p.seq);
                     reply.spoken.push((p.seq, p.text));
                 }
             }
@@ -887,12 +929,15 @@ impl Conversation {
                     Ok(a) if reply.action.is_none() => reply.action = Some(a),
                     Ok(_) => {
                         tracing::info!(call = %self.call_id, "a second action in one reply refused");
-                        self.actions.push(action::refused_row(Some(&call), at));
-                    }
-                    Err(refusal) => {
-                        tracing::info!(call = %self.call_id, action = %crate::records::cap(&call.name, 32), %refusal, "the model's action refused");
                         if self.actions.len() < MAX_ACTIONS {
                             self.actions.push(action::refused_row(Some(&call), at));
+                        }
+                    }
+                    Err(refusal) => {
+                        let row = action::refused_row(Some(&call), at);
+                        tracing::info!(call = %self.call_id, action = %row.action, %refusal, "the model's action refused");
+                        if self.actions.len() < MAX_ACTIONS {
+                            self.actions.push(row);
                         }
                     }
                 }
@@ -918,7 +963,10 @@ impl Conversation {
 
     /// The reply ends before any audio: back to listening.
     fn abandon(&mut self) {
-        if let Some(r) = self.reply.take() {
+        if let Some(mut r) = self.reply.take() {
+            if let Some(a) = r.action.take() {
+                self.record_action(a.label(), Source::Model, None, "interrupted");
+            }
             self.turns.push(r.record);
         }
         self.capture = None;
@@ -957,8 +1005,19 @@ impl Conversation {
             }
             self.turns.push(r.record);
         }
-        if !interrupted {
+        if !interrupted && r.started {
             self.turn.step(Input::AgentFinished);
+        } else if !interrupted {
+            // Nothing to say (an empty reply, or only an action): back to
+            // listening, with what the caller said kept.
+            if let Some(text) = r.heard.take() {
+                self.history.push(ChatMessage {
+                    speaker: Speaker::User,
+                    text,
+                });
+            }
+            self.capture = None;
+            self.turn.step(Input::ReplyAbandoned);
         }
         if let Some(control) = r.then.take() {
             let seq = r.spoken.last().map(|(seq, _)| *seq);

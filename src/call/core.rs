@@ -829,6 +829,33 @@ mod conversation_tests {
     }
 
     #[tokio::test]
+    async fn an_empty_reply_goes_back_to_listening() {
+        // The model says nothing: the caller's words stay in the history, and
+        // the call listens again (the silence policy still runs).
+        let mut profile = quiet_profile();
+        profile.silence.after_secs = 2;
+        let script = Script {
+            replies: vec![vec![]],
+            ..Default::default()
+        };
+        let mut c = engine_core(script, profile, false).await;
+        let mut out = Tick::default();
+        for _ in 0..50 {
+            step(&mut c, &mut out, Some(&tone(160))).await;
+        }
+        let mut prompted = false;
+        for _ in 0..200 {
+            prompted |= step(&mut c, &mut out, Some(&silence())).await.loud;
+        }
+        assert!(
+            prompted,
+            "the silence policy never ran after an empty reply"
+        );
+        let (_, actions) = c.agent.close();
+        assert_eq!(actions[0].action, "silence_prompt");
+    }
+
+    #[tokio::test]
     async fn collected_keys_reach_the_model_as_the_caller_s_words() {
         let mut profile = quiet_profile();
         profile.collect = Some(crate::config::CollectDigits {

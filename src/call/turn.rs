@@ -67,6 +67,9 @@ pub enum Input {
     AgentFinished,
     /// The reply was given up (nothing intelligible was said, or the engine failed).
     ReplyAbandoned,
+    /// The call took the floor for words of its own (a goodbye, a transfer):
+    /// whatever the caller was doing is forgotten, back to listening.
+    Reset,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +145,12 @@ impl TurnMachine {
                     State::AgentSpeaking => self.state = State::Listening,
                     State::Listening | State::UserSpeaking | State::Thinking => {}
                 }
+                None
+            }
+            Input::Reset => {
+                self.state = State::Listening;
+                self.speaking = false;
+                self.hold = false;
                 None
             }
             Input::ReplyAbandoned => {

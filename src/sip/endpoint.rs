@@ -585,8 +585,8 @@ impl Endpoint {
         } else {
             let peer = active.peer;
             match peer {
-                SocketAddr::V6(a) => format!("sip:{target}@[{}]:{}", a.ip(), a.port()),
-                SocketAddr::V4(a) => format!("sip:{target}@{a}"),
+                SocketAddr::V6(a) => format!("sip:{target}@[{}]:{};user=phone", a.ip(), a.port()),
+                SocketAddr::V4(a) => format!("sip:{target}@{a};user=phone"),
             }
         };
         tracing::info!(call = %active.call_id, "transferring by REFER");

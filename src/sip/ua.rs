@@ -38,8 +38,9 @@ const MAX_ROUTING_VALUE: usize = 256;
 /// Lines about refused callers let through per window (the rest are counted).
 const LOG_LINES: u32 = 10;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
-/// How long a transfer may take to say how it went (the new call's answer).
-const TRANSFER_WAIT: Duration = Duration::from_secs(30);
+/// How long a transfer may take to say how it went (the new call's answer,
+/// which waits for the target to pick up).
+const TRANSFER_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallRef(pub u64);
@@ -228,6 +229,16 @@ struct ClientTx {
     give_up: Instant,
 }
 
+/// A transfer under way: our REFER, and until when its outcome may come.
+struct Referring {
+    branch: String,
+    /// Its CSeq: the `id` of the NOTIFYs that report on it (RFC 3515 §2.4.6).
+    cseq: u32,
+    until: Instant,
+    /// The caller's side took it (2xx to the REFER).
+    accepted: bool,
+}
+
 /// What a timer in [`UserAgent`]'s heap is for. Entries are not removed when
 /// their transaction changes: a popped entry that is no longer due does nothing.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -253,7 +264,7 @@ pub struct UserAgent {
     /// Our REFERs waiting for their answer, by branch, and the calls
     /// waiting for the NOTIFY that says how the transfer went.
     refers: HashMap<String, CallRef>,
-    transferring: HashMap<CallRef, Instant>,
+    transferring: HashMap<CallRef, Referring>,
     /// Retransmission and give-up times of legs and client transactions.
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     /// Calls in progress (legs not refused or ended), in all and per source.
@@ -426,11 +437,18 @@ impl UserAgent {
                     if let Some(c) = self.clients.remove(&parsed.branch) {
                         self.client_bytes -= c.request.len();
                     }
-                    if code >= 300 && self.transferring.remove(&call).is_some() {
+                    let current = self
+                        .transferring
+                        .get(&call)
+                        .is_some_and(|r| r.branch == parsed.branch);
+                    if current && code >= 300 {
+                        self.end_transfer(call);
                         self.event(Event::Transfer {
                             call,
                             result: Err(code),
                         });
+                    } else if current && let Some(r) = self.transferring.get_mut(&call) {
+                        r.accepted = true;
                     }
                     return;
                 }
@@ -900,7 +918,16 @@ impl UserAgent {
             return;
         };
         self.finish_non_invite(&p, from, transport, (200, "OK"), now);
+        // Many transferees hang up on the transferor once the new call is
+        // up, before (or instead of) the final NOTIFY.
+        let handed_on = self.transferring.get(&call).is_some_and(|r| r.accepted);
         self.remove(call);
+        if handed_on {
+            self.event(Event::Transfer {
+                call,
+                result: Ok(()),
+            });
+        }
         self.event(Event::Ended {
             call,
             reason: EndReason::RemoteBye,
@@ -1112,9 +1139,20 @@ impl UserAgent {
     }
 
     fn forget_transfer(&mut self, call: CallRef) {
-        if self.transferring.remove(&call).is_some() {
-            self.refers.retain(|_, c| *c != call);
+        self.end_transfer(call);
+    }
+
+    /// The transfer of `call` is over: its REFER is neither awaited nor
+    /// retransmitted any more. `true` if there was one.
+    fn end_transfer(&mut self, call: CallRef) -> bool {
+        let Some(r) = self.transferring.remove(&call) else {
+            return false;
+        };
+        self.refers.remove(&r.branch);
+        if let Some(c) = self.clients.remove(&r.branch) {
+            self.client_bytes -= c.request.len();
         }
+        true
     }
 
     /// Blind transfer (RFC 3515): asks the caller's side to call `target`
@@ -1158,10 +1196,18 @@ impl UserAgent {
             &self.cfg.identity,
             None,
         );
-        let (peer, transport) = (leg.peer, leg.transport);
+        let (peer, transport, cseq) = (leg.peer, leg.transport, leg.local_cseq);
         self.send(peer, transport, refer.clone());
         self.refers.insert(branch.clone(), call);
-        self.transferring.insert(call, now + TRANSFER_WAIT);
+        self.transferring.insert(
+            call,
+            Referring {
+                branch: branch.clone(),
+                cseq,
+                until: now + TRANSFER_WAIT,
+                accepted: false,
+            },
+        );
         self.schedule(now + TRANSFER_WAIT, Timer::Transfer(call));
         self.track_client(branch, refer, peer, transport, now);
         true
@@ -1173,9 +1219,33 @@ impl UserAgent {
             self.no_such_call(&p, from, transport);
             return;
         };
-        let event = p.header_value("Event").unwrap_or_default();
-        if !event.trim().to_ascii_lowercase().starts_with("refer") {
+        let event = p
+            .header_value("Event")
+            .or_else(|| p.header_value("o"))
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let mut parts = event.split(';').map(str::trim);
+        if parts.next() != Some("refer") {
             self.answer_stateless(&p, from, transport, (489, "Bad Event"), &[]);
+            return;
+        }
+        // Which REFER it reports on (none: the dialog's first).
+        let id = parts
+            .find_map(|a| a.strip_prefix("id="))
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let ours = self
+            .transferring
+            .get(&call)
+            .is_some_and(|r| id.is_none_or(|id| id == r.cseq));
+        if !ours {
+            // RFC 6665: no such subscription.
+            self.answer_stateless(
+                &p,
+                from,
+                transport,
+                (481, "Subscription Does Not Exist"),
+                &[],
+            );
             return;
         }
         self.finish_non_invite(&p, from, transport, (200, "OK"), now);
@@ -1190,10 +1260,10 @@ impl UserAgent {
             tracing::info!(call = call.0, "a transfer NOTIFY without a status line");
             return;
         };
-        if code < 200 || self.transferring.remove(&call).is_none() {
+        if code < 200 {
             return;
         }
-        self.refers.retain(|_, c| *c != call);
+        self.end_transfer(call);
         let result = if code < 300 { Ok(()) } else { Err(code) };
         self.event(Event::Transfer { call, result });
     }
@@ -1277,8 +1347,8 @@ impl UserAgent {
                 Timer::Leg(call) => self.leg_timer(call, now),
                 Timer::Client(branch) => self.client_timer(branch, now),
                 Timer::Transfer(call) => {
-                    if self.transferring.get(&call).is_some_and(|at| *at <= now) {
-                        self.transferring.remove(&call);
+                    if self.transferring.get(&call).is_some_and(|r| r.until <= now) {
+                        self.end_transfer(call);
                         tracing::info!(call = call.0, "no word on the transfer in time");
                         self.event(Event::Transfer {
                             call,
@@ -1348,7 +1418,11 @@ impl UserAgent {
                 self.client_bytes -= c.request.len();
             }
             if let Some(call) = self.refers.remove(&branch)
-                && self.transferring.remove(&call).is_some()
+                && self
+                    .transferring
+                    .get(&call)
+                    .is_some_and(|r| r.branch == branch && !r.accepted)
+                && self.end_transfer(call)
             {
                 self.event(Event::Transfer {
                     call,
@@ -1627,6 +1701,214 @@ mod tests {
         assert_eq!(status(&sent[0]), 200);
         assert!(events.is_empty());
         assert_eq!(ua.stats().retransmissions_absorbed, 1);
+    }
+
+    /// An answered, acknowledged call; its local tag.
+    fn confirmed(ua: &mut UserAgent, t0: Instant, call_id: &str) -> (CallRef, String) {
+        let (call, _) = incoming(ua, t0, call_id);
+        ua.answer(call, "v=0\r\n", t0);
+        let (sent, _) = drain(ua);
+        let tag = to_tag(&sent[0]);
+        feed(
+            ua,
+            &req("ACK", "z9hG4bK-a", call_id, 1, Some(&tag), "", ""),
+            t0,
+        );
+        drain(ua);
+        (call, tag)
+    }
+
+    /// A response from the peer to a request Izwi sent.
+    fn answer_to(request: &str, code: u16, reason: &str) -> String {
+        let header = |name: &str| {
+            request
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .unwrap()
+                .to_string()
+        };
+        format!(
+            "SIP/2.0 {code} {reason}\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+            header("Via"),
+            header("From"),
+            header("To"),
+            header("Call-ID"),
+            header("CSeq")
+        )
+    }
+
+    fn notify(call_id: &str, tag: &str, cseq: u32, frag: &str, event: &str) -> String {
+        req(
+            "NOTIFY",
+            &format!("z9hG4bK-n{cseq}"),
+            call_id,
+            cseq,
+            Some(tag),
+            &format!(
+                "Event: {event}\r\nSubscription-State: active\r\nContent-Type: message/sipfrag\r\n"
+            ),
+            frag,
+        )
+    }
+
+    #[test]
+    fn a_transfer_by_refer_ends_with_the_notify_of_the_new_call() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let (call, tag) = confirmed(&mut ua, t0, "r1");
+        assert!(ua.refer(call, "sip:desk@192.0.2.7", t0));
+        assert!(!ua.refer(call, "sip:desk@192.0.2.7", t0), "one at a time");
+        let (sent, _) = drain(&mut ua);
+        let refer = &sent[0];
+        assert!(
+            refer.starts_with("REFER sip:caller@127.0.0.1:5061 SIP/2.0"),
+            "{refer}"
+        );
+        assert!(refer.contains("Refer-To: <sip:desk@192.0.2.7>"), "{refer}");
+        assert!(
+            refer.contains("Referred-By: <sip:izwi@127.0.0.1:5060>"),
+            "{refer}"
+        );
+        assert!(refer.contains("CSeq: 2 REFER"), "{refer}");
+        assert!(
+            refer.contains(&format!("From: <sip:izwi@127.0.0.1>;tag={tag}")),
+            "{refer}"
+        );
+        // Retransmitted over UDP until answered.
+        ua.handle_timeout(t0 + T1);
+        assert_eq!(drain(&mut ua).0.len(), 1);
+        feed(&mut ua, &answer_to(refer, 202, "Accepted"), t0 + T1);
+        ua.handle_timeout(t0 + T1 * 8);
+        assert!(
+            drain(&mut ua).0.is_empty(),
+            "no retransmission once answered"
+        );
+        // Progress, then the new call's answer.
+        feed(
+            &mut ua,
+            &notify("r1", &tag, 2, "SIP/2.0 100 Trying\r\n", "refer"),
+            t0 + T1 * 8,
+        );
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 200);
+        assert!(events.is_empty(), "{events:?}");
+        let done = notify("r1", &tag, 3, "SIP/2.0 200 OK\r\n", "refer;id=2");
+        feed(&mut ua, &done, t0 + T1 * 9);
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 200);
+        assert_eq!(
+            events,
+            vec![Event::Transfer {
+                call,
+                result: Ok(())
+            }]
+        );
+        // Its retransmission is answered, with no second event.
+        feed(&mut ua, &done, t0 + T1 * 10);
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 200);
+        assert!(events.is_empty());
+        // Izwi's leg ends by BYE.
+        ua.hangup(call, t0 + T1 * 10);
+        let (sent, _) = drain(&mut ua);
+        assert!(sent[0].starts_with("BYE "), "{}", sent[0]);
+        assert!(sent[0].contains("CSeq: 3 BYE"), "{}", sent[0]);
+    }
+
+    #[test]
+    fn a_refused_or_silent_transfer_is_reported_and_the_call_goes_on() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        let (call, tag) = confirmed(&mut ua, t0, "r2");
+        assert!(ua.refer(call, "sip:desk@192.0.2.7", t0));
+        let (sent, _) = drain(&mut ua);
+        feed(&mut ua, &answer_to(&sent[0], 405, "Method Not Allowed"), t0);
+        let (_, events) = drain(&mut ua);
+        assert_eq!(
+            events,
+            vec![Event::Transfer {
+                call,
+                result: Err(405)
+            }]
+        );
+        assert_eq!(ua.active_calls(), 1, "the call goes on");
+        // Accepted, then the new call fails.
+        assert!(ua.refer(call, "sip:desk@192.0.2.7", t0));
+        let (sent, _) = drain(&mut ua);
+        feed(&mut ua, &answer_to(&sent[0], 202, "Accepted"), t0);
+        feed(
+            &mut ua,
+            &notify("r2", &tag, 2, "SIP/2.0 486 Busy Here\r\n", "refer"),
+            t0,
+        );
+        let (_, events) = drain(&mut ua);
+        assert_eq!(
+            events,
+            vec![Event::Transfer {
+                call,
+                result: Err(486)
+            }]
+        );
+        // Accepted, then nothing: 408 after the wait.
+        assert!(ua.refer(call, "sip:desk@192.0.2.7", t0));
+        let (sent, _) = drain(&mut ua);
+        feed(&mut ua, &answer_to(&sent[0], 202, "Accepted"), t0);
+        ua.handle_timeout(t0 + TRANSFER_WAIT);
+        let (_, events) = drain(&mut ua);
+        assert_eq!(
+            events,
+            vec![Event::Transfer {
+                call,
+                result: Err(408)
+            }]
+        );
+        // A NOTIFY of another event, or for no dialog, is refused.
+        feed(&mut ua, &notify("r2", &tag, 3, "", "presence"), t0);
+        assert_eq!(status(&drain(&mut ua).0[0]), 489);
+        feed(
+            &mut ua,
+            &notify("nope", &tag, 1, "SIP/2.0 200 OK\r\n", "refer"),
+            t0,
+        );
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 481);
+        assert!(events.is_empty());
+        // An unanswered call cannot be transferred.
+        let (offered, _) = incoming(&mut ua, t0, "r3");
+        assert!(!ua.refer(offered, "sip:desk@192.0.2.7", t0));
+        // A NOTIFY about an earlier REFER (its id) is no word on this one;
+        // a BYE once the REFER was accepted means the caller was handed on.
+        assert!(ua.refer(call, "sip:desk@192.0.2.7", t0));
+        let (sent, _) = drain(&mut ua);
+        assert!(sent[0].contains("CSeq: 5 REFER"), "{}", sent[0]);
+        feed(&mut ua, &answer_to(&sent[0], 202, "Accepted"), t0);
+        feed(
+            &mut ua,
+            &notify("r2", &tag, 4, "SIP/2.0 200 OK\r\n", "refer;id=2"),
+            t0,
+        );
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(status(&sent[0]), 481);
+        assert!(events.is_empty());
+        feed(
+            &mut ua,
+            &req("BYE", "z9hG4bK-bye", "r2", 5, Some(&tag), "", ""),
+            t0,
+        );
+        let (_, events) = drain(&mut ua);
+        assert_eq!(
+            events,
+            vec![
+                Event::Transfer {
+                    call,
+                    result: Ok(())
+                },
+                Event::Ended {
+                    call,
+                    reason: EndReason::RemoteBye
+                }
+            ]
+        );
     }
 
     #[test]
