@@ -251,3 +251,42 @@ fn piper_says_what_it_is_given() {
     }
     assert!(engine.tts.synthesize("  ", None).unwrap().is_empty());
 }
+
+#[test]
+fn a_tagged_session_reuses_its_earlier_answers() {
+    // The history keeps only the words; the answer is rendered with its tag
+    // again, so the next turn does not evaluate it anew.
+    let engine = engine();
+    let pool = EnginePool::new(2);
+    let p = acting_agent();
+    let tools = action::tools(&p);
+    let mut s = engine.llm.session(&p.system_prompt, &tools).unwrap();
+    let mut history = vec![ChatMessage {
+        speaker: Speaker::User,
+        text: "What time do you open on Monday?".into(),
+    }];
+    let mut words = String::new();
+    let first = s
+        .reply(&history, &pool, &mut |e| {
+            if let LlmEvent::Text(t) = e {
+                words.push_str(t);
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    history.push(ChatMessage {
+        speaker: Speaker::Assistant,
+        text: words.trim().to_string(),
+    });
+    history.push(ChatMessage {
+        speaker: Speaker::User,
+        text: "And on Saturday?".into(),
+    });
+    let second = s
+        .reply(&history, &pool, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert!(
+        second.reused_tokens >= first.prompt_tokens + 3,
+        "the first answer was evaluated again: {first:?} then {second:?}"
+    );
+}

@@ -118,6 +118,7 @@ impl CallCore {
                 return Err(e);
             }
         };
+        let started = std::time::Instant::now();
         let agent = CallAgent::start(
             ctx.echo,
             ctx.engine.clone(),
@@ -126,6 +127,7 @@ impl CallCore {
             tracker.id(),
         )
         .await;
+        tracing::debug!(call = %tracker.id(), ms = started.elapsed().as_millis() as u64, "agent started");
         let mut agent = match agent {
             Ok(a) => a,
             Err(e) => {

@@ -100,11 +100,16 @@ impl Shared {
             .map_err(|e| EngineError::Llm(format!("cannot create context: {e}")))
     }
 
+    /// The prompt's tokens. `tagged`: the session's replies open with a
+    /// tag, which the history (words only) does not keep; the answers are
+    /// rendered with `[answer]` again so that they match what the model
+    /// wrote and its cache is reused.
     fn render(
         &self,
         system: &str,
         history: &[ChatMessage],
         add_assistant: bool,
+        tagged: bool,
     ) -> Result<Vec<LlamaToken>, EngineError> {
         let mut chat = Vec::with_capacity(history.len() + 1);
         let msg = |role: &str, text: &str| {
@@ -113,11 +118,14 @@ impl Shared {
         };
         chat.push(msg("system", system)?);
         for m in history {
-            let role = match m.speaker {
-                Speaker::User => "user",
-                Speaker::Assistant => "assistant",
-            };
-            chat.push(msg(role, &m.text)?);
+            match m.speaker {
+                Speaker::User => chat.push(msg("user", &m.text)?),
+                Speaker::Assistant if tagged => chat.push(msg(
+                    "assistant",
+                    &format!("[{}] {}", bracket::ANSWER, m.text.trim_start()),
+                )?),
+                Speaker::Assistant => chat.push(msg("assistant", &m.text)?),
+            }
         }
         let text = self
             .model
@@ -138,7 +146,7 @@ impl LlamaLlm {
         {
             return Ok(p.clone());
         }
-        let tokens = self.shared.render(system, &[], false)?;
+        let tokens = self.shared.render(system, &[], false, false)?;
         let mut ctx = self.shared.new_context()?;
         decode_tokens(&mut ctx, &tokens, 0, None)?;
         let state = ctx
@@ -278,7 +286,9 @@ impl LlmSession for LlamaSession {
         // Oldest exchanges go first when the conversation outgrows the context.
         let mut skip = 0;
         let prompt = loop {
-            let tokens = self.shared.render(&self.system, &history[skip..], true)?;
+            let tokens =
+                self.shared
+                    .render(&self.system, &history[skip..], true, self.grammar.is_some())?;
             if tokens.len() + max_new < n_ctx || skip + 1 >= history.len() {
                 break tokens;
             }
