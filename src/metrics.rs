@@ -541,14 +541,7 @@ impl Metrics {
     /// An agent's action: `izwi_agent_actions_total{action,result}` (labels
     /// outside the known sets count as `unknown`).
     pub fn agent_action(&self, action: &str, result: &str) {
-        let action = match action {
-            "end_call" => "end_call",
-            "transfer" => "transfer",
-            "repeat" => "repeat",
-            "collect" => "collect",
-            "silence_prompt" => "silence_prompt",
-            _ => "unknown",
-        };
+        let action = crate::records::action_label(action);
         let result = match result {
             "done" => "done",
             "refused" => "refused",

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::sip_peer::{Izwi, free_udp_port};
+use common::sip_peer::{Izwi, baresip_dir_at, free_udp_port, silent_microphone};
 use common::twilio::{self, AUTH_TOKEN, PUBLIC_URL};
 
 /// One agent: a short greeting, a short silence policy, key 0 transfers to
@@ -94,35 +94,9 @@ struct Baresip {
 
 impl Baresip {
     fn call(izwi: &Izwi, seconds: u32) -> Baresip {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, ctrl) = baresip_dir_at("PCMU/8000", "127.0.0.1");
         let d = dir.path();
-        std::fs::create_dir(d.join("snd")).unwrap();
-        let ctrl = free_udp_port();
-        let template = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("sip/baresip/config"),
-        )
-        .unwrap();
-        let config = template
-            .replace("__DIR__", d.to_str().unwrap())
-            .replace("__PORT__", &free_udp_port().to_string())
-            .replace("__CTRL__", &ctrl.to_string());
-        std::fs::write(d.join("config"), config).unwrap();
-        std::fs::write(
-            d.join("accounts"),
-            "<sip:baresip@127.0.0.1>;regint=0;audio_codecs=PCMU/8000\n",
-        )
-        .unwrap();
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 8000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut wav = hound::WavWriter::create(d.join("caller.wav"), spec).unwrap();
-        for _ in 0..seconds * 8000 {
-            wav.write_sample(0i16).unwrap();
-        }
-        wav.finalize().unwrap();
+        silent_microphone(d, seconds);
         let mut child = Command::new("baresip")
             .arg("-f")
             .arg(d)
@@ -326,15 +300,6 @@ fn key_0_transfers_a_baresip_caller_by_refer_to_a_sipp_front_desk() {
     let _ = desk.wait();
 }
 
-fn streamdouble(args: &[&str], params: &[(String, String)]) -> std::process::Output {
-    let mut cmd = Command::new(twilio::pytools().join("streamdouble"));
-    cmd.args(args);
-    for (k, v) in params {
-        cmd.args(["--param", &format!("{k}={v}")]);
-    }
-    cmd.output().expect("streamdouble (make test-tools)")
-}
-
 /// Twilio's `<Connect action>` callback, signed as Twilio signs it.
 fn stream_ended(izwi: &Izwi, call_sid: &str, sign: bool) -> (u16, String) {
     let params = [
@@ -374,15 +339,7 @@ fn twilio_silent_caller_gets_the_stream_closed_and_a_key_transfers_by_dial() {
     )
     .unwrap();
     let t = Instant::now();
-    let out = streamdouble(
-        &[
-            "scenario",
-            scenario.to_str().unwrap(),
-            &twilio::local_stream_url(&izwi),
-            "--json",
-        ],
-        &params,
-    );
+    let out = twilio::scenario(&izwi, &scenario, &params);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         t.elapsed() < Duration::from_secs(20),
@@ -406,15 +363,7 @@ fn twilio_silent_caller_gets_the_stream_closed_and_a_key_transfers_by_dial() {
         "name: the caller presses 0\nsteps:\n  - wait_for: quiet\n  - dtmf: \"0\"\n  - wait: 15.0\n  - hangup\n",
     )
     .unwrap();
-    let out = streamdouble(
-        &[
-            "scenario",
-            scenario.to_str().unwrap(),
-            &twilio::local_stream_url(&izwi),
-            "--json",
-        ],
-        &params,
-    );
+    let out = twilio::scenario(&izwi, &scenario, &params);
     let report = String::from_utf8_lossy(&out.stdout);
     let log = izwi.wait_log("end=transferred", Duration::from_secs(20));
     let ended = log

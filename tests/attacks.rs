@@ -225,14 +225,8 @@ fn an_invite_naming_a_third_party_makes_izwi_send_it_nothing_even_when_acknowled
         answered += 1;
         // Even acknowledged: the attacker has the 200, so the ACK is easy.
         let tag = to_tag(&ok);
-        let ack = Request {
-            method: "ACK",
-            branch: &branch(),
-            to_tag: Some(&tag),
-            body: "",
-            ..invite
-        }
-        .text();
+        let ack_branch = branch();
+        let ack = invite.ack(&tag, &ack_branch).text();
         sent_bytes += ack.len();
         attacker.send(&ack);
     }

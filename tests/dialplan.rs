@@ -118,13 +118,8 @@ fn call_number(izwi: &Izwi, number: &str, call_id: &str) -> (SipClient, String) 
         .unwrap_or_else(|| panic!("no answer\n{}", izwi.log()));
     assert_eq!(status(&ok), Some(200), "{ok}");
     let tag = to_tag(&ok);
-    let ack = Request {
-        method: "ACK",
-        branch: &branch(),
-        to_tag: Some(&tag),
-        body: "",
-        ..invite
-    };
+    let ack_branch = branch();
+    let ack = invite.ack(&tag, &ack_branch);
     client.send(&ack.text().replace("+263242700000", number));
     (client, tag)
 }
@@ -265,40 +260,23 @@ greeting = "You have reached the water company."
     // Twilio: the webhook's To is 200…; the stream's agent is the water company's.
     let mut params = twilio::call_params("CAwater0001");
     params[3].1 = "2004".into();
-    let refs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let signature = twilio::sign(
-        twilio::AUTH_TOKEN,
-        &format!("{}/twilio/voice", twilio::PUBLIC_URL),
-        &refs,
-    );
-    let (code, body) = twilio::post_voice(&izwi, &params, Some(&signature));
-    assert_eq!(code, 200, "{body}");
-    let doc = roxmltree::Document::parse(&body).unwrap();
-    let stream_params: Vec<(String, String)> = doc
-        .descendants()
-        .filter(|n| n.has_tag_name("Parameter"))
-        .map(|n| {
-            (
-                n.attribute("name").unwrap().to_string(),
-                n.attribute("value").unwrap().to_string(),
-            )
-        })
-        .collect();
+    let (_, stream_params) = twilio::connect_with(&izwi, &params);
     let wav = dir.path().join("silence.wav");
     izwi::codec::wav::write_mono(&wav, &vec![0.0f32; 8000 * 5], 8000).unwrap();
     let agent_wav = dir.path().join("agent.wav");
-    let mut cmd = Command::new(twilio::pytools().join("streamdouble"));
-    cmd.arg("call")
-        .arg(twilio::local_stream_url(&izwi))
-        .arg("--audio")
-        .arg(&wav)
-        .arg("--out")
-        .arg(&agent_wav)
-        .arg("--quiet");
-    for (k, v) in &stream_params {
-        cmd.args(["--param", &format!("{k}={v}")]);
-    }
-    let out = cmd.output().unwrap();
+    let out = twilio::streamdouble(
+        &izwi,
+        &[
+            "call",
+            &twilio::local_stream_url(&izwi),
+            "--audio",
+            wav.to_str().unwrap(),
+            "--out",
+            agent_wav.to_str().unwrap(),
+            "--quiet",
+        ],
+        &stream_params,
+    );
     assert!(
         out.status.success(),
         "{}\n{}\n{}",

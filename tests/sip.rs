@@ -321,30 +321,6 @@ fn baresip_dir(codec: &str) -> (tempfile::TempDir, u16) {
     baresip_dir_at(codec, "127.0.0.1")
 }
 
-/// baresip's folder, for a baresip on `address`.
-fn baresip_dir_at(codec: &str, address: &str) -> (tempfile::TempDir, u16) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir(d.join("snd")).unwrap();
-    let template = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip/baresip/config"),
-    )
-    .unwrap();
-    let ctrl = free_udp_port();
-    let config = template
-        .replace("127.0.0.1", address)
-        .replace("__DIR__", d.to_str().unwrap())
-        .replace("__PORT__", &free_udp_port().to_string())
-        .replace("__CTRL__", &ctrl.to_string());
-    std::fs::write(d.join("config"), config).unwrap();
-    std::fs::write(
-        d.join("accounts"),
-        format!("<sip:baresip@{address}>;regint=0;audio_codecs={codec}\n"),
-    )
-    .unwrap();
-    (dir, ctrl)
-}
-
 /// baresip, a real softphone, calls Izwi with a spoken question as its
 /// microphone; what it received must hold a spoken answer.
 fn baresip_call(account_codec: &str, rate: u32, channels: usize, expect_codec: &str) {
@@ -504,17 +480,7 @@ fn baresip_and_izwi_exchange_dtmf() {
     let (dir, ctrl) = baresip_dir("PCMU/8000");
     let d = dir.path();
     // Eight seconds of quiet microphone; baresip hangs up when it ends.
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut wav = hound::WavWriter::create(d.join("caller.wav"), spec).unwrap();
-    for _ in 0..8 * 8000 {
-        wav.write_sample(0i16).unwrap();
-    }
-    wav.finalize().unwrap();
+    silent_microphone(d, 8);
 
     let mut baresip = std::process::Command::new("baresip")
         .arg("-f")
@@ -621,18 +587,7 @@ fn a_caller_on_another_host_hears_izwi_listening_on_every_address() {
     ]);
     let (dir, _) = baresip_dir_at("PCMU/8000", "10.77.0.2");
     let d = dir.path();
-    let silence = vec![0i16; 8000 * 6];
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut wav = hound::WavWriter::create(d.join("caller.wav"), spec).unwrap();
-    for s in &silence {
-        wav.write_sample(*s).unwrap();
-    }
-    wav.finalize().unwrap();
+    silent_microphone(d, 6);
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &far, "baresip", "-f"])
         .arg(d)

@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::sip_peer::Izwi;
@@ -25,21 +24,6 @@ fn write_caller(path: &Path, audio16: &[f32]) {
             .unwrap();
     }
     wav.finalize().unwrap();
-}
-
-fn streamdouble(izwi: &Izwi, args: &[&str], params: &[(String, String)]) -> std::process::Output {
-    let mut cmd = Command::new(twilio::pytools().join("streamdouble"));
-    cmd.args(args);
-    for (k, v) in params {
-        cmd.args(["--param", &format!("{k}={v}")]);
-    }
-    let out = cmd.output().expect("streamdouble (make test-tools)");
-    assert!(
-        out.status.code().is_some(),
-        "streamdouble was killed\n{}",
-        izwi.log()
-    );
-    out
 }
 
 #[test]
@@ -100,7 +84,7 @@ fn the_voice_webhook_checks_signatures_and_answers_with_twiml() {
         "--json",
     ];
     let forged = [("token".to_string(), "1700000000.00ff".to_string())];
-    let out = streamdouble(&izwi, &args, &forged);
+    let out = twilio::streamdouble(&izwi, &args, &forged);
     assert_ne!(
         out.status.code(),
         Some(0),
@@ -112,7 +96,7 @@ fn the_voice_webhook_checks_signatures_and_answers_with_twiml() {
         Duration::from_secs(5),
     );
     // With the TwiML's own parameters the same stream is taken.
-    let out = streamdouble(&izwi, &args, &params);
+    let out = twilio::streamdouble(&izwi, &args, &params);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -142,7 +126,7 @@ fn a_twilio_caller_asks_and_hears_a_spoken_answer() {
     let wav = dir.path().join("caller.wav");
     write_caller(&wav, &caller);
     let stereo = dir.path().join("call.wav");
-    let out = streamdouble(
+    let out = twilio::streamdouble(
         &izwi,
         &[
             "call",
@@ -219,16 +203,7 @@ fn barge_in_sends_clear_and_dtmf_arrives() {
          \x20 - hangup\n",
     )
     .unwrap();
-    let out = streamdouble(
-        &izwi,
-        &[
-            "scenario",
-            scenario.to_str().unwrap(),
-            &twilio::local_stream_url(&izwi),
-            "--json",
-        ],
-        &params,
-    );
+    let out = twilio::scenario(&izwi, &scenario, &params);
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{report}\n{}", izwi.log());
     let log = izwi.wait_log("media stream ended", Duration::from_secs(10));

@@ -529,12 +529,7 @@ impl Conversation {
             Some(p) => r.confirmed_text(p.heard),
             None => r.played_text(),
         };
-        if !played.is_empty() {
-            self.history.push(ChatMessage {
-                speaker: Speaker::Assistant,
-                text: played.clone(),
-            });
-        }
+        self.remember_said(&played);
         if !r.fixed {
             r.record.words_spoken = played.split_whitespace().count();
             r.record.outcome = TurnOutcome::Interrupted;
@@ -544,6 +539,16 @@ impl Conversation {
             self.record_action(a.label(), Source::Model, None, "interrupted");
         }
         true
+    }
+
+    /// What the caller heard of the agent goes into the history.
+    fn remember_said(&mut self, played: &str) {
+        if !played.is_empty() {
+            self.history.push(ChatMessage {
+                speaker: Speaker::Assistant,
+                text: played.to_string(),
+            });
+        }
     }
 
     /// Carries out a checked action.
@@ -985,12 +990,7 @@ impl Conversation {
         if interrupted {
             self.barge_ins += 1;
         }
-        if !played.is_empty() {
-            self.history.push(ChatMessage {
-                speaker: Speaker::Assistant,
-                text: played.clone(),
-            });
-        }
+        self.remember_said(&played);
         if !r.fixed {
             r.record.words_spoken = played.split_whitespace().count();
             r.record.barged_in = interrupted;

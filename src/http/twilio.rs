@@ -29,11 +29,11 @@ pub async fn voice(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let params = twilio::parse_form(&body);
     let base = public_base(&state, &headers);
-    if let Err(refused) = verify(&state, &base, &uri, &headers, &params, "voice webhook") {
-        return *refused;
-    }
+    let params = match verified(&state, &base, &uri, &headers, &body, "voice webhook") {
+        Ok(p) => p,
+        Err(refused) => return *refused,
+    };
     let get = |name: &str| {
         params
             .iter()
@@ -80,17 +80,19 @@ pub async fn voice(
     ))
 }
 
-/// Checks a webhook's X-Twilio-Signature (when signatures are checked).
-fn verify(
+/// A webhook's form parameters, once its X-Twilio-Signature is checked
+/// (when signatures are checked); the refusal otherwise.
+fn verified(
     state: &AppState,
     base: &str,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
-    params: &[(String, String)],
+    body: &str,
     what: &str,
-) -> Result<(), Box<Response>> {
+) -> Result<Vec<(String, String)>, Box<Response>> {
+    let params = twilio::parse_form(body);
     if !state.twilio.validate_signature {
-        return Ok(());
+        return Ok(params);
     }
     let url = format!(
         "{base}{}",
@@ -101,9 +103,9 @@ fn verify(
         .and_then(|v| v.to_str().ok());
     let valid = !state.twilio.auth_token.is_empty()
         && signature
-            .is_some_and(|s| twilio::signature_matches(&state.twilio.auth_token, &url, params, s));
+            .is_some_and(|s| twilio::signature_matches(&state.twilio.auth_token, &url, &params, s));
     if valid {
-        return Ok(());
+        return Ok(params);
     }
     if let Some(held) = REFUSED_LOG.pass() {
         tracing::warn!(
@@ -127,18 +129,18 @@ pub async fn stream_ended(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let params = twilio::parse_form(&body);
     let base = public_base(&state, &headers);
-    if let Err(refused) = verify(
+    let params = match verified(
         &state,
         &base,
         &uri,
         &headers,
-        &params,
+        &body,
         "stream-ended callback",
     ) {
-        return *refused;
-    }
+        Ok(p) => p,
+        Err(refused) => return *refused,
+    };
     let call_sid = params
         .iter()
         .find(|(k, _)| k == "CallSid")

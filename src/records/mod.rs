@@ -192,6 +192,18 @@ pub struct ActionRow {
     pub result: String,
 }
 
+/// An action's stored label: one of the schema's, or `unknown`.
+pub fn action_label(action: &str) -> &'static str {
+    match action {
+        "end_call" => "end_call",
+        "transfer" => "transfer",
+        "repeat" => "repeat",
+        "collect" => "collect",
+        "silence_prompt" => "silence_prompt",
+        _ => "unknown",
+    }
+}
+
 /// One turn's metrics. No words, only counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TurnRow {

@@ -292,10 +292,7 @@ impl Store {
         for (i, a) in e.actions.iter().enumerate() {
             // A label outside the schema's set would fail the whole record:
             // it is kept as the nearest honest one instead.
-            let action = match a.action.as_str() {
-                v @ ("end_call" | "transfer" | "repeat" | "collect" | "silence_prompt") => v,
-                _ => "unknown",
-            };
+            let action = super::action_label(&a.action);
             let source = match a.source.as_str() {
                 v @ ("model" | "key" | "silence" | "max_length" | "collect" | "fallback") => v,
                 _ => "model",

@@ -228,7 +228,18 @@ pub struct Request<'a> {
     pub body: &'a str,
 }
 
-impl Request<'_> {
+impl<'a> Request<'a> {
+    /// The ACK of this INVITE's 2xx, whose To tag is `tag`.
+    pub fn ack(&self, tag: &'a str, branch: &'a str) -> Request<'a> {
+        Request {
+            method: "ACK",
+            branch,
+            to_tag: Some(tag),
+            body: "",
+            ..*self
+        }
+    }
+
     pub fn text(&self) -> String {
         let to_tag = self.to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
         let ctype = if self.body.is_empty() {
@@ -293,13 +304,10 @@ pub fn call(
         return Err(ok);
     }
     let tag = to_tag(&ok);
+    let ack_branch = branch();
     let ack = Request {
-        method: "ACK",
-        branch: &branch(),
-        to_tag: Some(&tag),
-        body: "",
         extra: "",
-        ..invite
+        ..invite.ack(&tag, &ack_branch)
     };
     client.send(&ack.text());
     let port = sdp_port(&ok).ok_or_else(|| format!("no SDP in {ok}"))?;

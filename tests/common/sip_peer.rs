@@ -9,6 +9,47 @@ use std::time::{Duration, Instant};
 
 use super::izwi_bin;
 
+/// A folder holding a baresip configuration (`sip/baresip/config`) for a
+/// baresip on `address`, whose one account offers `codec`, and a `snd/`
+/// folder for what it records. Returns it with baresip's ctrl_tcp port.
+pub fn baresip_dir_at(codec: &str, address: &str) -> (tempfile::TempDir, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("snd")).unwrap();
+    let template =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("sip/baresip/config"))
+            .unwrap();
+    let ctrl = free_udp_port();
+    let config = template
+        .replace("127.0.0.1", address)
+        .replace("__DIR__", d.to_str().unwrap())
+        .replace("__PORT__", &free_udp_port().to_string())
+        .replace("__CTRL__", &ctrl.to_string());
+    std::fs::write(d.join("config"), config).unwrap();
+    std::fs::write(
+        d.join("accounts"),
+        format!("<sip:baresip@{address}>;regint=0;audio_codecs={codec}\n"),
+    )
+    .unwrap();
+    (dir, ctrl)
+}
+
+/// A quiet 8 kHz microphone of `seconds` for the baresip in `dir` (baresip
+/// hangs up when it ends).
+pub fn silent_microphone(dir: &Path, seconds: u32) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(dir.join("caller.wav"), spec).unwrap();
+    for _ in 0..seconds * 8000 {
+        wav.write_sample(0i16).unwrap();
+    }
+    wav.finalize().unwrap();
+}
+
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()

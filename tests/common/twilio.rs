@@ -69,10 +69,14 @@ pub fn post_voice(
 /// A correctly signed webhook for a new call: the stream URL and parameters
 /// of the TwiML Izwi answers with.
 pub fn connect(izwi: &Izwi, call_sid: &str) -> (String, Vec<(String, String)>) {
-    let params = call_params(call_sid);
+    connect_with(izwi, &call_params(call_sid))
+}
+
+/// [`connect`] with the webhook's parameters given.
+pub fn connect_with(izwi: &Izwi, params: &[(&str, String)]) -> (String, Vec<(String, String)>) {
     let refs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let signature = sign(AUTH_TOKEN, &format!("{PUBLIC_URL}/twilio/voice"), &refs);
-    let (status, body) = post_voice(izwi, &params, Some(&signature));
+    let (status, body) = post_voice(izwi, params, Some(&signature));
     assert_eq!(status, 200, "{body}\n{}", izwi.log());
     let doc = roxmltree::Document::parse(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     let stream = doc
@@ -96,6 +100,41 @@ pub fn connect(izwi: &Izwi, call_sid: &str) -> (String, Vec<(String, String)>) {
 /// The stream URL as Twilio would reach it, but on the test's own listener.
 pub fn local_stream_url(izwi: &Izwi) -> String {
     format!("ws://127.0.0.1:{}/twilio/stream", izwi.http_port)
+}
+
+/// streamdouble with `args` and the TwiML's `params`; it must end by itself
+/// (a code, not a signal).
+pub fn streamdouble(
+    izwi: &Izwi,
+    args: &[&str],
+    params: &[(String, String)],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(pytools().join("streamdouble"));
+    cmd.args(args);
+    for (k, v) in params {
+        cmd.args(["--param", &format!("{k}={v}")]);
+    }
+    let out = cmd.output().expect("streamdouble (make test-tools)");
+    assert!(
+        out.status.code().is_some(),
+        "streamdouble was killed\n{}",
+        izwi.log()
+    );
+    out
+}
+
+/// streamdouble plays the scenario file `scenario` against Izwi's stream.
+pub fn scenario(izwi: &Izwi, scenario: &Path, params: &[(String, String)]) -> std::process::Output {
+    streamdouble(
+        izwi,
+        &[
+            "scenario",
+            scenario.to_str().unwrap(),
+            &local_stream_url(izwi),
+            "--json",
+        ],
+        params,
+    )
 }
 
 /// The Python clients' virtual environment, made by `make test-tools`.
