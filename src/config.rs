@@ -225,6 +225,9 @@ pub struct EngineConfig {
     /// Threads of one phrase's synthesis.
     pub tts_threads: usize,
     pub vad_threads: usize,
+    /// Threads of one end-of-turn check (a few tens of milliseconds of work
+    /// each time the caller pauses; one leaves the others to ASR and TTS).
+    pub turn_threads: usize,
     /// LLM context size in tokens, per call.
     pub llm_context: u32,
     pub llm_max_reply_tokens: u32,
@@ -253,6 +256,15 @@ pub struct TurnConfig {
     /// Silence after which the reply starts being prepared, speculatively: it is
     /// dropped if the caller speaks again before `endpoint_silence_ms`.
     pub early_endpoint_ms: u32,
+    /// Judge each pause with the end-of-turn model (Smart Turn), in the
+    /// languages it was trained on; other languages keep `endpoint_silence_ms`.
+    pub detector: bool,
+    /// Silence enough when the model judged the turn complete.
+    pub complete_silence_ms: u32,
+    /// Silence kept when it judged the turn incomplete (a pause mid-sentence).
+    pub incomplete_silence_ms: u32,
+    /// Probability of completeness from which a turn counts as complete.
+    pub complete_threshold: f32,
     /// A caller turn longer than this is cut and answered.
     pub max_utterance_ms: u32,
     /// Audio kept from before speech onset, so the first syllable reaches ASR.
@@ -733,6 +745,7 @@ impl Default for EngineConfig {
             llm_batch_threads: cores,
             tts_threads: 1,
             vad_threads: 1,
+            turn_threads: 1,
             llm_context: 2048,
             llm_max_reply_tokens: 80,
             llm_temperature: 0.0,
@@ -752,6 +765,10 @@ impl Default for TurnConfig {
             min_speech_ms: 90,
             endpoint_silence_ms: 400,
             early_endpoint_ms: 200,
+            detector: true,
+            complete_silence_ms: 200,
+            incomplete_silence_ms: 1200,
+            complete_threshold: 0.5,
             max_utterance_ms: 20_000,
             preroll_ms: 200,
             barge_in: true,
@@ -891,6 +908,26 @@ impl Config {
             return Err(invalid(
                 "turn.early_endpoint_ms",
                 "must be at least 20 ms and at most turn.endpoint_silence_ms",
+            ));
+        }
+        if t.complete_silence_ms < t.early_endpoint_ms
+            || t.complete_silence_ms > t.incomplete_silence_ms
+        {
+            return Err(invalid(
+                "turn.complete_silence_ms",
+                "must lie between turn.early_endpoint_ms and turn.incomplete_silence_ms",
+            ));
+        }
+        if t.incomplete_silence_ms > 5_000 {
+            return Err(invalid(
+                "turn.incomplete_silence_ms",
+                "must be at most 5000 ms",
+            ));
+        }
+        if !(0.0..=1.0).contains(&t.complete_threshold) {
+            return Err(invalid(
+                "turn.complete_threshold",
+                "must be between 0 and 1",
             ));
         }
         if t.min_speech_ms > 2_000 {

@@ -32,7 +32,8 @@ enum Command {
     Serve,
     /// Play a recorded caller into an agent and record its answers.
     Talk(TalkArgs),
-    /// Measure the latency budget: spoken questions through the whole engine.
+    /// Measure the latency budget: spoken questions through the whole engine
+    /// (in process, or with --sip over SIP and RTP, from the packets).
     Bench(BenchArgs),
     /// Transcribe a WAV file with the configured speech recognizer (to check what Izwi hears).
     Transcribe {
@@ -152,15 +153,32 @@ struct TalkArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Use the simulated clock (faster; latency is then endpointing plus engine time).
+    /// Use the simulated clock (faster; latency is then endpointing plus engine time). Not with --sip.
     #[arg(long)]
     fast: bool,
-    /// A text file with one question per line (default: built-in clinic questions).
-    #[arg(long)]
-    questions: Option<PathBuf>,
+    /// How many built-in clinic questions (a number), or a text file with one
+    /// question a line (with --sip, `|` marks a mid-sentence pause). Default: all built-in ones.
+    #[arg(long, value_name = "N|FILE")]
+    questions: Option<String>,
     /// Agent profile (default: dialplan.default_agent).
     #[arg(long)]
     agent: Option<String>,
+    /// Call Izwi over SIP (sipp signalling, the bench's own RTP) and measure
+    /// every latency from the packets; starts `izwi serve` unless --target.
+    #[arg(long)]
+    sip: bool,
+    /// With --sip: concurrent calls of each step of a capacity sweep, e.g. 1,2,4,8 (default 1).
+    #[arg(long, value_delimiter = ',', value_name = "N,N,…")]
+    calls: Option<Vec<usize>>,
+    /// With --sip: call the Izwi listening at HOST:PORT (SIP over UDP) instead of starting one.
+    #[arg(long, value_name = "HOST:PORT")]
+    target: Option<String>,
+    /// With --sip: seconds of listening after each question before the next is due (default 4).
+    #[arg(long, value_name = "SECONDS")]
+    gap: Option<f64>,
+    /// With --sip: print the whole report as one JSON object at the end.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -195,7 +213,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Models { action } => models(&config, action),
         Command::Talk(args) => runtime()?.block_on(talk_cmd(config, args)),
         Command::Serve => runtime()?.block_on(serve(config)),
-        Command::Bench(args) => runtime()?.block_on(bench_cmd(config, args)),
+        Command::Bench(args) => runtime()?.block_on(bench_cmd(config, cli.config, args)),
         Command::Transcribe { file, language } => transcribe(&config, &file, &language),
         Command::Calls { action } => runtime()?.block_on(calls_cmd(config, action)),
         Command::Dialplan { action } => dialplan_cmd(&config, action),
@@ -341,6 +359,7 @@ async fn load_engine(config: &Config) -> Result<Arc<Engine>> {
         asr_ms = times.asr.as_millis() as u64,
         llm_ms = times.llm.as_millis() as u64,
         tts_ms = times.tts.as_millis() as u64,
+        turn_ms = times.turn.as_millis() as u64,
         total_ms = t.elapsed().as_millis() as u64,
         "models loaded"
     );
@@ -362,16 +381,33 @@ fn pick_agent<'a>(
     }
 }
 
-async fn bench_cmd(config: Config, args: BenchArgs) -> Result<()> {
+async fn bench_cmd(config: Config, config_path: Option<PathBuf>, args: BenchArgs) -> Result<()> {
+    if args.sip {
+        if args.fast {
+            bail!("--fast is for the in-process bench; --sip runs in real time");
+        }
+        return bench_sip(config, config_path, args).await;
+    }
+    if args.calls.is_some() || args.target.is_some() || args.gap.is_some() || args.json {
+        bail!("--calls, --target, --gap and --json go with --sip");
+    }
     let (name, profile) = pick_agent(&config, args.agent.as_deref())?;
-    let questions: Vec<String> = match &args.questions {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("reading {}", p.display()))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect(),
+    let questions: Vec<String> = match args.questions.as_deref() {
+        Some(q) => match q.parse::<usize>() {
+            Ok(n) => izwi::bench::QUESTIONS
+                .iter()
+                .cycle()
+                .take(n)
+                .map(|q| q.to_string())
+                .collect(),
+            Err(_) => std::fs::read_to_string(q)
+                .with_context(|| format!("reading {q}"))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect(),
+        },
         None => izwi::bench::QUESTIONS
             .iter()
             .map(|q| q.to_string())
@@ -399,6 +435,112 @@ async fn bench_cmd(config: Config, args: BenchArgs) -> Result<()> {
         config.turn.endpoint_silence_ms
     );
     print!("{}", izwi::bench::summary(&records, clock));
+    Ok(())
+}
+
+/// `izwi bench --sip`: the caller's lines are synthesized here (the models
+/// loaded only for that, and dropped before any call), then Izwi is called.
+async fn bench_sip(config: Config, config_path: Option<PathBuf>, args: BenchArgs) -> Result<()> {
+    use izwi::bench::{caller, media::Timing, sip};
+    use std::io::Write;
+    let lines = match args.questions.as_deref() {
+        None => caller::built_in(caller::QUESTIONS.len()),
+        Some(q) => match q.parse::<usize>() {
+            Ok(n) => caller::built_in(n),
+            Err(_) => caller::from_text(
+                &std::fs::read_to_string(q).with_context(|| format!("reading {q}"))?,
+            ),
+        },
+    };
+    if lines.is_empty() {
+        bail!("no questions to ask");
+    }
+    let calls = args.calls.unwrap_or_else(|| vec![1]);
+    if calls.is_empty() || calls.contains(&0) {
+        bail!("--calls takes counts of at least 1, e.g. 1,2,4");
+    }
+    let gap = args.gap.unwrap_or(4.0);
+    if !(0.5..=60.0).contains(&gap) {
+        bail!("--gap takes 0.5 to 60 seconds");
+    }
+    let target = match &args.target {
+        Some(t) => {
+            use std::net::ToSocketAddrs;
+            let addr = t
+                .to_socket_addrs()
+                .with_context(|| format!("--target {t}: not HOST:PORT"))?
+                .find(|a| a.is_ipv4())
+                .with_context(|| format!("--target {t}: no IPv4 address"))?;
+            if args.agent.is_some() {
+                bail!("--agent cannot choose the agent of an Izwi already running (--target)");
+            }
+            Some(addr)
+        }
+        None => None,
+    };
+    // Fail at once, not after loading the models and synthesizing.
+    izwi::bench::sipp::check_installed()?;
+    let (_, profile) = pick_agent(&config, args.agent.as_deref())?;
+    let piper_voice = profile.espeak_voice.clone();
+    let t = Instant::now();
+    let engine = load_engine(&config).await?;
+    let mut lineup = caller::Lineup {
+        questions: Vec::new(),
+        interruptions: Vec::new(),
+    };
+    let espeak = &config.engine.espeak;
+    for line in &lines {
+        let u = caller::synthesize(&engine, espeak, piper_voice.as_deref(), line).await?;
+        lineup.questions.push(Arc::new(u));
+    }
+    for line in &caller::interruptions() {
+        let u = caller::synthesize(&engine, espeak, piper_voice.as_deref(), line).await?;
+        lineup.interruptions.push(Arc::new(u));
+    }
+    drop(engine);
+    println!(
+        "izwi bench --sip: {} questions ({} with a mid-sentence pause) and {} interruptions in {} voices, synthesized in {:.1} s; profile {}, endpoint silence {} ms",
+        lineup.questions.len(),
+        lineup
+            .questions
+            .iter()
+            .filter(|u| u.pause_ms.is_some())
+            .count(),
+        lineup.interruptions.len(),
+        lineup
+            .questions
+            .iter()
+            .chain(&lineup.interruptions)
+            .map(|u| u.voice.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        t.elapsed().as_secs_f64(),
+        config.models.profile,
+        config.turn.endpoint_silence_ms
+    );
+    let opts = sip::Options {
+        calls,
+        target,
+        timing: Timing {
+            greeting: std::time::Duration::from_secs(3),
+            gap: std::time::Duration::from_secs_f64(gap),
+            wait: std::time::Duration::from_secs_f64(gap),
+        },
+        config: config_path,
+        agent: args.agent.clone(),
+    };
+    let report = sip::run(&opts, &lineup, |step| {
+        if step.calls == 1 {
+            print!("{}", sip::lines_text(step));
+        }
+        print!("{}", sip::step_text(step));
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    print!("{}", sip::sweep_text(&report));
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
     Ok(())
 }
 

@@ -143,6 +143,21 @@ struct ActiveReply {
     action: Option<Action>,
     /// The frames played so far, for `repeat`.
     kept: Vec<Frame>,
+    /// The end-of-turn model at work on the pause that started this reply.
+    judging: Option<Judging>,
+}
+
+/// The end-of-turn model's job; dropping it (the caller went on, the reply
+/// went) abandons the verdict.
+struct Judging {
+    task: tokio::task::JoinHandle<Result<f32, EngineError>>,
+    started: Instant,
+}
+
+impl Drop for Judging {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl ActiveReply {
@@ -156,6 +171,7 @@ impl ActiveReply {
             then: None,
             action: None,
             kept: Vec::new(),
+            judging: None,
             done: stream.is_none(),
             stream,
             phrases,
@@ -247,6 +263,9 @@ pub struct Conversation {
     last_key: Duration,
     /// The last answer, for `repeat`.
     last_answer: Option<Phrase>,
+    /// Pauses are judged by the end-of-turn model (it knows the agent's language).
+    judge: bool,
+    complete_threshold: f32,
 }
 
 /// A control waiting for the words before it to be heard.
@@ -285,6 +304,7 @@ impl Conversation {
         call_id: impl Into<String>,
     ) -> Result<Conversation, EngineError> {
         let vad = engine.vad.stream()?;
+        let agent_language = agent.profile.language.clone();
         let session = engine
             .llm_session(agent.profile.system_prompt.clone(), agent.tools.clone())
             .await?;
@@ -323,6 +343,8 @@ impl Conversation {
             collected: String::new(),
             last_key: Duration::ZERO,
             last_answer: None,
+            judge: turn.detector && crate::engine::turn_detector::knows_language(&agent_language),
+            complete_threshold: turn.complete_threshold,
         };
         c.greet();
         Ok(c)
@@ -764,10 +786,14 @@ impl Conversation {
             }) => {
                 tracing::debug!(call = %self.call_id, ?onset, ?last_speech, forced, "caller turn ended");
                 self.request_reply(onset, last_speech);
+                let judging = (self.judge && !forced).then(|| self.start_judging());
                 if let Some(r) = self.reply.as_mut() {
                     r.play_from = play_from;
+                    r.judging = judging;
                 }
             }
+            // Only a verdict moves the time a reply plays.
+            Some(Output::PlayFrom(_)) => {}
             Some(Output::UserResumed) => {
                 tracing::debug!(call = %self.call_id, "caller resumed before the reply; reply dropped");
                 if let Some(a) = self.reply.take().and_then(|r| r.action) {
@@ -792,6 +818,49 @@ impl Conversation {
             .skip(self.recent.len() - n)
             .copied()
             .collect()
+    }
+
+    /// Asks the end-of-turn model whether the caller's words so far make a
+    /// complete turn; it runs beside the reply being prepared.
+    fn start_judging(&self) -> Judging {
+        let engine = self.engine.clone();
+        let audio = self.capture.clone().unwrap_or_default();
+        Judging {
+            task: tokio::spawn(async move { engine.turn_complete(audio).await }),
+            started: Instant::now(),
+        }
+    }
+
+    /// The verdict, once in: the reply may play sooner, or waits longer.
+    async fn take_verdict(&mut self, simulated: bool) {
+        let Some(reply) = self.reply.as_mut() else {
+            return;
+        };
+        let Some(mut judging) = reply.judging.take() else {
+            return;
+        };
+        if !simulated && !judging.task.is_finished() {
+            reply.judging = Some(judging);
+            return;
+        }
+        let took = judging.started.elapsed();
+        let complete = match (&mut judging.task).await {
+            Ok(Ok(p)) => {
+                tracing::debug!(call = %self.call_id, probability = p, took_ms = took.as_millis() as u64, "turn judged");
+                p >= self.complete_threshold
+            }
+            Ok(Err(e)) => {
+                // Without a verdict the silence policy decides, as for other languages.
+                tracing::warn!(call = %self.call_id, error = %e, "end-of-turn model failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        if let Some(Output::PlayFrom(at)) = self.turn.step(Input::Judged { complete })
+            && let Some(r) = self.reply.as_mut()
+        {
+            r.play_from = at;
+        }
     }
 
     fn request_reply(&mut self, onset: Duration, last_speech: Duration) {
@@ -822,6 +891,7 @@ impl Conversation {
     pub async fn next_frame(&mut self, at: Duration, simulated: bool) -> Option<Frame> {
         self.now = self.now.max(at);
         self.policies(at);
+        self.take_verdict(simulated).await;
         loop {
             let reply = self.reply.as_mut()?;
             while reply.phrases.front().is_some_and(|p| p.frames.is_empty()) {

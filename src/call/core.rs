@@ -496,7 +496,14 @@ mod conversation_tests {
     }
 
     async fn engine_core(script: Script, profile: AgentProfile, twilio: bool) -> CallCore {
-        let engine = fake::engine(script);
+        core_on(fake::engine(script), profile, twilio).await
+    }
+
+    async fn core_on(
+        engine: Arc<crate::engine::Engine>,
+        profile: AgentProfile,
+        twilio: bool,
+    ) -> CallCore {
         let agent = Arc::new(Agent::prepare(&engine, "a", &profile).await.unwrap());
         let plan = crate::dialplan::Dialplan::single("a", &Default::default());
         let ctx = CallContext {
@@ -796,10 +803,66 @@ mod conversation_tests {
             (reported - lived).abs() <= 100.0,
             "reported {reported} ms, the caller lived {lived} ms"
         );
+        // The fake judges every turn complete: the shorter silence applies.
+        let least = crate::config::TurnConfig::default().complete_silence_ms as f64;
         assert!(
-            reported >= 400.0,
-            "at least the endpoint silence: {reported}"
+            reported >= least,
+            "at least the silence of a complete turn: {reported}"
         );
+    }
+
+    /// The caller speaks, pauses `pause` frames, speaks again, then waits:
+    /// whether the agent spoke during the pause, and the answer's turn.
+    async fn pause_mid_sentence(
+        complete: f32,
+        language: &str,
+        pause: usize,
+    ) -> (bool, crate::call::conversation::TurnRecord) {
+        let script = Script {
+            replies: vec![vec![Step::Say(SPOKEN)], vec![Step::Say(SPOKEN)]],
+            ..Default::default()
+        };
+        let mut profile = quiet_profile();
+        profile.language = language.into();
+        let mut c = core_on(fake::engine_judged(script, complete), profile, false).await;
+        let mut out = Tick::default();
+        for _ in 0..50 {
+            step(&mut c, &mut out, Some(&tone(160))).await;
+        }
+        let mut cut_off = false;
+        for _ in 0..pause {
+            cut_off |= step(&mut c, &mut out, Some(&silence())).await.loud;
+        }
+        ask(&mut c, &mut out, 25).await;
+        let turns = c.end(Ending::StreamStop);
+        let answer = turns
+            .into_iter()
+            .find(|t| !t.greeting && t.first_audio_at_ms.is_some())
+            .expect("an answer");
+        (cut_off, answer)
+    }
+
+    #[tokio::test]
+    async fn a_pause_judged_incomplete_is_waited_out() {
+        // 700 ms of pause: past the plain endpoint silence (400 ms).
+        let (cut_off, answer) = pause_mid_sentence(0.1, "en", 35).await;
+        assert!(!cut_off, "the agent spoke into the caller's pause");
+        // The answer is to the whole turn, after the caller's last words.
+        let wait = crate::config::TurnConfig::default().incomplete_silence_ms as f64;
+        assert!(
+            answer.response_ms.unwrap() >= wait,
+            "{:?} ms: an incomplete turn waits {wait} ms",
+            answer.response_ms
+        );
+        assert!(answer.speech_onset_at_ms.unwrap() < 1100.0, "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn a_language_the_model_does_not_know_keeps_the_silence_policy() {
+        // Shona: the verdict (incomplete) is not asked for, so 400 ms of
+        // silence end the turn and the pause is answered.
+        let (cut_off, _) = pause_mid_sentence(0.1, "sn", 35).await;
+        assert!(cut_off, "the silence policy should have answered the pause");
     }
 
     #[tokio::test]

@@ -16,8 +16,13 @@ pub struct TurnPolicy {
     pub min_speech: Duration,
     /// Silence after which the reply is prepared, speculatively.
     pub early_endpoint: Duration,
-    /// Silence after which the caller's turn is over and the reply may play.
+    /// Silence after which the caller's turn is over and the reply may play,
+    /// unless the end-of-turn model judged the turn first.
     pub endpoint_silence: Duration,
+    /// Silence enough once the end-of-turn model judged the turn complete.
+    pub complete_silence: Duration,
+    /// Silence kept once it judged the turn incomplete (the caller is pausing).
+    pub incomplete_silence: Duration,
     pub max_utterance: Duration,
     pub barge_in: bool,
     pub barge_in_min: Duration,
@@ -32,6 +37,8 @@ impl From<&TurnConfig> for TurnPolicy {
             min_speech: ms(c.min_speech_ms),
             early_endpoint: ms(c.early_endpoint_ms.min(c.endpoint_silence_ms)),
             endpoint_silence: ms(c.endpoint_silence_ms),
+            complete_silence: ms(c.complete_silence_ms),
+            incomplete_silence: ms(c.incomplete_silence_ms),
             max_utterance: ms(c.max_utterance_ms),
             barge_in: c.barge_in,
             barge_in_min: ms(c.barge_in_min_ms),
@@ -70,6 +77,8 @@ pub enum Input {
     /// The call took the floor for words of its own (a goodbye, a transfer):
     /// whatever the caller was doing is forgotten, back to listening.
     Reset,
+    /// The end-of-turn model's verdict on the turn that just paused.
+    Judged { complete: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +96,8 @@ pub enum Output {
     },
     /// The caller spoke again before the reply began: drop the reply, keep the turn open.
     UserResumed,
+    /// The verdict moved the time the reply may play from.
+    PlayFrom(Duration),
     /// The caller spoke over the agent long enough: stop its audio now, cancel the reply.
     BargeIn { onset: Duration },
 }
@@ -153,6 +164,21 @@ impl TurnMachine {
                 self.hold = false;
                 None
             }
+            Input::Judged { complete } => match self.state {
+                // A verdict only counts for the pause it was asked about: after a
+                // forced cut there is nothing to wait for.
+                State::Thinking if !self.hold => {
+                    let wait = if complete {
+                        self.policy.complete_silence
+                    } else {
+                        self.policy.incomplete_silence
+                    };
+                    Some(Output::PlayFrom(self.last_speech + wait))
+                }
+                State::Thinking | State::Listening | State::UserSpeaking | State::AgentSpeaking => {
+                    None
+                }
+            },
             Input::ReplyAbandoned => {
                 match self.state {
                     State::Thinking | State::AgentSpeaking => self.state = State::Listening,
@@ -260,6 +286,8 @@ mod tests {
             min_speech: ms(100),
             early_endpoint: ms(500),
             endpoint_silence: ms(500),
+            complete_silence: ms(200),
+            incomplete_silence: ms(1200),
             max_utterance: ms(10_000),
             barge_in: true,
             barge_in_min: ms(120),
@@ -330,6 +358,55 @@ mod tests {
         // Speech again before the reply plays: the turn goes on.
         let out = feed(&mut m, &mut t, 0.9, 200);
         assert_eq!(out[0].1, Output::UserResumed);
+    }
+
+    #[test]
+    fn a_verdict_moves_when_the_reply_may_play() {
+        let mut m = TurnMachine::new(TurnPolicy {
+            early_endpoint: ms(100),
+            ..policy()
+        });
+        let mut t = Duration::ZERO;
+        // No verdict before the caller finishes: nothing to move.
+        assert_eq!(m.step(Input::Judged { complete: true }), None);
+        feed(&mut m, &mut t, 0.9, 1000);
+        let out = feed(&mut m, &mut t, 0.0, 100);
+        assert!(matches!(
+            out[0].1,
+            Output::UserFinished {
+                play_from,
+                ..
+            } if play_from == ms(1500)
+        ));
+        assert_eq!(
+            m.step(Input::Judged { complete: true }),
+            Some(Output::PlayFrom(ms(1200)))
+        );
+        // The caller goes on after a pause judged incomplete: the same turn.
+        assert_eq!(
+            m.step(Input::Judged { complete: false }),
+            Some(Output::PlayFrom(ms(2200)))
+        );
+        let out = feed(&mut m, &mut t, 0.9, 300);
+        assert_eq!(out[0].1, Output::UserResumed);
+        // A late verdict about the earlier pause changes nothing.
+        assert_eq!(m.step(Input::Judged { complete: true }), None);
+        assert_eq!(m.state(), State::UserSpeaking);
+    }
+
+    #[test]
+    fn a_forced_cut_is_not_judged() {
+        let mut m = TurnMachine::new(TurnPolicy {
+            max_utterance: ms(1000),
+            ..policy()
+        });
+        let mut t = Duration::ZERO;
+        let out = feed(&mut m, &mut t, 0.9, 1100);
+        assert!(matches!(
+            out.last().unwrap().1,
+            Output::UserFinished { forced: true, .. }
+        ));
+        assert_eq!(m.step(Input::Judged { complete: false }), None);
     }
 
     #[test]
@@ -481,6 +558,8 @@ mod tests {
             Input::AgentStarted,
             Input::AgentFinished,
             Input::ReplyAbandoned,
+            Input::Judged { complete: true },
+            Input::Judged { complete: false },
         ];
         // Drive the machine through random-ish but reproducible sequences.
         let mut seed = 12345u64;
@@ -494,7 +573,7 @@ mod tests {
                 let pick = (seed >> 33) as usize;
                 let before = m.state();
                 let out = if pick.is_multiple_of(10) {
-                    m.step(events[pick / 10 % 3])
+                    m.step(events[pick / 10 % events.len()])
                 } else {
                     let o = m.step(Input::Frame {
                         at: t,
@@ -523,6 +602,11 @@ mod tests {
                         assert_eq!(before, State::AgentSpeaking);
                         assert_eq!(m.state(), State::UserSpeaking);
                         assert!(onset <= t);
+                    }
+                    Some(Output::PlayFrom(at)) => {
+                        assert_eq!(before, State::Thinking);
+                        assert_eq!(m.state(), State::Thinking);
+                        assert!(at > Duration::ZERO);
                     }
                     None => {}
                 }

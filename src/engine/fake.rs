@@ -1,15 +1,16 @@
 //! A stand-in engine for unit tests of the logic around the models (the call
 //! core, the conversation): speech is any loud frame, recognition returns a
-//! set sentence, the model says a scripted reply (words and actions), and a
-//! phrase's audio is a tone as long as its words. Real models are tested
-//! against real weights in `tests/`.
+//! set sentence, the model says a scripted reply (words and actions), a
+//! phrase's audio is a tone as long as its words, and every turn is judged
+//! complete (so silence alone ends it). Real models are tested against real
+//! weights in `tests/`.
 
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
 use super::{
     Asr, ChatMessage, Engine, EngineError, EnginePool, GenerationStats, Llm, LlmEvent, LlmSession,
-    ToolCall, ToolSpec, Tts, Vad, VadStream,
+    ToolCall, ToolSpec, Tts, TurnDetector, Vad, VadStream,
 };
 use crate::config::EngineConfig;
 
@@ -119,13 +120,28 @@ impl Tts for ToneTts {
     }
 }
 
+/// An end-of-turn detector that answers the same probability for any audio.
+pub struct FixedTurn(pub f32);
+
+impl TurnDetector for FixedTurn {
+    fn complete(&self, _: &[f32]) -> Result<f32, EngineError> {
+        Ok(self.0)
+    }
+}
+
 /// The fake engine with `script` as its model.
 pub fn engine(script: Script) -> Arc<Engine> {
+    engine_judged(script, 1.0)
+}
+
+/// The fake engine whose end-of-turn model gives every turn `complete`.
+pub fn engine_judged(script: Script, complete: f32) -> Arc<Engine> {
     Arc::new(Engine {
         vad: Arc::new(LoudVad),
         asr: Arc::new(SetAsr),
         llm: Arc::new(ScriptedLlm(script)),
         tts: Arc::new(ToneTts),
+        turn: Arc::new(FixedTurn(complete)),
         pool: EnginePool::new(2),
         settings: EngineConfig::default(),
     })

@@ -9,6 +9,7 @@ pub mod onnx;
 pub mod phrase;
 pub mod pool;
 pub mod tts;
+pub mod turn_detector;
 pub mod vad;
 
 use std::ops::ControlFlow;
@@ -19,6 +20,7 @@ use crate::config::{Config, EngineConfig};
 use crate::models::{ModelError, ModelStore, Role};
 
 pub use pool::EnginePool;
+pub use turn_detector::TurnDetector;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -34,6 +36,8 @@ pub enum EngineError {
     Llm(String),
     #[error("speech synthesis: {0}")]
     Tts(String),
+    #[error("end-of-turn detection: {0}")]
+    Turn(String),
     #[error("engine worker stopped: {0}")]
     Worker(String),
 }
@@ -149,6 +153,7 @@ pub struct Engine {
     pub asr: Arc<dyn Asr>,
     pub llm: Arc<dyn Llm>,
     pub tts: Arc<dyn Tts>,
+    pub turn: Arc<dyn TurnDetector>,
     pub pool: EnginePool,
     pub settings: EngineConfig,
 }
@@ -165,6 +170,17 @@ impl Engine {
             .run(self.settings.asr_threads, move || {
                 asr.transcribe(&audio, &language)
             })
+            .await?
+    }
+
+    /// The probability that the caller's turn is complete, judged on the pool
+    /// from the turn's 16 kHz audio so far. It is background work: the reply
+    /// it runs beside goes first (a late verdict only means the silence
+    /// policy decides).
+    pub async fn turn_complete(&self, audio: Vec<f32>) -> Result<f32, EngineError> {
+        let turn = self.turn.clone();
+        self.pool
+            .run_background(self.settings.turn_threads, move || turn.complete(&audio))
             .await?
     }
 
@@ -206,6 +222,7 @@ pub struct LoadTimes {
     pub asr: Duration,
     pub llm: Duration,
     pub tts: Duration,
+    pub turn: Duration,
 }
 
 impl Engine {
@@ -242,12 +259,21 @@ impl Engine {
         )?;
         times.tts = t.elapsed();
 
+        let t = Instant::now();
+        let turn = turn_detector::smart_turn::SmartTurn::load(
+            &store.require(Role::Turn)?,
+            e.turn_threads,
+            e.cpu_threads / e.turn_threads.max(1),
+        )?;
+        times.turn = t.elapsed();
+
         Ok((
             Engine {
                 vad: Arc::new(vad),
                 asr: Arc::new(asr),
                 llm: Arc::new(llm),
                 tts: Arc::new(tts),
+                turn: Arc::new(turn),
                 pool: EnginePool::new(e.cpu_threads),
                 settings: e.clone(),
             },

@@ -17,6 +17,8 @@ pub enum Role {
     Tts,
     TtsConfig,
     Vad,
+    /// End-of-turn detection.
+    Turn,
     Runtime,
 }
 
@@ -28,6 +30,7 @@ impl Role {
             Role::Tts => "tts",
             Role::TtsConfig => "tts-config",
             Role::Vad => "vad",
+            Role::Turn => "turn",
             Role::Runtime => "runtime",
         }
     }
@@ -194,6 +197,7 @@ mod tests {
                 Role::Tts,
                 Role::TtsConfig,
                 Role::Vad,
+                Role::Turn,
                 Role::Runtime,
             ] {
                 m.for_role(profile, role)

@@ -24,9 +24,49 @@ pub fn clean_transcript(raw: &str) -> String {
     words.join(" ")
 }
 
+/// A transcript that is one phrase said over and over ("How much is it? How
+/// much is it? How much") is a decoder loop, not the caller: one is kept. A
+/// caller's own "yes, yes" becomes "yes", which loses nothing of meaning.
+pub fn collapse_loop(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let key = |w: &str| {
+        w.chars()
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+            .collect::<String>()
+    };
+    let keys: Vec<String> = words.iter().map(|w| key(w)).collect();
+    for period in 1..=words.len() / 2 {
+        if (period..keys.len()).all(|i| keys[i] == keys[i % period]) {
+            return words[..period].join(" ");
+        }
+    }
+    text.to_string()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::clean_transcript;
+    use super::{clean_transcript, collapse_loop};
+
+    #[test]
+    fn a_decoder_loop_keeps_one_round() {
+        assert_eq!(
+            collapse_loop("How much does it cost? How much does it cost? How much"),
+            "How much does it cost?"
+        );
+        assert_eq!(collapse_loop("Hello? Hello? Hello? Hello"), "Hello?");
+        assert_eq!(
+            collapse_loop("I said no, no more calls"),
+            "I said no, no more calls"
+        );
+        assert_eq!(collapse_loop("yes"), "yes");
+        assert_eq!(collapse_loop(""), "");
+        // Words that only start alike are not a loop.
+        assert_eq!(
+            collapse_loop("the clinic the clinic opens"),
+            "the clinic the clinic opens"
+        );
+    }
 
     #[test]
     fn non_speech_markers_are_dropped() {

@@ -8,17 +8,20 @@ use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
 
-use super::clean_transcript;
+use super::{clean_transcript, collapse_loop};
 use crate::engine::{Asr, EngineError};
 
 /// whisper.cpp refuses input under one second.
 const MIN_SAMPLES: usize = 16_000 + 1_600;
 /// The encoder's full window (30 s) in its frames, 50 per second.
 const FULL_AUDIO_CTX: usize = 1500;
-/// A window fitted tightly to a short utterance makes Whisper loop on repeated
-/// words (measured with `izwi bench --fast`: 150-200 words "heard" for 8 spoken);
-/// 10 s keeps transcripts identical to the full window at a quarter of its cost.
-const MIN_FITTED_AUDIO_CTX: usize = 512;
+/// A window fitted to a short utterance makes Whisper loop on repeated words
+/// when it may not write timestamps (it has no way to say where speech ends):
+/// 11 of 48 espeak-ng questions looped at 5 s without them, 1 of 48 with them
+/// (then bounded by `max_tokens` and collapsed). 5 s is half the cost of 10 s.
+const MIN_FITTED_AUDIO_CTX: usize = 256;
+/// Tokens a second of speech may take, beyond a few: a loop stops there.
+const TOKENS_PER_SECOND: f32 = 6.0;
 
 pub struct WhisperAsr {
     ctx: Arc<WhisperContext>,
@@ -77,7 +80,9 @@ impl Asr for WhisperAsr {
         params.set_print_timestamps(false);
         params.set_no_context(true);
         params.set_single_segment(true);
-        params.set_no_timestamps(true);
+        // Timestamps let a fitted window end the transcript where the speech
+        // ends (see MIN_FITTED_AUDIO_CTX); the text keeps none of them.
+        params.set_no_timestamps(!self.fit_audio_context);
         params.set_suppress_blank(true);
         params.set_suppress_nst(true);
         // A repetition loop re-decoded at rising temperatures costs seconds; on a
@@ -95,6 +100,8 @@ impl Asr for WhisperAsr {
             // The encoder cost grows with its window; a phone utterance rarely needs 30 s.
             let frames = (input.len().div_ceil(320) + 64).max(MIN_FITTED_AUDIO_CTX);
             params.set_audio_ctx(frames.min(FULL_AUDIO_CTX) as i32);
+            let seconds = input.len() as f32 / crate::audio::ENGINE_RATE as f32;
+            params.set_max_tokens(10 + (seconds * TOKENS_PER_SECOND) as i32);
         }
         let mut state = self.take_state()?;
         let result = state.full(params, input);
@@ -111,7 +118,7 @@ impl Asr for WhisperAsr {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(state);
-        Ok(clean_transcript(&text))
+        Ok(collapse_loop(&clean_transcript(&text)))
     }
 }
 

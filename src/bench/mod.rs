@@ -1,6 +1,15 @@
-//! `izwi bench`: the latency budget, measured. Each question is synthesized with the
-//! agent's voice, played into a fresh call (no greeting) and answered; the figures
-//! of every turn are summarised as medians and 95th percentiles.
+//! `izwi bench`: the latency budget, measured. By default in process: each
+//! question is synthesized with the agent's voice, played into a fresh call (no
+//! greeting) and answered; the figures of every turn (Izwi's own timers) are
+//! summarised as medians and 95th percentiles. `izwi bench --sip` ([`sip`])
+//! calls a running `izwi serve` instead and measures from the packets.
+
+pub mod caller;
+pub mod measure;
+pub mod media;
+pub mod server;
+pub mod sip;
+pub mod sipp;
 
 use std::sync::Arc;
 
@@ -10,6 +19,60 @@ use crate::call::conversation::TurnRecord;
 use crate::config::TurnConfig;
 use crate::engine::{Engine, EngineError};
 use crate::talk::{Clock, talk};
+
+/// What stops `izwi bench --sip`.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Records(#[from] crate::records::RecordError),
+    #[error(transparent)]
+    Wav(#[from] crate::codec::wav::WavError),
+    #[error(transparent)]
+    Resample(#[from] crate::codec::resample::ResampleError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("espeak-ng voice {voice}: {reason}")]
+    Espeak { voice: String, reason: String },
+    #[error("the caller's line {text:?} ({voice}) came out silent")]
+    Silent { text: String, voice: String },
+    #[error(
+        "sipp is needed for `izwi bench --sip` (Debian package sip-tester; scripts/setup.sh installs it): {0}"
+    )]
+    SippMissing(std::io::Error),
+    #[error("{what}\nsipp errors:\n{errors}\nsipp messages (last lines):\n{messages}")]
+    Sipp {
+        what: String,
+        errors: String,
+        messages: String,
+    },
+    #[error("izwi serve exited ({status}) before the bench was done; its last log lines:\n{log}")]
+    ServerExited { status: String, log: String },
+    #[error("izwi serve did not answer SIP within {limit:?}; its last log lines:\n{log}")]
+    ServerNotReady {
+        limit: std::time::Duration,
+        log: String,
+    },
+    #[error("call {call} of {calls}: {source}")]
+    Call {
+        call: usize,
+        calls: usize,
+        source: Box<BenchError>,
+    },
+}
+
+impl BenchError {
+    pub fn io(context: &str, source: std::io::Error) -> BenchError {
+        BenchError::Io {
+            context: context.to_string(),
+            source,
+        }
+    }
+}
 
 pub const QUESTIONS: &[&str] = &[
     "What time does the clinic open on Monday?",
