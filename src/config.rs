@@ -222,11 +222,13 @@ pub struct EngineConfig {
     pub llm_threads: usize,
     /// Threads of the LLM's prompt evaluation.
     pub llm_batch_threads: usize,
-    /// Threads of one phrase's synthesis.
+    /// Threads of one phrase's synthesis (all cores by default: the first
+    /// phrase is on the caller's wait, 200 -> 130 ms on 2 cores; the model
+    /// writes on between phrases).
     pub tts_threads: usize,
     pub vad_threads: usize,
-    /// Threads of one end-of-turn check (a few tens of milliseconds of work
-    /// each time the caller pauses; one leaves the others to ASR and TTS).
+    /// Threads of one end-of-turn check (~30-50 ms of work each time the
+    /// caller pauses, just before the speech recognition it delays).
     pub turn_threads: usize,
     /// LLM context size in tokens, per call.
     pub llm_context: u32,
@@ -251,10 +253,11 @@ pub struct TurnConfig {
     pub vad_release: f32,
     /// Speech must last this long to open a caller turn (filters clicks).
     pub min_speech_ms: u32,
-    /// Silence after speech that ends the caller's turn (the reply plays from then).
+    /// Silence after speech that ends the caller's turn when no verdict of the
+    /// end-of-turn model says otherwise (the reply may play from then).
     pub endpoint_silence_ms: u32,
     /// Silence after which the reply starts being prepared, speculatively: it is
-    /// dropped if the caller speaks again before `endpoint_silence_ms`.
+    /// dropped if the caller speaks again before it plays.
     pub early_endpoint_ms: u32,
     /// Judge each pause with the end-of-turn model (Smart Turn), in the
     /// languages it was trained on; other languages keep `endpoint_silence_ms`.
@@ -740,12 +743,12 @@ impl Default for EngineConfig {
         EngineConfig {
             cpu_threads: cores,
             asr_threads: cores,
-            // Generation steps run beside the synthesis of the previous phrase.
+            // Generation steps take one core between phrases' synthesis.
             llm_threads: 1,
             llm_batch_threads: cores,
-            tts_threads: 1,
+            tts_threads: cores,
             vad_threads: 1,
-            turn_threads: 1,
+            turn_threads: cores,
             llm_context: 2048,
             llm_max_reply_tokens: 80,
             llm_temperature: 0.0,
@@ -764,7 +767,7 @@ impl Default for TurnConfig {
             vad_release: 0.35,
             min_speech_ms: 90,
             endpoint_silence_ms: 400,
-            early_endpoint_ms: 200,
+            early_endpoint_ms: 150,
             detector: true,
             complete_silence_ms: 200,
             incomplete_silence_ms: 1200,
@@ -772,7 +775,7 @@ impl Default for TurnConfig {
             max_utterance_ms: 20_000,
             preroll_ms: 200,
             barge_in: true,
-            barge_in_min_ms: 150,
+            barge_in_min_ms: 120,
         }
     }
 }
@@ -859,6 +862,7 @@ impl Config {
             ("engine.llm_threads", e.llm_threads),
             ("engine.llm_batch_threads", e.llm_batch_threads),
             ("engine.tts_threads", e.tts_threads),
+            ("engine.turn_threads", e.turn_threads),
             ("engine.vad_threads", e.vad_threads),
         ] {
             if v == 0 || v > 256 {
@@ -910,18 +914,18 @@ impl Config {
                 "must be at least 20 ms and at most turn.endpoint_silence_ms",
             ));
         }
-        if t.complete_silence_ms < t.early_endpoint_ms
-            || t.complete_silence_ms > t.incomplete_silence_ms
-        {
+        // A verdict may only shorten the wait when complete and lengthen it
+        // when not; without the detector these settings are not used.
+        if t.detector && t.complete_silence_ms > t.endpoint_silence_ms {
             return Err(invalid(
                 "turn.complete_silence_ms",
-                "must lie between turn.early_endpoint_ms and turn.incomplete_silence_ms",
+                "must be at most turn.endpoint_silence_ms",
             ));
         }
-        if t.incomplete_silence_ms > 5_000 {
+        if t.detector && !(t.endpoint_silence_ms..=5_000).contains(&t.incomplete_silence_ms) {
             return Err(invalid(
                 "turn.incomplete_silence_ms",
-                "must be at most 5000 ms",
+                "must be between turn.endpoint_silence_ms and 5000 ms",
             ));
         }
         if !(0.0..=1.0).contains(&t.complete_threshold) {
@@ -1275,6 +1279,31 @@ mod tests {
             c.agent("english").is_some(),
             "file agents add to the defaults"
         );
+    }
+
+    #[test]
+    fn verdict_silences_are_ordered_only_when_the_detector_is_on() {
+        let err =
+            Config::load(None, env(&[("IZWI_TURN_INCOMPLETE_SILENCE_MS", "300")])).unwrap_err();
+        assert!(
+            err.to_string().contains("turn.incomplete_silence_ms"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("IZWI_TURN_COMPLETE_SILENCE_MS", "500")])).unwrap_err();
+        assert!(
+            err.to_string().contains("turn.complete_silence_ms"),
+            "{err}"
+        );
+        let c = Config::load(
+            None,
+            env(&[
+                ("IZWI_TURN_DETECTOR", "false"),
+                ("IZWI_TURN_INCOMPLETE_SILENCE_MS", "300"),
+                ("IZWI_TURN_EARLY_ENDPOINT_MS", "250"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.turn.detector);
     }
 
     #[test]

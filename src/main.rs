@@ -381,6 +381,24 @@ fn pick_agent<'a>(
     }
 }
 
+/// How the endpoint is decided, for a benchmark's header.
+fn turn_summary(t: &izwi::config::TurnConfig) -> String {
+    if t.detector {
+        format!(
+            "reply prepared after {} ms of silence, played after {} ms when the end-of-turn model judges the turn complete, {} ms when not, {} ms in languages it does not know",
+            t.early_endpoint_ms,
+            t.complete_silence_ms,
+            t.incomplete_silence_ms,
+            t.endpoint_silence_ms
+        )
+    } else {
+        format!(
+            "reply prepared after {} ms of silence, played after {} ms",
+            t.early_endpoint_ms, t.endpoint_silence_ms
+        )
+    }
+}
+
 async fn bench_cmd(config: Config, config_path: Option<PathBuf>, args: BenchArgs) -> Result<()> {
     if args.sip {
         if args.fast {
@@ -429,10 +447,10 @@ async fn bench_cmd(config: Config, config_path: Option<PathBuf>, args: BenchArgs
     let records = izwi::bench::run(engine.clone(), agent, &config.turn, &questions, clock).await?;
     print!("{}", talk::report(&records));
     println!(
-        "profile {}, {} engine workers, endpoint silence {} ms",
+        "profile {}, {} engine workers, {}",
         config.models.profile,
         engine.pool.size(),
-        config.turn.endpoint_silence_ms
+        turn_summary(&config.turn)
     );
     print!("{}", izwi::bench::summary(&records, clock));
     Ok(())
@@ -456,8 +474,9 @@ async fn bench_sip(config: Config, config_path: Option<PathBuf>, args: BenchArgs
         bail!("no questions to ask");
     }
     let calls = args.calls.unwrap_or_else(|| vec![1]);
-    if calls.is_empty() || calls.contains(&0) {
-        bail!("--calls takes counts of at least 1, e.g. 1,2,4");
+    // The started Izwi has 100 RTP ports, and each call is a sipp of its own.
+    if calls.is_empty() || calls.iter().any(|&n| n == 0 || n > 50) {
+        bail!("--calls takes counts from 1 to 50, e.g. 1,2,4");
     }
     let gap = args.gap.unwrap_or(4.0);
     if !(0.5..=60.0).contains(&gap) {
@@ -499,7 +518,7 @@ async fn bench_sip(config: Config, config_path: Option<PathBuf>, args: BenchArgs
     }
     drop(engine);
     println!(
-        "izwi bench --sip: {} questions ({} with a mid-sentence pause) and {} interruptions in {} voices, synthesized in {:.1} s; profile {}, endpoint silence {} ms",
+        "izwi bench --sip: {} questions ({} with a mid-sentence pause) and {} interruptions in {} voices, synthesized in {:.1} s; profile {}, {}",
         lineup.questions.len(),
         lineup
             .questions
@@ -516,7 +535,7 @@ async fn bench_sip(config: Config, config_path: Option<PathBuf>, args: BenchArgs
             .len(),
         t.elapsed().as_secs_f64(),
         config.models.profile,
-        config.turn.endpoint_silence_ms
+        turn_summary(&config.turn)
     );
     let opts = sip::Options {
         calls,

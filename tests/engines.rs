@@ -379,8 +379,18 @@ fn smart_turn_tells_a_finished_sentence_from_one_cut_off() {
         let full = steady_speech(&voice, sentence);
         let cut = cut_after(&full, &steady_speech(&voice, prefix));
         assert!(cut.len() < full.len() * 9 / 10, "{prefix:?}: no cut found");
-        let finished = engine.turn.complete(&as_turn(&full)).unwrap();
-        let stopped = engine.turn.complete(&as_turn(&cut)).unwrap();
+        let finished = engine
+            .turn
+            .as_ref()
+            .expect("the end-of-turn model is loaded")
+            .complete(&as_turn(&full))
+            .unwrap();
+        let stopped = engine
+            .turn
+            .as_ref()
+            .expect("the end-of-turn model is loaded")
+            .complete(&as_turn(&cut))
+            .unwrap();
         assert!(finished > 0.5, "{sentence:?}: {finished}");
         assert!(stopped < 0.5, "{prefix:?} cut from {sentence:?}: {stopped}");
         assert!(
@@ -396,7 +406,12 @@ fn smart_turn_hears_a_trailing_filler_as_unfinished() {
     let (voice, _dir) = steady_voice();
     for (_, prefix) in FINISHED_AND_CUT {
         let hesitant = steady_speech(&voice, &format!("{prefix}, um..."));
-        let p = engine.turn.complete(&as_turn(&hesitant)).unwrap();
+        let p = engine
+            .turn
+            .as_ref()
+            .expect("the end-of-turn model is loaded")
+            .complete(&as_turn(&hesitant))
+            .unwrap();
         assert!(p < 0.5, "{prefix:?}, um...: {p}");
     }
 }
@@ -406,7 +421,12 @@ fn smart_turn_runs_on_the_engine_pool() {
     let engine = engine();
     let (voice, _dir) = steady_voice();
     let turn = as_turn(&steady_speech(&voice, FINISHED_AND_CUT[0].0));
-    let direct = engine.turn.complete(&turn).unwrap();
+    let direct = engine
+        .turn
+        .as_ref()
+        .expect("the end-of-turn model is loaded")
+        .complete(&turn)
+        .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -415,6 +435,11 @@ fn smart_turn_runs_on_the_engine_pool() {
     // Longer than the model's 8 s: only the end counts.
     let mut long = vec![0.0; seconds(12.0)];
     long.extend(as_turn(&steady_speech(&voice, FINISHED_AND_CUT[0].0)));
-    let p = engine.turn.complete(&long).unwrap();
+    let p = engine
+        .turn
+        .as_ref()
+        .expect("the end-of-turn model is loaded")
+        .complete(&long)
+        .unwrap();
     assert!((p - direct).abs() < 1e-4, "{p} against {direct}");
 }

@@ -143,21 +143,6 @@ struct ActiveReply {
     action: Option<Action>,
     /// The frames played so far, for `repeat`.
     kept: Vec<Frame>,
-    /// The end-of-turn model at work on the pause that started this reply.
-    judging: Option<Judging>,
-}
-
-/// The end-of-turn model's job; dropping it (the caller went on, the reply
-/// went) abandons the verdict.
-struct Judging {
-    task: tokio::task::JoinHandle<Result<f32, EngineError>>,
-    started: Instant,
-}
-
-impl Drop for Judging {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl ActiveReply {
@@ -171,7 +156,6 @@ impl ActiveReply {
             then: None,
             action: None,
             kept: Vec::new(),
-            judging: None,
             done: stream.is_none(),
             stream,
             phrases,
@@ -305,6 +289,7 @@ impl Conversation {
     ) -> Result<Conversation, EngineError> {
         let vad = engine.vad.stream()?;
         let agent_language = agent.profile.language.clone();
+        let engine_judges = engine.turn.is_some();
         let session = engine
             .llm_session(agent.profile.system_prompt.clone(), agent.tools.clone())
             .await?;
@@ -343,7 +328,9 @@ impl Conversation {
             collected: String::new(),
             last_key: Duration::ZERO,
             last_answer: None,
-            judge: turn.detector && crate::engine::turn_detector::knows_language(&agent_language),
+            judge: turn.detector
+                && engine_judges
+                && crate::engine::turn_detector::knows_language(&agent_language),
             complete_threshold: turn.complete_threshold,
         };
         c.greet();
@@ -676,6 +663,7 @@ impl Conversation {
                 language: self.agent.profile.language.clone(),
                 voice: self.agent.profile.espeak_voice.clone(),
                 history: self.history.clone(),
+                judge: false,
             },
         );
         let mut r = ActiveReply::new(Some(stream), VecDeque::new(), TurnRecord::new(index, false));
@@ -785,11 +773,9 @@ impl Conversation {
                 forced,
             }) => {
                 tracing::debug!(call = %self.call_id, ?onset, ?last_speech, forced, "caller turn ended");
-                self.request_reply(onset, last_speech);
-                let judging = (self.judge && !forced).then(|| self.start_judging());
+                self.request_reply(onset, last_speech, self.judge && !forced);
                 if let Some(r) = self.reply.as_mut() {
                     r.play_from = play_from;
-                    r.judging = judging;
                 }
             }
             // Only a verdict moves the time a reply plays.
@@ -820,50 +806,7 @@ impl Conversation {
             .collect()
     }
 
-    /// Asks the end-of-turn model whether the caller's words so far make a
-    /// complete turn; it runs beside the reply being prepared.
-    fn start_judging(&self) -> Judging {
-        let engine = self.engine.clone();
-        let audio = self.capture.clone().unwrap_or_default();
-        Judging {
-            task: tokio::spawn(async move { engine.turn_complete(audio).await }),
-            started: Instant::now(),
-        }
-    }
-
-    /// The verdict, once in: the reply may play sooner, or waits longer.
-    async fn take_verdict(&mut self, simulated: bool) {
-        let Some(reply) = self.reply.as_mut() else {
-            return;
-        };
-        let Some(mut judging) = reply.judging.take() else {
-            return;
-        };
-        if !simulated && !judging.task.is_finished() {
-            reply.judging = Some(judging);
-            return;
-        }
-        let took = judging.started.elapsed();
-        let complete = match (&mut judging.task).await {
-            Ok(Ok(p)) => {
-                tracing::debug!(call = %self.call_id, probability = p, took_ms = took.as_millis() as u64, "turn judged");
-                p >= self.complete_threshold
-            }
-            Ok(Err(e)) => {
-                // Without a verdict the silence policy decides, as for other languages.
-                tracing::warn!(call = %self.call_id, error = %e, "end-of-turn model failed");
-                return;
-            }
-            Err(_) => return,
-        };
-        if let Some(Output::PlayFrom(at)) = self.turn.step(Input::Judged { complete })
-            && let Some(r) = self.reply.as_mut()
-        {
-            r.play_from = at;
-        }
-    }
-
-    fn request_reply(&mut self, onset: Duration, last_speech: Duration) {
+    fn request_reply(&mut self, onset: Duration, last_speech: Duration, judge: bool) {
         // A reply the caller spoke over before it played (to collected keys,
         // say) is recorded, not lost.
         self.replace_reply();
@@ -880,6 +823,7 @@ impl Conversation {
                 language: self.agent.profile.language.clone(),
                 voice: self.agent.profile.espeak_voice.clone(),
                 history: self.history.clone(),
+                judge,
             },
         );
         self.reply = Some(ActiveReply::new(Some(stream), VecDeque::new(), record));
@@ -891,7 +835,6 @@ impl Conversation {
     pub async fn next_frame(&mut self, at: Duration, simulated: bool) -> Option<Frame> {
         self.now = self.now.max(at);
         self.policies(at);
-        self.take_verdict(simulated).await;
         loop {
             let reply = self.reply.as_mut()?;
             while reply.phrases.front().is_some_and(|p| p.frames.is_empty()) {
@@ -967,6 +910,13 @@ impl Conversation {
         };
         let rec = &mut reply.record;
         match event {
+            ReplyEvent::Judged { probability, took } => {
+                tracing::debug!(call = %self.call_id, probability, took_ms = took.as_millis() as u64, "turn judged");
+                let complete = probability >= self.complete_threshold;
+                if let Some(Output::PlayFrom(at)) = self.turn.step(Input::Judged { complete }) {
+                    reply.play_from = at;
+                }
+            }
             ReplyEvent::Heard { text, asr, audio } => {
                 rec.asr_ms = Some(ms(asr));
                 rec.asr_rtf = Some(asr.as_secs_f64() / audio.as_secs_f64().max(1e-3));

@@ -803,11 +803,13 @@ mod conversation_tests {
             (reported - lived).abs() <= 100.0,
             "reported {reported} ms, the caller lived {lived} ms"
         );
-        // The fake judges every turn complete: the shorter silence applies.
-        let least = crate::config::TurnConfig::default().complete_silence_ms as f64;
+        // The fake judges every turn complete: the shorter silence applies,
+        // not the plain endpoint's.
+        let turn = crate::config::TurnConfig::default();
         assert!(
-            reported >= least,
-            "at least the silence of a complete turn: {reported}"
+            reported >= turn.complete_silence_ms as f64
+                && reported < turn.endpoint_silence_ms as f64,
+            "the silence of a complete turn: {reported}"
         );
     }
 

@@ -20,8 +20,16 @@ use crate::engine::{
 /// Bound of every queue between stages.
 pub const QUEUE: usize = 8;
 
+/// The end-of-turn model hears the last 8 s of a turn.
+const JUDGED_SAMPLES: usize = 8 * ENGINE_RATE as usize;
+
 #[derive(Debug)]
 pub enum ReplyEvent {
+    /// The end-of-turn model's probability that the caller has finished.
+    Judged {
+        probability: f32,
+        took: Duration,
+    },
     /// What the caller said (kept in memory for the conversation, never logged).
     Heard {
         text: String,
@@ -62,6 +70,8 @@ pub struct ReplyRequest {
     pub language: String,
     pub voice: Option<String>,
     pub history: Vec<ChatMessage>,
+    /// Ask the end-of-turn model about the caller's audio first.
+    pub judge: bool,
 }
 
 /// The receiving end of a reply in progress; dropping it cancels the reply.
@@ -114,10 +124,25 @@ async fn run(
         language,
         voice,
         mut history,
+        judge,
     } = req;
     let text = match input {
         ReplyInput::Text(text) => text,
         ReplyInput::Audio(audio) => {
+            // First, and briefly (~30-50 ms): its verdict decides how long the
+            // reply waits, and a job squeezed in later would hold up the model.
+            if judge {
+                let t = Instant::now();
+                let tail = audio[audio.len().saturating_sub(JUDGED_SAMPLES)..].to_vec();
+                match engine.turn_complete(tail).await {
+                    Ok(probability) => {
+                        let took = t.elapsed();
+                        send(tx, ReplyEvent::Judged { probability, took }).await?;
+                    }
+                    // Without a verdict the silence policy decides.
+                    Err(e) => tracing::warn!(error = %e, "end-of-turn model failed"),
+                }
+            }
             let audio_len = Duration::from_secs_f64(audio.len() as f64 / ENGINE_RATE as f64);
             let t = Instant::now();
             let text = engine.transcribe(audio, language).await?;

@@ -165,8 +165,8 @@ impl TurnMachine {
                 None
             }
             Input::Judged { complete } => match self.state {
-                // A verdict only counts for the pause it was asked about: after a
-                // forced cut there is nothing to wait for.
+                // The call drops a verdict's reply when the caller resumes, so a
+                // verdict in Thinking is about this pause; a forced cut waits for none.
                 State::Thinking if !self.hold => {
                     let wait = if complete {
                         self.policy.complete_silence
@@ -606,7 +606,11 @@ mod tests {
                     Some(Output::PlayFrom(at)) => {
                         assert_eq!(before, State::Thinking);
                         assert_eq!(m.state(), State::Thinking);
-                        assert!(at > Duration::ZERO);
+                        let p = m.policy();
+                        assert!(
+                            at == m.last_speech + p.complete_silence
+                                || at == m.last_speech + p.incomplete_silence
+                        );
                     }
                     None => {}
                 }

@@ -2,7 +2,7 @@
 //! core, the conversation): speech is any loud frame, recognition returns a
 //! set sentence, the model says a scripted reply (words and actions), a
 //! phrase's audio is a tone as long as its words, and every turn is judged
-//! complete (so silence alone ends it). Real models are tested against real
+//! complete (so the short silence of a complete turn ends it). Real models are tested against real
 //! weights in `tests/`.
 
 use std::ops::ControlFlow;
@@ -141,7 +141,7 @@ pub fn engine_judged(script: Script, complete: f32) -> Arc<Engine> {
         asr: Arc::new(SetAsr),
         llm: Arc::new(ScriptedLlm(script)),
         tts: Arc::new(ToneTts),
-        turn: Arc::new(FixedTurn(complete)),
+        turn: Some(Arc::new(FixedTurn(complete))),
         pool: EnginePool::new(2),
         settings: EngineConfig::default(),
     })

@@ -153,7 +153,8 @@ pub struct Engine {
     pub asr: Arc<dyn Asr>,
     pub llm: Arc<dyn Llm>,
     pub tts: Arc<dyn Tts>,
-    pub turn: Arc<dyn TurnDetector>,
+    /// None when `turn.detector` is off: pauses are then judged by silence alone.
+    pub turn: Option<Arc<dyn TurnDetector>>,
     pub pool: EnginePool,
     pub settings: EngineConfig,
 }
@@ -174,13 +175,13 @@ impl Engine {
     }
 
     /// The probability that the caller's turn is complete, judged on the pool
-    /// from the turn's 16 kHz audio so far. It is background work: the reply
-    /// it runs beside goes first (a late verdict only means the silence
-    /// policy decides).
+    /// from the turn's 16 kHz audio so far.
     pub async fn turn_complete(&self, audio: Vec<f32>) -> Result<f32, EngineError> {
-        let turn = self.turn.clone();
+        let Some(turn) = self.turn.clone() else {
+            return Err(EngineError::Turn("no end-of-turn model loaded".into()));
+        };
         self.pool
-            .run_background(self.settings.turn_threads, move || turn.complete(&audio))
+            .run(self.settings.turn_threads, move || turn.complete(&audio))
             .await?
     }
 
@@ -254,17 +255,23 @@ impl Engine {
         let tts = tts::piper::PiperTts::load(
             &store.require(Role::Tts)?,
             &store.require(Role::TtsConfig)?,
-            e.tts_threads,
+            // ONNX threads beyond the pool's slots would only fight over cores.
+            e.tts_threads.min(e.cpu_threads),
             e.espeak.clone(),
         )?;
         times.tts = t.elapsed();
 
         let t = Instant::now();
-        let turn = turn_detector::smart_turn::SmartTurn::load(
-            &store.require(Role::Turn)?,
-            e.turn_threads,
-            e.cpu_threads / e.turn_threads.max(1),
-        )?;
+        let turn: Option<Arc<dyn TurnDetector>> = if config.turn.detector {
+            let threads = e.turn_threads.min(e.cpu_threads);
+            Some(Arc::new(turn_detector::smart_turn::SmartTurn::load(
+                &store.require(Role::Turn)?,
+                threads,
+                e.cpu_threads / threads.max(1),
+            )?))
+        } else {
+            None
+        };
         times.turn = t.elapsed();
 
         Ok((
@@ -273,7 +280,7 @@ impl Engine {
                 asr: Arc::new(asr),
                 llm: Arc::new(llm),
                 tts: Arc::new(tts),
-                turn: Arc::new(turn),
+                turn,
                 pool: EnginePool::new(e.cpu_threads),
                 settings: e.clone(),
             },

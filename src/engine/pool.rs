@@ -15,15 +15,9 @@ pub struct EnginePool {
 }
 
 struct Gate {
-    free: Mutex<Slots>,
+    free: Mutex<usize>,
     freed: Condvar,
     size: usize,
-}
-
-struct Slots {
-    free: usize,
-    /// Jobs of the reply's path waiting for slots: background work yields to them.
-    waiting: usize,
 }
 
 /// Held while a unit of engine work runs.
@@ -34,8 +28,8 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut slots = self.gate.free.lock().unwrap_or_else(|p| p.into_inner());
-        slots.free += self.slots;
+        let mut free = self.gate.free.lock().unwrap_or_else(|p| p.into_inner());
+        *free += self.slots;
         self.gate.freed.notify_all();
     }
 }
@@ -45,10 +39,7 @@ impl EnginePool {
         let size = size.max(1);
         EnginePool {
             inner: Arc::new(Gate {
-                free: Mutex::new(Slots {
-                    free: size,
-                    waiting: 0,
-                }),
+                free: Mutex::new(size),
                 freed: Condvar::new(),
                 size,
             }),
@@ -62,42 +53,19 @@ impl EnginePool {
     /// Blocks the calling (worker) thread until `threads` slots are free
     /// (at most the pool's size, so a wide job can always run alone).
     pub fn acquire(&self, threads: usize) -> Permit {
-        let want = threads.clamp(1, self.inner.size);
-        let mut slots = self.inner.free.lock().unwrap_or_else(|p| p.into_inner());
-        slots.waiting += 1;
-        while slots.free < want {
-            slots = self
+        let slots = threads.clamp(1, self.inner.size);
+        let mut free = self.inner.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free < slots {
+            free = self
                 .inner
                 .freed
-                .wait(slots)
+                .wait(free)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        slots.waiting -= 1;
-        slots.free -= want;
-        // A background job may have been held back by this wait only.
-        self.inner.freed.notify_all();
+        *free -= slots;
         Permit {
             gate: self.inner.clone(),
-            slots: want,
-        }
-    }
-
-    /// Like [`EnginePool::acquire`], for work off the reply's path (judging a
-    /// turn): it takes slots only while no other job waits for them.
-    pub fn acquire_background(&self, threads: usize) -> Permit {
-        let want = threads.clamp(1, self.inner.size);
-        let mut slots = self.inner.free.lock().unwrap_or_else(|p| p.into_inner());
-        while slots.free < want || slots.waiting > 0 {
-            slots = self
-                .inner
-                .freed
-                .wait(slots)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-        slots.free -= want;
-        Permit {
-            gate: self.inner.clone(),
-            slots: want,
+            slots,
         }
     }
 
@@ -111,21 +79,6 @@ impl EnginePool {
         let pool = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = pool.acquire(threads);
-            job()
-        })
-        .await
-        .map_err(|e| EngineError::Worker(e.to_string()))
-    }
-
-    /// Runs `job` as background work (see [`EnginePool::acquire_background`]).
-    pub async fn run_background<R, F>(&self, threads: usize, job: F) -> Result<R, EngineError>
-    where
-        F: FnOnce() -> R + Send + 'static,
-        R: Send + 'static,
-    {
-        let pool = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = pool.acquire_background(threads);
             job()
         })
         .await
@@ -238,31 +191,5 @@ mod tests {
         .expect("deadlock");
         p.unwrap();
         assert_eq!(got, 5);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn background_work_yields_to_a_waiting_job() {
-        let pool = EnginePool::new(2);
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let holder = pool.acquire(1);
-        // The reply's job needs both slots: it waits for the holder.
-        let (p, o) = (pool.clone(), order.clone());
-        let wide =
-            tokio::spawn(async move { p.run(2, move || o.lock().unwrap().push("wide")).await });
-        while pool.inner.free.lock().unwrap().waiting == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        // One slot is free, but the background job must not take it.
-        let (p, o) = (pool.clone(), order.clone());
-        let background = tokio::spawn(async move {
-            p.run_background(1, move || o.lock().unwrap().push("background"))
-                .await
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(order.lock().unwrap().is_empty());
-        drop(holder);
-        wide.await.unwrap().unwrap();
-        background.await.unwrap().unwrap();
-        assert_eq!(*order.lock().unwrap(), vec!["wide", "background"]);
     }
 }

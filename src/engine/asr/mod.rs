@@ -25,8 +25,9 @@ pub fn clean_transcript(raw: &str) -> String {
 }
 
 /// A transcript that is one phrase said over and over ("How much is it? How
-/// much is it? How much") is a decoder loop, not the caller: one is kept. A
-/// caller's own "yes, yes" becomes "yes", which loses nothing of meaning.
+/// much is it? How much") is a decoder loop, not the caller: one round is
+/// kept. A caller repeats too ("no, no", a number's "five five five"), so it
+/// takes three rounds of a phrase of two words or more, or six of one word.
 pub fn collapse_loop(text: &str) -> String {
     let words: Vec<&str> = text.split_whitespace().collect();
     let key = |w: &str| {
@@ -36,8 +37,14 @@ pub fn collapse_loop(text: &str) -> String {
             .collect::<String>()
     };
     let keys: Vec<String> = words.iter().map(|w| key(w)).collect();
-    for period in 1..=words.len() / 2 {
-        if (period..keys.len()).all(|i| keys[i] == keys[i % period]) {
+    for period in 1..=words.len() / 3 {
+        let rounds = words.len() / period;
+        let enough = if period == 1 {
+            rounds >= 6
+        } else {
+            rounds >= 3
+        };
+        if enough && (period..keys.len()).all(|i| keys[i] == keys[i % period]) {
             return words[..period].join(" ");
         }
     }
@@ -51,20 +58,28 @@ mod tests {
     #[test]
     fn a_decoder_loop_keeps_one_round() {
         assert_eq!(
-            collapse_loop("How much does it cost? How much does it cost? How much"),
+            collapse_loop(
+                "How much does it cost? How much does it cost? How much does it cost? How"
+            ),
             "How much does it cost?"
         );
-        assert_eq!(collapse_loop("Hello? Hello? Hello? Hello"), "Hello?");
         assert_eq!(
-            collapse_loop("I said no, no more calls"),
-            "I said no, no more calls"
+            collapse_loop("Hello? Hello? Hello? Hello? Hello? Hello? Hello"),
+            "Hello?"
+        );
+        // What a caller may well say twice or a few times stays.
+        assert_eq!(collapse_loop("no, no"), "no, no");
+        assert_eq!(collapse_loop("five five five five"), "five five five five");
+        assert_eq!(
+            collapse_loop("see you soon, see you soon"),
+            "see you soon, see you soon"
         );
         assert_eq!(collapse_loop("yes"), "yes");
         assert_eq!(collapse_loop(""), "");
         // Words that only start alike are not a loop.
         assert_eq!(
-            collapse_loop("the clinic the clinic opens"),
-            "the clinic the clinic opens"
+            collapse_loop("the clinic the clinic the clinic opens"),
+            "the clinic the clinic the clinic opens"
         );
     }
 

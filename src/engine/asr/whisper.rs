@@ -118,7 +118,13 @@ impl Asr for WhisperAsr {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(state);
-        Ok(collapse_loop(&clean_transcript(&text)))
+        let text = clean_transcript(&text);
+        // Only a fitted window loops (see MIN_FITTED_AUDIO_CTX).
+        Ok(if self.fit_audio_context {
+            collapse_loop(&text)
+        } else {
+            text
+        })
     }
 }
 

@@ -15,9 +15,9 @@ use crate::engine::{EngineError, onnx};
 const INPUT: &str = "input_features";
 const OUTPUT: &str = "logits";
 
-/// Each session costs about 30 MB once it has run; four answer some 80
-/// checks a second on one thread each, far more pauses than a machine's
-/// calls make.
+/// Each session costs about 30 MB once it has run; with one thread a check
+/// (~45 ms) four answer some 80 checks a second, far more pauses than a
+/// machine's calls make (with all cores a check, one session).
 const MAX_SESSIONS: usize = 4;
 
 pub struct SmartTurn {
