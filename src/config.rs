@@ -769,7 +769,9 @@ impl Default for TurnConfig {
             endpoint_silence_ms: 400,
             early_endpoint_ms: 150,
             detector: true,
-            complete_silence_ms: 200,
+            // Pipecat asks at 200 ms; a caller's comma ("Wait, I …") can be
+            // that long, and on 2 cores the reply is not ready sooner anyway.
+            complete_silence_ms: 300,
             incomplete_silence_ms: 1200,
             complete_threshold: 0.5,
             max_utterance_ms: 20_000,

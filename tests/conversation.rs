@@ -247,9 +247,10 @@ async fn barge_in_stops_the_agent_within_250ms_and_keeps_only_what_was_heard() {
         peak_rms(agent, speech_onset - 0.3, speech_onset) > 0.01,
         "agent was not speaking"
     );
-    // The last agent sound after the caller's onset.
+    // The last agent sound after the caller's onset, while the caller speaks
+    // (the answer to the interruption may follow the caller's last word).
     let from = seconds(speech_onset);
-    let until = seconds(place + duration(&cut));
+    let until = seconds(place + speech_end(&cut));
     let last_sound = (from..until)
         .rev()
         .find(|&i| agent[i] != 0.0)

@@ -79,6 +79,15 @@ pub fn onset(clip: &[f32]) -> f64 {
     i as f64 / ENGINE_RATE as f64
 }
 
+/// End of the last sample louder than a whisper, in seconds from the clip's start.
+pub fn speech_end(clip: &[f32]) -> f64 {
+    let i = clip
+        .iter()
+        .rposition(|s| s.abs() > 0.02)
+        .expect("clip is silent");
+    (i + 1) as f64 / ENGINE_RATE as f64
+}
+
 pub fn duration(clip: &[f32]) -> f64 {
     clip.len() as f64 / ENGINE_RATE as f64
 }
