@@ -282,7 +282,7 @@ fn normalise(audio: &mut [f32]) {
         return;
     }
     let speech: Vec<f32> = levels.into_iter().filter(|&l| l >= loudest * 0.1).collect();
-    let level = (speech.iter().map(|l| l * l).sum::<f32>() / speech.len() as f32).sqrt();
+    let level = crate::audio::rms(&speech);
     let peak = audio.iter().fold(0.0f32, |m, s| m.max(s.abs()));
     let gain = (SPEECH_LEVEL / level).min(0.95 / peak);
     for s in audio.iter_mut() {

@@ -77,18 +77,13 @@ impl PiperTts {
                 .ok_or_else(|| EngineError::Tts(format!("voice config lacks the `{c}` symbol")))
         };
         let (pad, bos, eos) = (get('_')?, get('^')?, get('$')?);
-        let session = Session::builder(onnx::env()?)
-            .map_err(onnx::err)?
-            .with_intra_threads(threads)
-            .map_err(onnx::err)?
-            .with_inter_threads(1)
-            .map_err(onnx::err)?
-            .commit_from_file(model)
-            .map_err(|e| EngineError::Tts(format!("cannot load {}: {e}", model.display())))?;
+        let session = onnx::sessions(model, threads, 1, EngineError::Tts)?
+            .pop()
+            .ok_or_else(|| EngineError::Tts("no session".into()))?;
         let espeak = Espeak::new(espeak);
         espeak.check(&cfg.espeak.voice)?;
         Ok(PiperTts {
-            session: Mutex::new(session),
+            session,
             ids,
             pad,
             bos,

@@ -28,21 +28,12 @@ pub struct SmartTurn {
 impl SmartTurn {
     /// `sessions` (at most four) run on `threads` threads each.
     pub fn load(path: &Path, threads: usize, sessions: usize) -> Result<SmartTurn, EngineError> {
-        let env = onnx::env()?;
-        let model = std::fs::read(path)
-            .map_err(|e| EngineError::Turn(format!("{}: {e}", path.display())))?;
-        let mut all = Vec::new();
-        for _ in 0..sessions.clamp(1, MAX_SESSIONS) {
-            let session = Session::builder(env)
-                .map_err(onnx::err)?
-                .with_intra_threads(threads.max(1))
-                .map_err(onnx::err)?
-                .with_inter_threads(1)
-                .map_err(onnx::err)?
-                .commit_from_memory(&model)
-                .map_err(|e| EngineError::Turn(format!("{}: {e}", path.display())))?;
-            all.push(Mutex::new(session));
-        }
+        let all = onnx::sessions(
+            path,
+            threads,
+            sessions.clamp(1, MAX_SESSIONS),
+            EngineError::Turn,
+        )?;
         Ok(SmartTurn { sessions: all })
     }
 

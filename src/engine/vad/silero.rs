@@ -21,21 +21,7 @@ pub struct SileroVad {
 
 impl SileroVad {
     pub fn load(path: &Path, threads: usize, sessions: usize) -> Result<SileroVad, EngineError> {
-        let env = onnx::env()?;
-        let model = std::fs::read(path)
-            .map_err(|e| EngineError::Vad(format!("{}: {e}", path.display())))?;
-        let mut all = Vec::new();
-        for _ in 0..sessions.max(1) {
-            let session = Session::builder(env)
-                .map_err(onnx::err)?
-                .with_intra_threads(threads)
-                .map_err(onnx::err)?
-                .with_inter_threads(1)
-                .map_err(onnx::err)?
-                .commit_from_memory(&model)
-                .map_err(|e| EngineError::Vad(format!("{}: {e}", path.display())))?;
-            all.push(Mutex::new(session));
-        }
+        let all = onnx::sessions(path, threads, sessions, EngineError::Vad)?;
         Ok(SileroVad {
             sessions: Arc::new(all),
         })
