@@ -256,6 +256,10 @@ pub struct TurnConfig {
     /// Silence after speech that ends the caller's turn when no verdict of the
     /// end-of-turn model says otherwise (the reply may play from then).
     pub endpoint_silence_ms: u32,
+    /// Silence after which the caller's words so far are recognised,
+    /// speculatively: the result waits for the reply (or, if the caller goes on
+    /// after a pause of `early_endpoint_ms`, stays as the turn's first words).
+    pub transcribe_after_ms: u32,
     /// Silence after which the reply starts being prepared, speculatively: it is
     /// dropped if the caller speaks again before it plays.
     pub early_endpoint_ms: u32,
@@ -767,6 +771,7 @@ impl Default for TurnConfig {
             vad_release: 0.35,
             min_speech_ms: 90,
             endpoint_silence_ms: 400,
+            transcribe_after_ms: 60,
             early_endpoint_ms: 150,
             detector: true,
             // Pipecat asks at 200 ms; a caller's comma ("Wait, I …") can be
@@ -914,6 +919,12 @@ impl Config {
             return Err(invalid(
                 "turn.early_endpoint_ms",
                 "must be at least 20 ms and at most turn.endpoint_silence_ms",
+            ));
+        }
+        if t.transcribe_after_ms < 20 || t.transcribe_after_ms > t.early_endpoint_ms {
+            return Err(invalid(
+                "turn.transcribe_after_ms",
+                "must be at least 20 ms and at most turn.early_endpoint_ms",
             ));
         }
         // A verdict may only shorten the wait when complete and lengthen it

@@ -385,7 +385,8 @@ fn pick_agent<'a>(
 fn turn_summary(t: &izwi::config::TurnConfig) -> String {
     if t.detector {
         format!(
-            "reply prepared after {} ms of silence, played after {} ms when the end-of-turn model judges the turn complete, {} ms when not, {} ms in languages it does not know",
+            "words recognised after {} ms of silence, reply prepared after {} ms, played after {} ms when the end-of-turn model judges the turn complete, {} ms when not, {} ms in languages it does not know",
+            t.transcribe_after_ms,
             t.early_endpoint_ms,
             t.complete_silence_ms,
             t.incomplete_silence_ms,
@@ -393,8 +394,8 @@ fn turn_summary(t: &izwi::config::TurnConfig) -> String {
         )
     } else {
         format!(
-            "reply prepared after {} ms of silence, played after {} ms",
-            t.early_endpoint_ms, t.endpoint_silence_ms
+            "words recognised after {} ms of silence, reply prepared after {} ms, played after {} ms",
+            t.transcribe_after_ms, t.early_endpoint_ms, t.endpoint_silence_ms
         )
     }
 }

@@ -23,7 +23,9 @@ pub const LOUD_RMS: f32 = 0.01;
 const SPEECH_LEVEL: f32 = 0.1;
 
 /// Spoken after the greeting, in order. `|` is where the caller pauses
-/// mid-sentence (the two halves are synthesized apart, silence between).
+/// mid-sentence: espeak-ng speaks the line whole with a break there, so the
+/// first half keeps the rising or level pitch of a sentence that goes on
+/// (Piper cannot: its halves are synthesized apart, silence between).
 pub const QUESTIONS: &[&str] = &[
     "What time does the clinic open on Monday?",
     "I would like to book an appointment | for my daughter next Tuesday.",
@@ -186,6 +188,38 @@ pub async fn synthesize(
     piper_voice: Option<&str>,
     line: &Line,
 ) -> Result<Utterance, BenchError> {
+    if let Voice::Espeak { name, speed } = line.voice
+        && line.parts.len() > 1
+    {
+        // One utterance with SSML breaks: halves synthesized apart would each
+        // end as a sentence ends, a pause no listener would take for a pause.
+        let escape = |t: &str| {
+            t.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        let parts: Vec<String> = line.parts.iter().map(|p| escape(p)).collect();
+        let ssml = format!(
+            "<speak>{}</speak>",
+            parts.join(&format!(" <break time=\"{}ms\"/> ", line.pause_ms))
+        );
+        let mut audio = espeak_speak(espeak, name, speed, &ssml, true).await?;
+        normalise(&mut audio);
+        let Some((first, last)) = speech_extent(&audio) else {
+            return Err(BenchError::Silent {
+                text: line.parts.join(" "),
+                voice: line.voice.to_string(),
+            });
+        };
+        let mut audio = audio[first * PACKET..((last + 1) * PACKET).min(audio.len())].to_vec();
+        audio.resize(audio.len().div_ceil(PACKET) * PACKET, 0.0);
+        return Ok(Utterance {
+            text: line.parts.join(" … "),
+            voice: line.voice,
+            pause_ms: Some(line.pause_ms),
+            audio,
+        });
+    }
     let mut audio = Vec::new();
     for (k, part) in line.parts.iter().enumerate() {
         let raw = match line.voice {
@@ -195,7 +229,7 @@ pub async fn synthesize(
                     .await?;
                 resample(&a, crate::audio::ENGINE_RATE, RATE)?
             }
-            Voice::Espeak { name, speed } => espeak_speak(espeak, name, speed, part).await?,
+            Voice::Espeak { name, speed } => espeak_speak(espeak, name, speed, part, false).await?,
         };
         let mut part_audio = raw;
         normalise(&mut part_audio);
@@ -230,12 +264,14 @@ async fn espeak_speak(
     voice: &str,
     speed: u32,
     text: &str,
+    ssml: bool,
 ) -> Result<Vec<f32>, BenchError> {
     let dir = tempfile::tempdir().map_err(|e| BenchError::io("creating a temporary folder", e))?;
     let path = dir.path().join("line.wav");
     let out = tokio::process::Command::new(espeak)
         .args(["-v", voice, "-s", &speed.to_string(), "-w"])
         .arg(&path)
+        .args(ssml.then_some("-m"))
         .arg(text)
         .output()
         .await

@@ -14,6 +14,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use super::action::{self, Action, CallControl, Source};
 use super::ending::{AgentEnd, Ending};
 use super::reply::{self, ReplyEvent, ReplyInput, ReplyRequest, ReplyStream};
+use super::transcript::Transcript;
 use super::turn::{Input, Output, State, TurnMachine, TurnPolicy};
 use super::{Agent, Phrase};
 use crate::audio::{ENGINE_RATE, FRAME, Frame, ms_to_samples};
@@ -212,6 +213,8 @@ pub struct Conversation {
     recent: VecDeque<f32>,
     recent_end: Duration,
     capture: Option<Vec<f32>>,
+    /// What the caller said in this turn, recognised at their pauses.
+    transcript: Transcript,
     history: Vec<ChatMessage>,
     llm: Arc<Mutex<Box<dyn LlmSession>>>,
     reply: Option<ActiveReply>,
@@ -304,6 +307,7 @@ impl Conversation {
             recent: VecDeque::with_capacity(ms_to_samples(RECENT.as_millis() as u32)),
             recent_end: Duration::ZERO,
             capture: None,
+            transcript: Transcript::default(),
             history: Vec::new(),
             llm: Arc::new(Mutex::new(session)),
             reply: None,
@@ -497,7 +501,7 @@ impl Conversation {
         }
         if then.is_some() {
             self.closing = true;
-            self.capture = None;
+            self.set_capture(None);
             self.turn.step(Input::Reset);
         }
         if playing.is_empty() {
@@ -764,7 +768,17 @@ impl Conversation {
             None => {}
             Some(Output::UserStarted { onset }) => {
                 self.silence_prompts = 0;
-                self.capture = Some(self.recent_since(onset.saturating_sub(self.preroll)));
+                self.set_capture(Some(self.recent_since(onset.saturating_sub(self.preroll))));
+            }
+            Some(Output::Paused { last_speech }) => {
+                if let Some(capture) = self.capture.as_deref() {
+                    self.transcript.paused(
+                        &self.engine,
+                        &self.agent.profile.language,
+                        capture,
+                        last_speech,
+                    );
+                }
             }
             Some(Output::UserFinished {
                 onset,
@@ -782,6 +796,7 @@ impl Conversation {
             Some(Output::PlayFrom(_)) => {}
             Some(Output::UserResumed) => {
                 tracing::debug!(call = %self.call_id, "caller resumed before the reply; reply dropped");
+                self.transcript.resumed();
                 if let Some(a) = self.reply.take().and_then(|r| r.action) {
                     self.record_action(a.label(), Source::Model, None, "interrupted");
                 }
@@ -789,9 +804,15 @@ impl Conversation {
             Some(Output::BargeIn { onset }) => {
                 tracing::info!(call = %self.call_id, turn = self.turns.len(), "barge-in");
                 self.finish_reply(true);
-                self.capture = Some(self.recent_since(onset.saturating_sub(self.preroll)));
+                self.set_capture(Some(self.recent_since(onset.saturating_sub(self.preroll))));
             }
         }
+    }
+
+    /// A new turn's audio (or none): what was recognised of the last goes.
+    fn set_capture(&mut self, capture: Option<Vec<f32>>) {
+        self.capture = capture;
+        self.transcript.reset();
     }
 
     /// Caller audio from audio time `from` to now.
@@ -810,7 +831,14 @@ impl Conversation {
         // A reply the caller spoke over before it played (to collected keys,
         // say) is recorded, not lost.
         self.replace_reply();
-        let audio = self.capture.clone().unwrap_or_default();
+        let capture = self.capture.as_deref().unwrap_or_default();
+        let words = self.transcript.finished(capture, last_speech);
+        // The end-of-turn model hears the last 8 s.
+        let audio = if judge {
+            capture[capture.len().saturating_sub(reply::JUDGED_SAMPLES)..].to_vec()
+        } else {
+            Vec::new()
+        };
         let index = self.turns.iter().filter(|t| !t.greeting).count() + 1;
         let mut record = TurnRecord::new(index, false);
         record.speech_onset_at_ms = Some(ms(onset));
@@ -819,7 +847,7 @@ impl Conversation {
             self.engine.clone(),
             self.llm.clone(),
             ReplyRequest {
-                input: ReplyInput::Audio(audio),
+                input: ReplyInput::Speech { audio, words },
                 language: self.agent.profile.language.clone(),
                 voice: self.agent.profile.espeak_voice.clone(),
                 history: self.history.clone(),
@@ -863,7 +891,9 @@ impl Conversation {
                             text,
                         });
                     }
+                    // Fields apart: the reply is borrowed.
                     self.capture = None;
+                    self.transcript.reset();
                     self.turn.step(Input::AgentStarted);
                 }
                 if !reply.fixed && reply.kept.len() < MAX_REPEAT_FRAMES {
@@ -994,7 +1024,7 @@ impl Conversation {
             }
             self.turns.push(r.record);
         }
-        self.capture = None;
+        self.set_capture(None);
         self.turn.step(Input::ReplyAbandoned);
     }
 
@@ -1036,7 +1066,7 @@ impl Conversation {
                     text,
                 });
             }
-            self.capture = None;
+            self.set_capture(None);
             self.turn.step(Input::ReplyAbandoned);
         }
         if let Some(control) = r.then.take() {

@@ -814,16 +814,18 @@ mod conversation_tests {
     }
 
     /// The caller speaks, pauses `pause` frames, speaks again, then waits:
-    /// whether the agent spoke during the pause, and the answer's turn.
+    /// whether the agent spoke during the pause, the answer's turn, and the
+    /// caller's words the model answered.
     async fn pause_mid_sentence(
         complete: f32,
         language: &str,
         pause: usize,
-    ) -> (bool, crate::call::conversation::TurnRecord) {
+    ) -> (bool, crate::call::conversation::TurnRecord, String) {
         let script = Script {
             replies: vec![vec![Step::Say(SPOKEN)], vec![Step::Say(SPOKEN)]],
             ..Default::default()
         };
+        let seen = script.seen.clone();
         let mut profile = quiet_profile();
         profile.language = language.into();
         let mut c = core_on(fake::engine_judged(script, complete), profile, false).await;
@@ -841,13 +843,20 @@ mod conversation_tests {
             .into_iter()
             .find(|t| !t.greeting && t.first_audio_at_ms.is_some())
             .expect("an answer");
-        (cut_off, answer)
+        let heard = seen
+            .lock()
+            .unwrap()
+            .last()
+            .and_then(|h| h.last())
+            .map(|m| m.text.clone())
+            .unwrap_or_default();
+        (cut_off, answer, heard)
     }
 
     #[tokio::test]
     async fn a_pause_judged_incomplete_is_waited_out() {
         // 700 ms of pause: past the plain endpoint silence (400 ms).
-        let (cut_off, answer) = pause_mid_sentence(0.1, "en", 35).await;
+        let (cut_off, answer, heard) = pause_mid_sentence(0.1, "en", 35).await;
         assert!(!cut_off, "the agent spoke into the caller's pause");
         // The answer is to the whole turn, after the caller's last words.
         let wait = crate::config::TurnConfig::default().incomplete_silence_ms as f64;
@@ -857,13 +866,25 @@ mod conversation_tests {
             answer.response_ms
         );
         assert!(answer.speech_onset_at_ms.unwrap() < 1100.0, "{answer:?}");
+        // The words before the pause were recognised during it and kept; only
+        // the words after it were left (the fake hears the same words in each).
+        assert_eq!(heard, "what time do you open what time do you open");
+    }
+
+    #[tokio::test]
+    async fn a_short_pause_keeps_no_words_of_its_own() {
+        // 100 ms: recognition starts (60 ms) but no reply (150 ms); the
+        // caller goes on, and the turn is recognised as one stretch.
+        let (cut_off, _, heard) = pause_mid_sentence(1.0, "en", 5).await;
+        assert!(!cut_off);
+        assert_eq!(heard, "what time do you open");
     }
 
     #[tokio::test]
     async fn a_language_the_model_does_not_know_keeps_the_silence_policy() {
         // Shona: the verdict (incomplete) is not asked for, so 400 ms of
         // silence end the turn and the pause is answered.
-        let (cut_off, _) = pause_mid_sentence(0.1, "sn", 35).await;
+        let (cut_off, _, _) = pause_mid_sentence(0.1, "sn", 35).await;
         assert!(cut_off, "the silence policy should have answered the pause");
     }
 

@@ -7,6 +7,7 @@ pub mod core;
 pub mod ending;
 pub mod reply;
 pub mod session;
+pub mod transcript;
 pub mod turn;
 
 use std::future::Future;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::transcript::{self, Words};
 use crate::audio::{ENGINE_RATE, Frame, frames};
 use crate::engine::phrase::PhraseCutter;
 use crate::engine::{
@@ -21,7 +22,7 @@ use crate::engine::{
 pub const QUEUE: usize = 8;
 
 /// The end-of-turn model hears the last 8 s of a turn.
-const JUDGED_SAMPLES: usize = 8 * ENGINE_RATE as usize;
+pub const JUDGED_SAMPLES: usize = 8 * ENGINE_RATE as usize;
 
 #[derive(Debug)]
 pub enum ReplyEvent {
@@ -59,8 +60,9 @@ pub enum ReplyEvent {
 
 /// What the reply answers.
 pub enum ReplyInput {
-    /// The caller's utterance, to be recognised first.
-    Audio(Vec<f32>),
+    /// The caller's turn: its audio, for the end-of-turn model, and its
+    /// words, recognised or being recognised.
+    Speech { audio: Vec<f32>, words: Words },
     /// Something the caller gave otherwise (keys), already in words.
     Text(String),
 }
@@ -128,13 +130,12 @@ async fn run(
     } = req;
     let text = match input {
         ReplyInput::Text(text) => text,
-        ReplyInput::Audio(audio) => {
+        ReplyInput::Speech { audio, words } => {
             // First, and briefly (~30-50 ms): its verdict decides how long the
             // reply waits, and a job squeezed in later would hold up the model.
             if judge {
                 let t = Instant::now();
-                let tail = audio[audio.len().saturating_sub(JUDGED_SAMPLES)..].to_vec();
-                match engine.turn_complete(tail).await {
+                match engine.turn_complete(audio).await {
                     Ok(probability) => {
                         let took = t.elapsed();
                         send(tx, ReplyEvent::Judged { probability, took }).await?;
@@ -143,24 +144,21 @@ async fn run(
                     Err(e) => tracing::warn!(error = %e, "end-of-turn model failed"),
                 }
             }
-            let audio_len = Duration::from_secs_f64(audio.len() as f64 / ENGINE_RATE as f64);
-            let t = Instant::now();
-            let text = engine.transcribe(audio, language).await?;
-            let asr_time = t.elapsed();
-            if text.is_empty() {
-                send(tx, ReplyEvent::NothingHeard { asr: asr_time }).await?;
+            let heard = transcript::gather(engine, words, &language).await?;
+            if heard.text.is_empty() {
+                send(tx, ReplyEvent::NothingHeard { asr: heard.asr }).await?;
                 return Ok(());
             }
             send(
                 tx,
                 ReplyEvent::Heard {
-                    text: text.clone(),
-                    asr: asr_time,
-                    audio: audio_len,
+                    text: heard.text.clone(),
+                    asr: heard.asr,
+                    audio: heard.audio,
                 },
             )
             .await?;
-            text
+            heard.text
         }
     };
     history.push(ChatMessage {

@@ -14,6 +14,9 @@ pub struct TurnPolicy {
     pub speech_threshold: f32,
     pub speech_release: f32,
     pub min_speech: Duration,
+    /// Silence after which the caller's words so far are recognised,
+    /// speculatively (the caller may go on).
+    pub transcribe_after: Duration,
     /// Silence after which the reply is prepared, speculatively.
     pub early_endpoint: Duration,
     /// Silence after which the caller's turn is over and the reply may play,
@@ -35,6 +38,7 @@ impl From<&TurnConfig> for TurnPolicy {
             speech_threshold: c.vad_threshold,
             speech_release: c.vad_release,
             min_speech: ms(c.min_speech_ms),
+            transcribe_after: ms(c.transcribe_after_ms.min(c.early_endpoint_ms)),
             early_endpoint: ms(c.early_endpoint_ms.min(c.endpoint_silence_ms)),
             endpoint_silence: ms(c.endpoint_silence_ms),
             complete_silence: ms(c.complete_silence_ms),
@@ -85,6 +89,9 @@ pub enum Input {
 pub enum Output {
     /// The caller started a turn; audio from `onset` belongs to it.
     UserStarted { onset: Duration },
+    /// The caller has paused (once per pause, before `UserFinished`): what
+    /// they said up to `last_speech` may be recognised while they are silent.
+    Paused { last_speech: Duration },
     /// The caller has paused long enough to prepare the answer; it may play
     /// from `play_from` unless the caller speaks again before (`UserResumed`).
     /// `last_speech` is when speech stopped.
@@ -117,6 +124,8 @@ pub struct TurnMachine {
     /// After a forced cut, speech counts again only once it has paused: a caller
     /// (or a stuck line) that never stops must not reopen the turn every frame.
     hold: bool,
+    /// `Paused` was said for the current pause.
+    paused: bool,
 }
 
 impl TurnMachine {
@@ -129,6 +138,7 @@ impl TurnMachine {
             last_speech: Duration::ZERO,
             onset: Duration::ZERO,
             hold: false,
+            paused: false,
         }
     }
 
@@ -225,11 +235,12 @@ impl TurnMachine {
             State::UserSpeaking => {
                 if self.speaking {
                     self.last_speech = end;
+                    self.paused = false;
                 }
                 let forced = end - self.onset >= self.policy.max_utterance;
-                if forced
-                    || (!self.speaking && end - self.last_speech >= self.policy.early_endpoint)
-                {
+                let silence = end - self.last_speech;
+                if forced || (!self.speaking && silence >= self.policy.early_endpoint) {
+                    self.paused = false;
                     self.state = State::Thinking;
                     self.hold = forced;
                     let play_from = if forced {
@@ -242,6 +253,12 @@ impl TurnMachine {
                         last_speech: self.last_speech,
                         play_from,
                         forced,
+                    });
+                }
+                if !self.speaking && !self.paused && silence >= self.policy.transcribe_after {
+                    self.paused = true;
+                    return Some(Output::Paused {
+                        last_speech: self.last_speech,
                     });
                 }
                 None
@@ -266,6 +283,7 @@ impl TurnMachine {
 
     fn begin_turn(&mut self, end: Duration) {
         self.state = State::UserSpeaking;
+        self.paused = false;
         self.onset = self.run_start;
         self.last_speech = end;
     }
@@ -284,6 +302,7 @@ mod tests {
             speech_threshold: 0.5,
             speech_release: 0.35,
             min_speech: ms(100),
+            transcribe_after: ms(500),
             early_endpoint: ms(500),
             endpoint_silence: ms(500),
             complete_silence: ms(200),
@@ -358,6 +377,51 @@ mod tests {
         // Speech again before the reply plays: the turn goes on.
         let out = feed(&mut m, &mut t, 0.9, 200);
         assert_eq!(out[0].1, Output::UserResumed);
+    }
+
+    #[test]
+    fn a_pause_is_announced_once_before_the_turn_ends() {
+        let mut m = TurnMachine::new(TurnPolicy {
+            transcribe_after: ms(60),
+            early_endpoint: ms(200),
+            ..policy()
+        });
+        let mut t = Duration::ZERO;
+        feed(&mut m, &mut t, 0.9, 1000);
+        // A short pause: announced at 60 ms of silence, and only then.
+        let out = feed(&mut m, &mut t, 0.0, 100);
+        assert_eq!(
+            out,
+            vec![(
+                1040,
+                Output::Paused {
+                    last_speech: ms(1000)
+                }
+            )]
+        );
+        // Speech again, then a pause that ends the turn: announced again first.
+        assert!(feed(&mut m, &mut t, 0.9, 400).is_empty());
+        let out = feed(&mut m, &mut t, 0.0, 300);
+        assert_eq!(
+            out,
+            vec![
+                (
+                    1540,
+                    Output::Paused {
+                        last_speech: ms(1500)
+                    }
+                ),
+                (
+                    1680,
+                    Output::UserFinished {
+                        onset: Duration::ZERO,
+                        last_speech: ms(1500),
+                        play_from: ms(2000),
+                        forced: false
+                    }
+                )
+            ]
+        );
     }
 
     #[test]
@@ -593,6 +657,11 @@ mod tests {
                         assert_eq!(before, State::UserSpeaking);
                         assert_eq!(m.state(), State::Thinking);
                         assert!(onset < last_speech);
+                    }
+                    Some(Output::Paused { last_speech }) => {
+                        assert_eq!(before, State::UserSpeaking);
+                        assert_eq!(m.state(), State::UserSpeaking);
+                        assert!(last_speech < t);
                     }
                     Some(Output::UserResumed) => {
                         assert_eq!(before, State::Thinking);

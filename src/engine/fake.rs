@@ -47,7 +47,12 @@ impl Vad for LoudVad {
 struct SetAsr;
 
 impl Asr for SetAsr {
-    fn transcribe(&self, audio: &[f32], _: &str) -> Result<String, EngineError> {
+    fn transcribe_unless(
+        &self,
+        audio: &[f32],
+        _: &str,
+        _: &crate::engine::Abandoned,
+    ) -> Result<String, EngineError> {
         Ok(if audio.is_empty() {
             String::new()
         } else {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, EngineConfig};
 use crate::models::{ModelError, ModelStore, Role};
 
-pub use pool::EnginePool;
+pub use pool::{Abandoned, EnginePool};
 pub use turn_detector::TurnDetector;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +54,18 @@ pub trait Vad: Send + Sync {
 }
 
 pub trait Asr: Send + Sync {
-    /// Transcribes one utterance of 16 kHz audio; `language` is a Whisper code or `auto`.
-    fn transcribe(&self, audio: &[f32], language: &str) -> Result<String, EngineError>;
+    /// Transcribes one utterance of 16 kHz audio; `language` is a Whisper code
+    /// or `auto`. Stops early, with an error, once `abandoned` is set.
+    fn transcribe_unless(
+        &self,
+        audio: &[f32],
+        language: &str,
+        abandoned: &Abandoned,
+    ) -> Result<String, EngineError>;
+
+    fn transcribe(&self, audio: &[f32], language: &str) -> Result<String, EngineError> {
+        self.transcribe_unless(audio, language, &Abandoned::default())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,8 +178,8 @@ impl Engine {
     ) -> Result<String, EngineError> {
         let asr = self.asr.clone();
         self.pool
-            .run(self.settings.asr_threads, move || {
-                asr.transcribe(&audio, &language)
+            .run_abandonable(self.settings.asr_threads, move |abandoned| {
+                asr.transcribe_unless(&audio, &language, abandoned)
             })
             .await?
     }

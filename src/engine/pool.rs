@@ -5,9 +5,41 @@
 //! slots around each step from its own thread instead of holding them while it
 //! waits on a slow consumer.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::EngineError;
+
+/// Set once the caller of a job has gone (its future was dropped: a barge-in,
+/// a caller who went on speaking). A job not yet started is then skipped, and
+/// a long one that looks at the flag stops early, so speculative work costs
+/// little when it is thrown away.
+#[derive(Clone, Default)]
+pub struct Abandoned(Arc<AtomicBool>);
+
+impl Abandoned {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// The flag itself, for native code that polls it.
+    pub fn flag(&self) -> &AtomicBool {
+        &self.0
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sets the flag when the waiting future is dropped (or done: then nobody looks).
+struct AbandonOnDrop(Abandoned);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
+    }
+}
 
 #[derive(Clone)]
 pub struct EnginePool {
@@ -70,19 +102,35 @@ impl EnginePool {
     }
 
     /// Runs `job`, which uses `threads` CPU threads, on a blocking thread once
-    /// that many slots are free.
+    /// that many slots are free; skipped if the caller has gone by then.
     pub async fn run<R, F>(&self, threads: usize, job: F) -> Result<R, EngineError>
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.run_abandonable(threads, move |_| job()).await
+    }
+
+    /// As [`EnginePool::run`], and the job is told when its caller has gone.
+    pub async fn run_abandonable<R, F>(&self, threads: usize, job: F) -> Result<R, EngineError>
+    where
+        F: FnOnce(&Abandoned) -> R + Send + 'static,
+        R: Send + 'static,
+    {
         let pool = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let abandoned = Abandoned::default();
+        let guard = AbandonOnDrop(abandoned.clone());
+        let result = tokio::task::spawn_blocking(move || {
             let _permit = pool.acquire(threads);
-            job()
+            if abandoned.is_set() {
+                return Err(EngineError::Worker("abandoned before it started".into()));
+            }
+            Ok(job(&abandoned))
         })
         .await
-        .map_err(|e| EngineError::Worker(e.to_string()))
+        .map_err(|e| EngineError::Worker(e.to_string()));
+        drop(guard);
+        result?
     }
 
     /// Runs `job` on a blocking thread that takes slots itself, step by step.
@@ -159,6 +207,60 @@ mod tests {
         );
         // A job wider than the pool still runs (alone).
         pool.run(8, || ()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_dropped_job_is_skipped_or_told_to_stop() {
+        let pool = EnginePool::new(1);
+        // The only slot is busy while two jobs are asked for and given up.
+        let busy = pool.acquire(1);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let waiting = pool.run(1, move || r.fetch_add(1, Ordering::SeqCst));
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let other = pool.clone();
+        let running = async move {
+            other
+                .run_abandonable(1, move |abandoned| {
+                    started_tx.send(()).unwrap();
+                    let t = std::time::Instant::now();
+                    while !abandoned.is_set() && t.elapsed() < Duration::from_secs(5) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    abandoned.is_set()
+                })
+                .await
+        };
+        // Both futures are polled once (their jobs queued), then dropped.
+        let polled = tokio::time::timeout(Duration::from_millis(50), async {
+            tokio::join!(waiting, async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            })
+        });
+        assert!(polled.await.is_err(), "the first job cannot run yet");
+        drop(busy);
+        pool.run(1, || ()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            0,
+            "a job given up before its turn is skipped"
+        );
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::spawn(async move {
+            let told = running.await;
+            let _ = tx.send(told);
+        });
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        let t = std::time::Instant::now();
+        handle.abort();
+        assert!(rx.await.is_err(), "the caller is gone");
+        // The running job saw the flag: the slot comes back long before 5 s.
+        pool.run(1, || ()).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

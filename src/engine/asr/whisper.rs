@@ -9,7 +9,7 @@ use whisper_rs::{
 };
 
 use super::{clean_transcript, collapse_loop};
-use crate::engine::{Asr, EngineError};
+use crate::engine::{Abandoned, Asr, EngineError};
 
 /// whisper.cpp refuses input under one second.
 const MIN_SAMPLES: usize = 16_000 + 1_600;
@@ -64,7 +64,12 @@ impl WhisperAsr {
 }
 
 impl Asr for WhisperAsr {
-    fn transcribe(&self, audio: &[f32], language: &str) -> Result<String, EngineError> {
+    fn transcribe_unless(
+        &self,
+        audio: &[f32],
+        language: &str,
+        abandoned: &Abandoned,
+    ) -> Result<String, EngineError> {
         let mut padded;
         let mut input = audio;
         if audio.len() < MIN_SAMPLES {
@@ -102,6 +107,23 @@ impl Asr for WhisperAsr {
             params.set_audio_ctx(frames.min(FULL_AUDIO_CTX) as i32);
             let seconds = input.len() as f32 / crate::audio::ENGINE_RATE as f32;
             params.set_max_tokens(10 + (seconds * TOKENS_PER_SECOND) as i32);
+        }
+        // whisper.cpp asks between graph computations whether to stop, so a
+        // reply thrown away (the caller went on) frees the cores at once.
+        // `set_abort_callback_safe` would leak a box per call; the flag is
+        // borrowed instead, and outlives `full`.
+        unsafe extern "C" fn stop(flag: *mut std::ffi::c_void) -> bool {
+            // SAFETY: the pointer is `abandoned.flag()`, alive during `full`.
+            unsafe { &*(flag as *const std::sync::atomic::AtomicBool) }
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }
+        // SAFETY: `stop` only reads the AtomicBool behind the pointer, which
+        // lives (in `abandoned`) until after `state.full` returns.
+        unsafe {
+            params.set_abort_callback(Some(stop));
+            params.set_abort_callback_user_data(abandoned.flag()
+                as *const std::sync::atomic::AtomicBool
+                as *mut std::ffi::c_void);
         }
         let mut state = self.take_state()?;
         let result = state.full(params, input);
