@@ -40,9 +40,32 @@ pub fn rms(samples: &[f32]) -> f32 {
     (samples.iter().map(|s| s * s).sum::<f32>() / samples.len() as f32).sqrt()
 }
 
+/// The quiet before the first sound of `samples` (16 kHz), less 10 ms kept
+/// so the sound does not start on a click: a voice's lead-in of 20–80 ms is
+/// time the caller waits for nothing.
+pub fn quiet_lead(samples: &[f32]) -> usize {
+    // 5 ms windows; −50 dBFS is well under speech and over dither.
+    const WINDOW: usize = 80;
+    const QUIET: f32 = 0.003;
+    let first = samples
+        .chunks(WINDOW)
+        .position(|w| rms(w) >= QUIET)
+        .unwrap_or(0);
+    (first * WINDOW).saturating_sub(ms_to_samples(10))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quiet_lead_is_found_and_10_ms_kept() {
+        let mut a = vec![0.0005; ms_to_samples(60)];
+        a.extend(vec![0.3; 800]);
+        assert_eq!(quiet_lead(&a), ms_to_samples(50));
+        assert_eq!(quiet_lead(&[0.3; 800]), 0, "sound at once");
+        assert_eq!(quiet_lead(&[0.0; 800]), 0, "all quiet: nothing cut");
+    }
 
     #[test]
     fn framing_pads_the_tail() {

@@ -335,7 +335,8 @@ pub struct SipConfig {
     pub tcp_idle_secs: u64,
     /// A SIP message begun on a TCP connection must be complete within this.
     pub tcp_message_secs: u64,
-    /// Packets the jitter buffer holds before playout (20 ms each).
+    /// The most packets the jitter buffer holds before playout (20 ms each):
+    /// it starts at one and grows by one each time a packet comes late.
     pub jitter_packets: usize,
     /// Ring (180) for this long before answering; 0 answers at once.
     pub ring_ms: u32,

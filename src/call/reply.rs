@@ -204,11 +204,17 @@ async fn run(
     };
 
     let speak = async {
+        let mut first = true;
         while let Some(phrase) = phrases.recv().await {
             let t = Instant::now();
-            let audio = engine.speak(phrase.clone(), voice.clone()).await?;
+            let mut audio = engine.speak(phrase.clone(), voice.clone()).await?;
             if audio.is_empty() {
                 continue;
+            }
+            // The caller waits for the first sound; later phrases keep their
+            // lead-in, the pause between sentences.
+            if std::mem::take(&mut first) {
+                audio.drain(..crate::audio::quiet_lead(&audio));
             }
             send(
                 tx,

@@ -51,6 +51,8 @@ pub struct JitterStats {
     pub ssrc_changes: u64,
     /// Times a large sequence jump restarted the buffer.
     pub resyncs: u64,
+    /// Times a late packet made the buffer one packet deeper.
+    pub depth_increases: u64,
 }
 
 #[derive(Debug)]
@@ -66,6 +68,11 @@ struct Buffered {
 #[derive(Debug)]
 pub struct JitterBuffer {
     depth: usize,
+    /// The depth grows up to this when packets come late.
+    max_depth: usize,
+    /// Intervals popped empty since playout ran dry, while it may yet be
+    /// jitter (a packet a few intervals late) rather than a pause in sending.
+    dry_for: Option<usize>,
     max_packets: usize,
     ssrc: Option<u32>,
     /// Highest extended sequence number seen in this stream; the reference for unwrapping.
@@ -83,10 +90,23 @@ impl JitterBuffer {
     /// `depth` packets are held, and never holds more than `max_packets`.
     /// `depth` is at least 1 and `max_packets` at least `depth`.
     pub fn new(depth: usize, max_packets: usize) -> Self {
+        Self::adaptive(depth, depth, max_packets)
+    }
+
+    /// A buffer that starts at `depth` and adds one packet of depth each
+    /// time playout runs dry for a packet that then comes within `max_depth`
+    /// intervals (it was late: jitter), up to `max_depth`. A longer silence
+    /// is the sender pausing (silence suppression, the end of a stream), not
+    /// jitter, and changes nothing. So a clean line keeps a short delay and a
+    /// jittery one gets the buffer it needs.
+    pub fn adaptive(depth: usize, max_depth: usize, max_packets: usize) -> Self {
         let depth = depth.max(1);
+        let max_depth = max_depth.max(depth);
         Self {
             depth,
-            max_packets: max_packets.max(depth),
+            max_depth,
+            dry_for: None,
+            max_packets: max_packets.max(max_depth),
             ssrc: None,
             highest: 0,
             next: None,
@@ -123,6 +143,15 @@ impl JitterBuffer {
             self.stats.duplicate += 1;
             return;
         }
+        // The packet playout ran dry waiting for, a few intervals late.
+        if let Some(waited) = self.dry_for.take()
+            && self.next == Some(seq)
+            && waited <= self.max_depth
+            && self.depth < self.max_depth
+        {
+            self.depth += 1;
+            self.stats.depth_increases += 1;
+        }
         self.highest = self.highest.max(seq);
         self.packets.insert(
             seq,
@@ -148,6 +177,12 @@ impl JitterBuffer {
     pub fn pop(&mut self) -> Playout {
         if !self.playing {
             if self.packets.len() < self.depth {
+                if let Some(n) = self.dry_for.as_mut() {
+                    *n += 1;
+                    if *n > self.max_depth {
+                        self.dry_for = None;
+                    }
+                }
                 return Playout::Empty;
             }
             self.playing = true;
@@ -167,6 +202,7 @@ impl JitterBuffer {
             let Some(entry) = self.packets.first_entry() else {
                 // Underrun: wait for `depth` packets again before resuming.
                 self.playing = false;
+                self.dry_for = Some(1);
                 return Playout::Empty;
             };
             if *entry.key() == next && entry.get().placeholder {
@@ -194,6 +230,11 @@ impl JitterBuffer {
     /// The counters so far.
     pub fn stats(&self) -> JitterStats {
         self.stats
+    }
+
+    /// Packets held before playout starts or resumes.
+    pub fn depth(&self) -> usize {
+        self.depth
     }
 
     /// How many packets are held.
@@ -296,6 +337,54 @@ mod tests {
         assert_eq!(jb.buffered(), 2);
         let st = jb.stats();
         assert_eq!((st.received, st.played, st.lost), (10, 8, 0));
+    }
+
+    #[test]
+    fn a_late_packet_deepens_the_buffer_and_a_pause_does_not() {
+        let mut jb = JitterBuffer::adaptive(1, 3, 64);
+        // A clean line: one packet held, one played.
+        for s in 1..=5 {
+            push(&mut jb, s);
+            assert_eq!(pop_seq(&mut jb), Some(s));
+        }
+        assert_eq!(jb.depth(), 1);
+        // Packet 6 is one interval late: playout runs dry, then it comes.
+        assert_eq!(jb.pop(), Playout::Empty);
+        push(&mut jb, 6);
+        assert_eq!(jb.depth(), 2, "one packet deeper");
+        assert_eq!(jb.pop(), Playout::Empty, "waits for two");
+        push(&mut jb, 7);
+        assert_eq!(pop_seq(&mut jb), Some(6));
+        // The sender pauses (silence suppression): many empty intervals, then
+        // the stream goes on; that is no jitter.
+        assert_eq!(pop_seq(&mut jb), Some(7));
+        for _ in 0..50 {
+            assert_eq!(jb.pop(), Playout::Empty);
+        }
+        push(&mut jb, 8);
+        assert_eq!(jb.depth(), 2);
+        // Late packets again and again: never deeper than the most allowed.
+        for round in 0..5u16 {
+            let s = 9 + 3 * round;
+            push(&mut jb, s);
+            push(&mut jb, s + 1);
+            while jb.buffered() > 0 {
+                jb.pop();
+            }
+            jb.pop();
+            push(&mut jb, s + 2);
+        }
+        assert_eq!(jb.depth(), 3);
+        assert_eq!(jb.stats().depth_increases, 2);
+        // A fixed buffer never grows.
+        let mut fixed = JitterBuffer::new(2, 64);
+        push(&mut fixed, 1);
+        push(&mut fixed, 2);
+        fixed.pop();
+        fixed.pop();
+        fixed.pop();
+        push(&mut fixed, 3);
+        assert_eq!(fixed.depth(), 2);
     }
 
     #[test]

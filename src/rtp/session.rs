@@ -146,7 +146,8 @@ pub async fn run(
     settings: Settings,
 ) -> (Ending, MediaStats) {
     let mut stats = MediaStats::default();
-    let mut jitter = JitterBuffer::new(settings.jitter_packets, 64);
+    // One packet deep on a clean line; deeper, up to the setting, when late packets show jitter.
+    let mut jitter = JitterBuffer::adaptive(1, settings.jitter_packets, 64);
     let mut dtmf_in = DtmfReceiver::default();
     let mut digits_out = DigitSender::default();
     let mut packetizer = Packetizer::new(rand::random(), params.payload_type);
