@@ -259,6 +259,7 @@ pub struct TurnConfig {
     /// Silence after which the caller's words so far are recognised,
     /// speculatively: the result waits for the reply (or, if the caller goes on
     /// after a pause of `early_endpoint_ms`, stays as the turn's first words).
+    /// At or above `early_endpoint_ms` the reply recognises the words itself.
     pub transcribe_after_ms: u32,
     /// Silence after which the reply starts being prepared, speculatively: it is
     /// dropped if the caller speaks again before it plays.
@@ -922,10 +923,10 @@ impl Config {
                 "must be at least 20 ms and at most turn.endpoint_silence_ms",
             ));
         }
-        if t.transcribe_after_ms < 20 || t.transcribe_after_ms > t.early_endpoint_ms {
+        if !(20..=5_000).contains(&t.transcribe_after_ms) {
             return Err(invalid(
                 "turn.transcribe_after_ms",
-                "must be at least 20 ms and at most turn.early_endpoint_ms",
+                "must be between 20 and 5000 ms",
             ));
         }
         // A verdict may only shorten the wait when complete and lengthen it

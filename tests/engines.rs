@@ -10,7 +10,21 @@ use izwi::audio::{ENGINE_RATE, FRAME_SAMPLES};
 use izwi::call::action::{self, Action, Refusal};
 use izwi::codec::resample::resample;
 use izwi::config::AgentProfile;
-use izwi::engine::{ChatMessage, EnginePool, LlmEvent, Speaker, ToolCall};
+use izwi::engine::{Abandoned, ChatMessage, EngineError, EnginePool, LlmEvent, Speaker, ToolCall};
+
+#[test]
+fn whisper_told_to_stop_stops_and_the_next_transcription_works() {
+    let engine = engine();
+    let speech = espeak("My name is John and I need to see a doctor today.");
+    let stop = Abandoned::default();
+    stop.abandon();
+    match engine.asr.transcribe_unless(&speech, "en", &stop) {
+        Err(EngineError::Asr(_)) => {}
+        other => panic!("a transcription told to stop gave {other:?}"),
+    }
+    let text = engine.asr.transcribe(&speech, "en").unwrap();
+    assert!(words(&text).contains(&"doctor".to_string()), "{text:?}");
+}
 
 #[test]
 fn whisper_and_llama_run_in_one_process_on_real_models() {

@@ -764,6 +764,9 @@ impl Conversation {
             at,
             speech_prob: self.speech_prob,
         });
+        if self.turn.speaking() {
+            self.transcript.spoke();
+        }
         match out {
             None => {}
             Some(Output::UserStarted { onset }) => {

@@ -131,7 +131,8 @@ async fn run(
     let text = match input {
         ReplyInput::Text(text) => text,
         ReplyInput::Speech { audio, words } => {
-            // First, and briefly (~30-50 ms): its verdict decides how long the
+            // Before the model (~30-50 ms, after the Whisper run started at the
+            // pause, which holds the pool): its verdict decides how long the
             // reply waits, and a job squeezed in later would hold up the model.
             if judge {
                 let t = Instant::now();

@@ -162,6 +162,14 @@ impl Transcript {
         }
     }
 
+    /// The caller speaks: a pause too short to have prepared a reply is over,
+    /// and its transcription (of words that go on) is dropped at once.
+    pub fn spoke(&mut self) {
+        if self.pause.as_ref().is_some_and(|p| !p.long) {
+            self.pause = None;
+        }
+    }
+
     /// The caller went on after the turn seemed finished: that pause's
     /// stretch is kept as the turn's words so far.
     pub fn resumed(&mut self) {

@@ -38,7 +38,7 @@ impl From<&TurnConfig> for TurnPolicy {
             speech_threshold: c.vad_threshold,
             speech_release: c.vad_release,
             min_speech: ms(c.min_speech_ms),
-            transcribe_after: ms(c.transcribe_after_ms.min(c.early_endpoint_ms)),
+            transcribe_after: ms(c.transcribe_after_ms),
             early_endpoint: ms(c.early_endpoint_ms.min(c.endpoint_silence_ms)),
             endpoint_silence: ms(c.endpoint_silence_ms),
             complete_silence: ms(c.complete_silence_ms),
@@ -89,8 +89,9 @@ pub enum Input {
 pub enum Output {
     /// The caller started a turn; audio from `onset` belongs to it.
     UserStarted { onset: Duration },
-    /// The caller has paused (once per pause, before `UserFinished`): what
-    /// they said up to `last_speech` may be recognised while they are silent.
+    /// The caller has paused (once per pause, before `UserFinished` when
+    /// `transcribe_after` is the shorter): what they said up to `last_speech`
+    /// may be recognised while they are silent.
     Paused { last_speech: Duration },
     /// The caller has paused long enough to prepare the answer; it may play
     /// from `play_from` unless the caller speaks again before (`UserResumed`).
@@ -144,6 +145,11 @@ impl TurnMachine {
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// The caller's audio counts as speech now.
+    pub fn speaking(&self) -> bool {
+        self.speaking
     }
 
     pub fn policy(&self) -> &TurnPolicy {

@@ -27,7 +27,8 @@ impl Abandoned {
         &self.0
     }
 
-    fn set(&self) {
+    /// Gives the work up (done on drop for a pool job's caller).
+    pub fn abandon(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 }
@@ -37,7 +38,7 @@ struct AbandonOnDrop(Abandoned);
 
 impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
-        self.0.set();
+        self.0.abandon();
     }
 }
 

@@ -143,8 +143,10 @@ impl JitterBuffer {
             self.stats.duplicate += 1;
             return;
         }
-        // The packet playout ran dry waiting for, a few intervals late.
+        // The packet playout ran dry waiting for, a few intervals late (a key
+        // event's number is no audio: a sender sends them at its own pace).
         if let Some(waited) = self.dry_for.take()
+            && !placeholder
             && self.next == Some(seq)
             && waited <= self.max_depth
             && self.depth < self.max_depth
@@ -195,19 +197,22 @@ impl JitterBuffer {
                 self.next = Some(first);
             }
         }
+        let mut skipped = false;
         let (next, entry) = loop {
             let Some(next) = self.next else {
                 return Playout::Empty;
             };
             let Some(entry) = self.packets.first_entry() else {
                 // Underrun: wait for `depth` packets again before resuming.
+                // Run dry after key events, it is their pace, not jitter.
                 self.playing = false;
-                self.dry_for = Some(1);
+                self.dry_for = (!skipped).then_some(1);
                 return Playout::Empty;
             };
             if *entry.key() == next && entry.get().placeholder {
                 entry.remove();
                 self.next = Some(next + 1);
+                skipped = true;
                 continue;
             }
             break (next, entry);
@@ -385,6 +390,24 @@ mod tests {
         fixed.pop();
         push(&mut fixed, 3);
         assert_eq!(fixed.depth(), 2);
+    }
+
+    #[test]
+    fn key_events_do_not_deepen_the_buffer() {
+        // A phone that stops its audio while it sends a key: event packets
+        // share the numbers and come at their own pace.
+        let mut jb = JitterBuffer::adaptive(1, 3, 64);
+        push(&mut jb, 1);
+        assert_eq!(pop_seq(&mut jb), Some(1));
+        for s in 2..=4 {
+            jb.skip(&header(s));
+            assert_eq!(jb.pop(), Playout::Empty);
+            assert_eq!(jb.pop(), Playout::Empty);
+        }
+        push(&mut jb, 5);
+        assert_eq!(pop_seq(&mut jb), Some(5));
+        assert_eq!(jb.depth(), 1);
+        assert_eq!(jb.stats().lost, 0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! states are pooled so a call does not pay for allocating one per utterance.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use whisper_rs::{
@@ -23,6 +24,47 @@ const MIN_FITTED_AUDIO_CTX: usize = 256;
 /// Tokens a second of speech may take, beyond a few: a loop stops there.
 const TOKENS_PER_SECOND: f32 = 6.0;
 
+thread_local! {
+    /// This thread's transcription was told to stop: whisper.cpp's complaint
+    /// that it failed to encode or decode is then no error.
+    static STOPPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Asked by whisper.cpp (on the transcribing thread) whether to stop.
+unsafe extern "C" fn stop_requested(flag: *mut std::ffi::c_void) -> bool {
+    // SAFETY: the pointer is `abandoned.flag()`, alive during `full` (see its caller).
+    let stop = unsafe { &*(flag as *const std::sync::atomic::AtomicBool) }.load(Ordering::Relaxed);
+    if stop {
+        let _ = STOPPING.try_with(|s| s.set(true));
+    }
+    stop
+}
+
+/// whisper.cpp's log lines, into tracing (as whisper-rs's own hook does,
+/// under its target), except the error a requested stop causes.
+unsafe extern "C" fn whisper_log(
+    level: std::os::raw::c_uint,
+    text: *const std::os::raw::c_char,
+    _: *mut std::ffi::c_void,
+) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: whisper.cpp passes a NUL-terminated string, alive during the call.
+    let text = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
+    let text = text.trim();
+    if text.is_empty() {
+        return;
+    }
+    let stopping = STOPPING.try_with(|s| s.get()).unwrap_or(false);
+    // ggml's levels: 3 warn, 4 error; the rest (model-load narration) is debug.
+    match level {
+        4 if !stopping => tracing::error!(target: "whisper_rs", "{text}"),
+        3 => tracing::warn!(target: "whisper_rs", "{text}"),
+        _ => tracing::debug!(target: "whisper_rs", "{text}"),
+    }
+}
+
 pub struct WhisperAsr {
     ctx: Arc<WhisperContext>,
     states: Mutex<Vec<WhisperState>>,
@@ -38,6 +80,11 @@ impl WhisperAsr {
         fit_audio_context: bool,
     ) -> Result<WhisperAsr, EngineError> {
         crate::engine::llm::native_logs_to_tracing();
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        // SAFETY: `whisper_log` neither panics nor unwinds, and lives forever.
+        HOOK.call_once(|| unsafe {
+            whisper_rs::set_log_callback(Some(whisper_log), std::ptr::null_mut())
+        });
         let path_str = path.to_str().ok_or_else(|| {
             EngineError::Asr(format!("model path {} is not UTF-8", path.display()))
         })?;
@@ -108,19 +155,15 @@ impl Asr for WhisperAsr {
             let seconds = input.len() as f32 / crate::audio::ENGINE_RATE as f32;
             params.set_max_tokens(10 + (seconds * TOKENS_PER_SECOND) as i32);
         }
-        // whisper.cpp asks between graph computations whether to stop, so a
-        // reply thrown away (the caller went on) frees the cores at once.
-        // `set_abort_callback_safe` would leak a box per call; the flag is
-        // borrowed instead, and outlives `full`.
-        unsafe extern "C" fn stop(flag: *mut std::ffi::c_void) -> bool {
-            // SAFETY: the pointer is `abandoned.flag()`, alive during `full`.
-            unsafe { &*(flag as *const std::sync::atomic::AtomicBool) }
-                .load(std::sync::atomic::Ordering::Relaxed)
-        }
-        // SAFETY: `stop` only reads the AtomicBool behind the pointer, which
-        // lives (in `abandoned`) until after `state.full` returns.
+        // whisper.cpp asks after its encoder and after each decoded token
+        // whether to stop, so a transcription thrown away (the caller went
+        // on) frees the cores early. `set_abort_callback_safe` would leak a
+        // box per call; the flag is borrowed instead, and outlives `full`.
+        let _ = STOPPING.try_with(|s| s.set(false));
+        // SAFETY: `stop_requested` only reads the AtomicBool behind the
+        // pointer, which lives (in `abandoned`) until after `state.full` returns.
         unsafe {
-            params.set_abort_callback(Some(stop));
+            params.set_abort_callback(Some(stop_requested));
             params.set_abort_callback_user_data(abandoned.flag()
                 as *const std::sync::atomic::AtomicBool
                 as *mut std::ffi::c_void);
