@@ -171,6 +171,16 @@ impl Asr for WhisperAsr {
         let mut state = self.take_state()?;
         let result = state.full(params, input);
         if let Err(e) = result {
+            // A stop we asked for leaves the state as whisper.cpp's next run
+            // starts it anyway (mel, caches and results are set afresh): it
+            // goes back, so that stops, now routine, do not make a new state
+            // (tens of MB allocated and freed) each time.
+            if abandoned.is_set() {
+                self.states
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(state);
+            }
             return Err(EngineError::Asr(e.to_string()));
         }
         let mut text = String::new();
