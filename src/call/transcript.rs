@@ -50,18 +50,8 @@ impl Pending {
     pub fn start(engine: Arc<Engine>, audio: Vec<f32>, language: String) -> Pending {
         let (tx, result) = watch::channel(None);
         let task = tokio::spawn(async move {
-            let t = Instant::now();
-            let len = Duration::from_secs_f64(audio.len() as f64 / ENGINE_RATE as f64);
-            let outcome = engine
-                .transcribe(audio, language)
-                .await
-                .map(|text| Heard {
-                    text,
-                    asr: t.elapsed(),
-                    audio: len,
-                })
-                .map_err(|e| e.to_string());
-            let _ = tx.send(Some(outcome));
+            let outcome = recognise(&engine, audio, language).await;
+            let _ = tx.send(Some(outcome.map_err(|e| e.to_string())));
         });
         Pending {
             result,
@@ -182,6 +172,22 @@ impl Transcript {
     }
 }
 
+/// One stretch recognised, timed.
+async fn recognise(
+    engine: &Engine,
+    audio: Vec<f32>,
+    language: String,
+) -> Result<Heard, EngineError> {
+    let t = Instant::now();
+    let len = Duration::from_secs_f64(audio.len() as f64 / ENGINE_RATE as f64);
+    let text = engine.transcribe(audio, language).await?;
+    Ok(Heard {
+        text,
+        asr: t.elapsed(),
+        audio: len,
+    })
+}
+
 /// The words of `words`, in order, waiting for each; the timings are the tail's.
 pub async fn gather(engine: &Engine, words: Words, language: &str) -> Result<Heard, EngineError> {
     let mut parts = Vec::with_capacity(words.kept.len() + 1);
@@ -190,16 +196,7 @@ pub async fn gather(engine: &Engine, words: Words, language: &str) -> Result<Hea
     }
     let tail = match words.tail {
         Tail::Pending(p) => p.heard().await?,
-        Tail::Audio(audio) => {
-            let t = Instant::now();
-            let len = Duration::from_secs_f64(audio.len() as f64 / ENGINE_RATE as f64);
-            let text = engine.transcribe(audio, language.to_string()).await?;
-            Heard {
-                text,
-                asr: t.elapsed(),
-                audio: len,
-            }
-        }
+        Tail::Audio(audio) => recognise(engine, audio, language.to_string()).await?,
     };
     parts.push(tail.text);
     let text = parts

@@ -100,6 +100,13 @@ impl WhisperAsr {
         })
     }
 
+    fn give_back(&self, state: WhisperState) {
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(state);
+    }
+
     fn take_state(&self) -> Result<WhisperState, EngineError> {
         if let Some(s) = self.states.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(s);
@@ -176,10 +183,7 @@ impl Asr for WhisperAsr {
             // goes back, so that stops, now routine, do not make a new state
             // (tens of MB allocated and freed) each time.
             if abandoned.is_set() {
-                self.states
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(state);
+                self.give_back(state);
             }
             return Err(EngineError::Asr(e.to_string()));
         }
@@ -189,10 +193,7 @@ impl Asr for WhisperAsr {
                 text.push_str(&s);
             }
         }
-        self.states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(state);
+        self.give_back(state);
         let text = clean_transcript(&text);
         // Only a fitted window loops (see MIN_FITTED_AUDIO_CTX).
         Ok(if self.fit_audio_context {
