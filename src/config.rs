@@ -43,6 +43,126 @@ pub struct Config {
     pub api: ApiConfig,
     pub agents: BTreeMap<String, AgentProfile>,
     pub log: LogConfig,
+    /// Language model servers by name (`[llm.NAME]`), for agents whose `llm`
+    /// names one; `local`, the embedded model, is always there.
+    pub llm: BTreeMap<String, RemoteLlmConfig>,
+}
+
+/// An OpenAI-compatible chat-completions server: vLLM, llama.cpp's
+/// `llama-server`, llama-cpp-python's server, OpenAI itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteLlmConfig {
+    /// The API's base, up to and including `/v1` (`http://10.0.0.5:8000/v1`);
+    /// requests go to `{base_url}/chat/completions`.
+    pub base_url: String,
+    /// The model name the server expects.
+    pub model: String,
+    /// The bearer token; prefer `api_key_env`, which keeps it out of the file.
+    #[serde(default)]
+    pub api_key: String,
+    /// The environment variable that holds the bearer token.
+    #[serde(default)]
+    pub api_key_env: String,
+    #[serde(default = "RemoteLlmConfig::default_max_tokens")]
+    pub max_tokens: u32,
+    /// Unset: the server's default.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default = "RemoteLlmConfig::default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// From the request to the reply's first event.
+    #[serde(default = "RemoteLlmConfig::default_first_token_timeout_ms")]
+    pub first_token_timeout_ms: u64,
+    /// The longest silence between two events of a reply.
+    #[serde(default = "RemoteLlmConfig::default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// When the server fails before the reply's first word: `phrase` (the
+    /// agent's `engine_failed` phrase) or `local` (the embedded model answers
+    /// that turn).
+    #[serde(default)]
+    pub fallback: LlmFallback,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmFallback {
+    #[default]
+    Phrase,
+    Local,
+}
+
+impl RemoteLlmConfig {
+    fn default_max_tokens() -> u32 {
+        120
+    }
+    fn default_connect_timeout_ms() -> u64 {
+        2_000
+    }
+    fn default_first_token_timeout_ms() -> u64 {
+        5_000
+    }
+    fn default_idle_timeout_ms() -> u64 {
+        5_000
+    }
+
+    /// The bearer token, if any: `api_key`, else the variable `api_key_env` names.
+    pub fn key(&self) -> Result<Option<String>, String> {
+        if !self.api_key.is_empty() {
+            return Ok(Some(self.api_key.clone()));
+        }
+        if self.api_key_env.is_empty() {
+            return Ok(None);
+        }
+        match std::env::var(&self.api_key_env) {
+            Ok(k) if !k.trim().is_empty() => Ok(Some(k.trim().to_string())),
+            _ => Err(format!(
+                "the environment variable `{}` is not set",
+                self.api_key_env
+            )),
+        }
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        let bad = |field: &str, msg: String| Err((field.to_string(), msg));
+        let url = self.base_url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return bad(
+                "base_url",
+                format!("`{url}` is not an http:// or https:// URL"),
+            );
+        }
+        if self.model.trim().is_empty() {
+            return bad("model", "must not be empty".into());
+        }
+        if !self.api_key.is_empty() && !self.api_key_env.is_empty() {
+            return bad(
+                "api_key_env",
+                "set `api_key` or `api_key_env`, not both".into(),
+            );
+        }
+        if let Err(msg) = self.key() {
+            return bad("api_key_env", msg);
+        }
+        if !(1..=4096).contains(&self.max_tokens) {
+            return bad("max_tokens", "must be 1 to 4096".into());
+        }
+        if let Some(t) = self.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return bad("temperature", "must be 0 to 2".into());
+        }
+        for (field, v) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("first_token_timeout_ms", self.first_token_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if !(100..=120_000).contains(&v) {
+                return bad(field, "must be 100 to 120000 ms".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The HTTP listener: cloud providers' webhooks and media streams (and, later,
@@ -464,6 +584,14 @@ pub struct AgentProfile {
     /// Keys not mapped are collected and handed to the model, when set.
     #[serde(default)]
     pub collect: Option<CollectDigits>,
+    /// The language model backend: `local` (the embedded model) or the name
+    /// of an `[llm.NAME]` server.
+    #[serde(default = "AgentProfile::default_llm")]
+    pub llm: String,
+    /// Said when the language model fails (a server down, a timeout) and no
+    /// other backend answers; the call goes on.
+    #[serde(default = "AgentProfile::default_engine_failed")]
+    pub engine_failed: String,
 }
 
 /// Caller silent for `after_secs`: the prompt, up to `prompts` times; then
@@ -518,6 +646,9 @@ impl Default for CollectDigits {
     }
 }
 
+/// The name of the embedded language model as a backend.
+pub const LOCAL_LLM: &str = "local";
+
 /// What a key or the model may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyAction {
@@ -550,6 +681,12 @@ impl AgentProfile {
     fn default_transfer_announcement() -> String {
         "Please hold while I transfer your call.".into()
     }
+    pub fn default_llm() -> String {
+        LOCAL_LLM.into()
+    }
+    fn default_engine_failed() -> String {
+        "I am sorry, I cannot answer that right now. Please try again in a moment.".into()
+    }
     fn default_transfer_failed() -> String {
         "I am sorry, I cannot transfer your call right now.".into()
     }
@@ -571,6 +708,8 @@ impl AgentProfile {
             transfer_fallback: TransferFallback::default(),
             keys: BTreeMap::new(),
             collect: None,
+            llm: Self::default_llm(),
+            engine_failed: Self::default_engine_failed(),
         }
     }
 
@@ -726,6 +865,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             agents,
             log: LogConfig::default(),
+            llm: BTreeMap::new(),
         }
     }
 }
@@ -1128,9 +1268,30 @@ impl Config {
                 ),
             ));
         }
+        for (name, remote) in &self.llm {
+            if name == LOCAL_LLM || name.is_empty() {
+                return Err(invalid(
+                    &format!("llm.{name}"),
+                    "`local` is the embedded model's name; choose another",
+                ));
+            }
+            if let Err((field, msg)) = remote.check() {
+                return Err(invalid(&format!("llm.{name}.{field}"), &msg));
+            }
+        }
         for (name, agent) in &self.agents {
             if let Err((field, msg)) = agent.check() {
                 return Err(invalid(&format!("agents.{name}.{field}"), &msg));
+            }
+            if agent.llm != LOCAL_LLM && !self.llm.contains_key(&agent.llm) {
+                return Err(invalid(
+                    &format!("agents.{name}.llm"),
+                    format!(
+                        "no backend named `{}` (`local` or an [llm.NAME] table: {})",
+                        agent.llm,
+                        self.llm.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
             }
         }
         Ok(())

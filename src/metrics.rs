@@ -191,6 +191,7 @@ pub struct Metrics {
     status: LabelValues,
     listener: LabelValues,
     conn_reason: LabelValues,
+    backend: LabelValues,
 
     calls_active: Family<L1, Gauge>,
     calls_started: Family<L1, Counter>,
@@ -213,6 +214,7 @@ pub struct Metrics {
     accept_errors: Family<L2, Counter>,
     dialplan_reloads: Family<L1, Counter>,
     agent_actions: Family<L2, Counter>,
+    engine_failures: Family<L2, Counter>,
     connections_refused: Family<L2, Counter>,
     connections_closed: Family<L2, Counter>,
     ready: Gauge,
@@ -349,6 +351,12 @@ impl Metrics {
             "What agents did besides talking, by action and result (done, refused, failed, interrupted)",
             agent_actions.clone(),
         );
+        let engine_failures = Family::<L2, Counter>::default();
+        registry.register(
+            "izwi_engine_failures",
+            "Failed requests to remote engines, by backend (its configured name) and kind (connect, timeout, status_4xx, status_5xx, malformed)",
+            engine_failures.clone(),
+        );
         let accept_errors = Family::<L2, Counter>::default();
         registry.register(
             "izwi_accept_errors",
@@ -399,6 +407,7 @@ impl Metrics {
             status: LabelValues::default(),
             listener: LabelValues::default(),
             conn_reason: LabelValues::default(),
+            backend: LabelValues::default(),
             calls_active,
             calls_started,
             calls,
@@ -420,6 +429,7 @@ impl Metrics {
             accept_errors,
             dialplan_reloads,
             agent_actions,
+            engine_failures,
             connections_refused,
             connections_closed,
             ready,
@@ -551,6 +561,14 @@ impl Metrics {
         };
         self.agent_actions
             .get_or_create(&[("action", action), ("result", result)])
+            .inc();
+    }
+
+    /// A remote engine failed: `izwi_engine_failures_total{backend,kind}`;
+    /// backends are named by the configuration, so their number is bounded.
+    pub fn engine_failure(&self, backend: &str, kind: &'static str) {
+        self.engine_failures
+            .get_or_create(&[("backend", self.backend.intern(backend)), ("kind", kind)])
             .inc();
     }
 

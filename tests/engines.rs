@@ -4,13 +4,53 @@
 mod common;
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use common::*;
 use izwi::audio::{ENGINE_RATE, FRAME_SAMPLES};
 use izwi::call::action::{self, Action, Refusal};
 use izwi::codec::resample::resample;
 use izwi::config::AgentProfile;
-use izwi::engine::{Abandoned, ChatMessage, EngineError, EnginePool, LlmEvent, Speaker, ToolCall};
+use izwi::engine::llm::local::{LocalModel, LocalSession};
+use izwi::engine::{
+    Abandoned, ChatMessage, EngineError, EnginePool, GenerationStats, LlmEvent, LlmSession,
+    Speaker, ToolCall, ToolSpec,
+};
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A session with the embedded model, as a call gets one.
+fn session(system_prompt: &str, tools: Vec<ToolSpec>) -> Arc<dyn LlmSession> {
+    block_on(engine().llms["local"].session(system_prompt.into(), tools)).unwrap()
+}
+
+/// A reply read to its end: its words, its actions, its figures.
+fn reply(
+    session: &Arc<dyn LlmSession>,
+    history: &[ChatMessage],
+) -> (String, Vec<ToolCall>, GenerationStats) {
+    use futures_util::StreamExt;
+    block_on(async {
+        let mut events = session.reply(history.to_vec());
+        let (mut words, mut calls) = (String::new(), Vec::new());
+        while let Some(event) = events.next().await {
+            match event.unwrap() {
+                LlmEvent::Text(t) => words.push_str(&t),
+                LlmEvent::ToolCall(c) => calls.push(c),
+                LlmEvent::Malformed(m) => panic!("malformed action {m:?}"),
+                LlmEvent::Done(stats) => return (words, calls, stats),
+            }
+        }
+        panic!("the reply ended without its figures")
+    })
+}
 
 #[test]
 fn whisper_told_to_stop_stops_and_the_next_transcription_works() {
@@ -39,24 +79,12 @@ fn whisper_and_llama_run_in_one_process_on_real_models() {
         .count();
     assert!(hits >= 5, "only {hits} of {known:?} in {text:?}");
 
-    let mut session = engine
-        .llm
-        .session("You are a helpful assistant. Answer briefly.", &[])
-        .unwrap();
+    let session = session("You are a helpful assistant. Answer briefly.", Vec::new());
     let history = vec![ChatMessage {
         speaker: Speaker::User,
         text: "What is the capital city of France?".into(),
     }];
-    let mut reply = String::new();
-    let pool = EnginePool::new(2);
-    let stats = session
-        .reply(&history, &pool, &mut |event| {
-            if let LlmEvent::Text(piece) = event {
-                reply.push_str(piece);
-            }
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let (reply, _, stats) = reply(&session, &history);
     assert!(reply.contains("Paris"), "reply: {reply:?}");
     assert!(words(&reply).len() >= 3, "reply: {reply:?}");
     assert!(stats.tokens > 0);
@@ -65,48 +93,34 @@ fn whisper_and_llama_run_in_one_process_on_real_models() {
 
 #[test]
 fn system_prompt_and_earlier_turns_are_not_evaluated_again() {
-    let engine = engine();
     let prompt = "You are a phone assistant for a bakery. Answer in one sentence.";
-    let pool = EnginePool::new(2);
-    let mut a = engine.llm.session(prompt, &[]).unwrap();
+    let a = session(prompt, Vec::new());
     let mut history = vec![ChatMessage {
         speaker: Speaker::User,
         text: "Do you sell bread?".into(),
     }];
-    let mut reply = String::new();
-    let first = a
-        .reply(&history, &pool, &mut |event| {
-            if let LlmEvent::Text(p) = event {
-                reply.push_str(p);
-            }
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let (words, _, first) = reply(&a, &history);
     // The system prompt's state was restored, not evaluated.
     assert!(first.reused_tokens >= 10, "{first:?}");
     assert!(first.reused_tokens < first.prompt_tokens);
 
     history.push(ChatMessage {
         speaker: Speaker::Assistant,
-        text: reply.trim().to_string(),
+        text: words.trim().to_string(),
     });
     history.push(ChatMessage {
         speaker: Speaker::User,
         text: "When do you open?".into(),
     });
-    let second = a
-        .reply(&history, &pool, &mut |_| ControlFlow::Continue(()))
-        .unwrap();
+    let (_, _, second) = reply(&a, &history);
     assert!(
         second.reused_tokens > first.reused_tokens + 3,
         "the first exchange should be reused: {first:?} then {second:?}"
     );
 
     // A second call with the same prompt starts from the same saved state.
-    let mut b = engine.llm.session(prompt, &[]).unwrap();
-    let other = b
-        .reply(&history[..1], &pool, &mut |_| ControlFlow::Continue(()))
-        .unwrap();
+    let b = session(prompt, Vec::new());
+    let (_, _, other) = reply(&b, &history[..1]);
     assert_eq!(other.reused_tokens, first.reused_tokens);
 }
 
@@ -130,24 +144,12 @@ fn acting_agent() -> AgentProfile {
 
 /// One reply: its words and the actions it asked for.
 fn ask(profile: &AgentProfile, question: &str) -> (String, Vec<ToolCall>) {
-    let engine = engine();
-    let pool = EnginePool::new(2);
-    let tools = action::tools(profile);
-    let mut s = engine.llm.session(&profile.system_prompt, &tools).unwrap();
+    let s = session(&profile.system_prompt, action::tools(profile));
     let history = vec![ChatMessage {
         speaker: Speaker::User,
         text: question.into(),
     }];
-    let (mut words, mut calls) = (String::new(), Vec::new());
-    s.reply(&history, &pool, &mut |event| {
-        match event {
-            LlmEvent::Text(t) => words.push_str(t),
-            LlmEvent::ToolCall(c) => calls.push(c),
-            LlmEvent::Malformed(m) => panic!("malformed action {m:?}"),
-        }
-        ControlFlow::Continue(())
-    })
-    .unwrap();
+    let (words, calls, _) = reply(&s, &history);
     (words, calls)
 }
 
@@ -192,16 +194,25 @@ fn the_small_model_asks_for_end_call_and_transfer_and_only_allowed_targets_pass(
 
 #[test]
 fn llm_stops_when_the_listener_goes_away() {
-    let engine = engine();
+    // The model itself (a second copy), to see how far it went: through a
+    // session, the listener going away is the reply stream dropped, which
+    // closes the channel its events go to.
+    engine();
+    let store = izwi::models::ModelStore::from_config(&config().models).unwrap();
+    let llama = izwi::engine::llm::llama::LlamaLlm::load(
+        &store.require(izwi::models::Role::Llm).unwrap(),
+        &config().engine,
+    )
+    .unwrap();
     let pool = EnginePool::new(2);
-    let mut s = engine.llm.session("You are a storyteller.", &[]).unwrap();
+    let mut s = llama.session("You are a storyteller.", &[]).unwrap();
     let history = vec![ChatMessage {
         speaker: Speaker::User,
         text: "Tell me a long story about a lion.".into(),
     }];
     let mut pieces = 0;
     let stats = s
-        .reply(&history, &pool, &mut |_| {
+        .generate(&history, &pool, &mut |_| {
             pieces += 1;
             if pieces == 3 {
                 ControlFlow::Break(())
@@ -270,24 +281,13 @@ fn piper_says_what_it_is_given() {
 fn a_tagged_session_reuses_its_earlier_answers() {
     // The history keeps only the words; the answer is rendered with its tag
     // again, so the next turn does not evaluate it anew.
-    let engine = engine();
-    let pool = EnginePool::new(2);
     let p = acting_agent();
-    let tools = action::tools(&p);
-    let mut s = engine.llm.session(&p.system_prompt, &tools).unwrap();
+    let s = session(&p.system_prompt, action::tools(&p));
     let mut history = vec![ChatMessage {
         speaker: Speaker::User,
         text: "What time do you open on Monday?".into(),
     }];
-    let mut words = String::new();
-    let first = s
-        .reply(&history, &pool, &mut |e| {
-            if let LlmEvent::Text(t) = e {
-                words.push_str(t);
-            }
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let (words, _, first) = reply(&s, &history);
     history.push(ChatMessage {
         speaker: Speaker::Assistant,
         text: words.trim().to_string(),
@@ -296,9 +296,7 @@ fn a_tagged_session_reuses_its_earlier_answers() {
         speaker: Speaker::User,
         text: "And on Saturday?".into(),
     });
-    let second = s
-        .reply(&history, &pool, &mut |_| ControlFlow::Continue(()))
-        .unwrap();
+    let (_, _, second) = reply(&s, &history);
     assert!(
         second.reused_tokens >= first.prompt_tokens + 3,
         "the first answer was evaluated again: {first:?} then {second:?}"

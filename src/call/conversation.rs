@@ -5,7 +5,7 @@
 //! once per 20 ms tick.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -45,6 +45,8 @@ pub enum TurnOutcome {
     Interrupted,
     NothingHeard,
     Failed,
+    /// The language model failed and the agent's fallback phrase answered.
+    Fallback,
     /// The call ended while this turn was still in progress.
     HungUp,
 }
@@ -216,7 +218,7 @@ pub struct Conversation {
     /// What the caller said in this turn, recognised at their pauses.
     transcript: Transcript,
     history: Vec<ChatMessage>,
-    llm: Arc<Mutex<Box<dyn LlmSession>>>,
+    llm: Arc<dyn LlmSession>,
     reply: Option<ActiveReply>,
     turns: Vec<TurnRecord>,
     digits: Vec<DigitRecord>,
@@ -294,7 +296,7 @@ impl Conversation {
         let agent_language = agent.profile.language.clone();
         let engine_judges = engine.turn.is_some();
         let session = engine
-            .llm_session(agent.profile.system_prompt.clone(), agent.tools.clone())
+            .llm_session(&agent.name, &agent.profile, agent.tools.clone())
             .await?;
         let mut c = Conversation {
             engine,
@@ -309,7 +311,7 @@ impl Conversation {
             capture: None,
             transcript: Transcript::default(),
             history: Vec::new(),
-            llm: Arc::new(Mutex::new(session)),
+            llm: session,
             reply: None,
             turns: Vec::new(),
             digits: Vec::new(),
@@ -668,6 +670,7 @@ impl Conversation {
                 voice: self.agent.profile.espeak_voice.clone(),
                 history: self.history.clone(),
                 judge: false,
+                fallback: self.agent.phrases.engine_failed.clone(),
             },
         );
         let mut r = ActiveReply::new(Some(stream), VecDeque::new(), TurnRecord::new(index, false));
@@ -855,6 +858,7 @@ impl Conversation {
                 voice: self.agent.profile.espeak_voice.clone(),
                 history: self.history.clone(),
                 judge,
+                fallback: self.agent.phrases.engine_failed.clone(),
             },
         );
         self.reply = Some(ActiveReply::new(Some(stream), VecDeque::new(), record));
@@ -1010,6 +1014,10 @@ impl Conversation {
                 rec.asr_ms = Some(ms(asr));
                 rec.outcome = TurnOutcome::NothingHeard;
                 self.abandon();
+            }
+            ReplyEvent::ModelFailed(error) => {
+                tracing::warn!(call = %self.call_id, turn = rec.index, %error, "language model failed; the fallback phrase answers");
+                rec.outcome = TurnOutcome::Fallback;
             }
             ReplyEvent::Failed(error) => {
                 tracing::warn!(call = %self.call_id, turn = rec.index, %error, "reply failed");

@@ -610,6 +610,42 @@ mod conversation_tests {
     }
 
     #[tokio::test]
+    async fn a_failed_model_is_answered_by_the_fallback_phrase_and_the_call_goes_on() {
+        let script = Script {
+            replies: vec![vec![Step::Fail], vec![Step::Say("Fine, thank you.")]],
+            ..Default::default()
+        };
+        let mut c = engine_core(script, quiet_profile(), false).await;
+        let mut out = Tick::default();
+        ask(&mut c, &mut out, 50).await;
+        // The fallback phrase (a tone of its words' length) plays whole.
+        let words = AgentProfile::new("en", "x", "")
+            .engine_failed
+            .split_whitespace()
+            .count();
+        let mut loud = 1;
+        while step(&mut c, &mut out, Some(&silence())).await.loud {
+            loud += 1;
+        }
+        // 200 ms a word; the frame it starts in may straddle the tick.
+        assert!(
+            (words * 10..=words * 10 + 1).contains(&loud),
+            "the fallback phrase did not play whole: {loud} ticks for {words} words"
+        );
+        ask(&mut c, &mut out, 50).await;
+        for _ in 0..100 {
+            step(&mut c, &mut out, Some(&silence())).await;
+        }
+        let turns = c.end(Ending::CallerBye);
+        let outcomes: Vec<_> = turns
+            .iter()
+            .filter(|t| !t.greeting)
+            .map(|t| t.outcome)
+            .collect();
+        assert_eq!(outcomes, [TurnOutcome::Fallback, TurnOutcome::Answered]);
+    }
+
+    #[tokio::test]
     async fn a_transfer_comes_after_its_words_and_a_refusal_lets_the_call_go_on() {
         let mut profile = quiet_profile();
         profile

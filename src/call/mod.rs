@@ -44,6 +44,8 @@ pub struct Phrases {
     pub still_there: Phrase,
     pub transferring: Phrase,
     pub transfer_failed: Phrase,
+    /// Said when the language model fails.
+    pub engine_failed: Phrase,
 }
 
 async fn synthesize(
@@ -85,12 +87,12 @@ impl Agent {
             } else {
                 synthesize(engine, &profile.transfer_failed, profile).await?
             },
+            engine_failed: synthesize(engine, &profile.engine_failed, profile).await?,
         };
         let tools = action::tools(profile);
-        // Evaluates the system prompt into the shared prefix cache.
-        engine
-            .llm_session(profile.system_prompt.clone(), tools.clone())
-            .await?;
+        // Checks the backend exists; a local one evaluates the system
+        // prompt into its shared prefix cache.
+        engine.llm_session(name, profile, tools.clone()).await?;
         Ok(Agent {
             name: name.to_string(),
             profile: profile.clone(),
@@ -115,7 +117,7 @@ impl Agent {
             .speak("Hello.".into(), self.profile.espeak_voice.clone())
             .await?;
         engine
-            .llm_session(self.profile.system_prompt.clone(), self.tools.clone())
+            .llm_session(&self.name, &self.profile, self.tools.clone())
             .await?;
         Ok(t.elapsed())
     }

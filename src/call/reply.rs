@@ -4,13 +4,14 @@
 //! [`ReplyStream`] cancels all of them (the LLM stops at its next token, TTS at its
 //! next phrase).
 
-use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::Phrase;
 use super::transcript::{self, Words};
 use crate::audio::{ENGINE_RATE, Frame, frames};
 use crate::engine::phrase::PhraseCutter;
@@ -50,6 +51,9 @@ pub enum ReplyEvent {
         asr: Duration,
     },
     Failed(String),
+    /// The language model failed before its first word; the agent's
+    /// fallback phrase follows (the error names the backend and the kind).
+    ModelFailed(String),
     /// The model asked for an action (not yet checked).
     Action(ToolCall),
     /// The model asked for an action in a form that cannot be read.
@@ -74,6 +78,8 @@ pub struct ReplyRequest {
     pub history: Vec<ChatMessage>,
     /// Ask the end-of-turn model about the caller's audio first.
     pub judge: bool,
+    /// Said when the language model fails before its first word.
+    pub fallback: Phrase,
 }
 
 /// The receiving end of a reply in progress; dropping it cancels the reply.
@@ -88,11 +94,7 @@ impl Drop for ReplyStream {
     }
 }
 
-pub fn start(
-    engine: Arc<Engine>,
-    llm: Arc<Mutex<Box<dyn LlmSession>>>,
-    req: ReplyRequest,
-) -> ReplyStream {
+pub fn start(engine: Arc<Engine>, llm: Arc<dyn LlmSession>, req: ReplyRequest) -> ReplyStream {
     let (tx, events) = mpsc::channel(QUEUE);
     let task = tokio::spawn(async move {
         if let Err(e) = run(&engine, llm, req, &tx).await {
@@ -117,7 +119,7 @@ async fn send(tx: &mpsc::Sender<ReplyEvent>, ev: ReplyEvent) -> Result<(), Cance
 
 async fn run(
     engine: &Arc<Engine>,
-    llm: Arc<Mutex<Box<dyn LlmSession>>>,
+    llm: Arc<dyn LlmSession>,
     req: ReplyRequest,
     tx: &mpsc::Sender<ReplyEvent>,
 ) -> Result<(), EngineError> {
@@ -127,6 +129,7 @@ async fn run(
         voice,
         mut history,
         judge,
+        fallback,
     } = req;
     let text = match input {
         ReplyInput::Text(text) => text,
@@ -172,23 +175,44 @@ async fn run(
     let actions = tx.clone();
     let (phrase_tx, mut phrases) = mpsc::channel::<String>(QUEUE);
 
-    let generate = engine.pool.run_stepwise(move |pool| {
-        let mut session = llm.lock().unwrap_or_else(|p| p.into_inner());
-        session.reply(&history, pool, &mut |event| {
-            let sent = match event {
-                LlmEvent::Text(piece) => piece_tx.blocking_send(piece.to_string()).is_ok(),
-                LlmEvent::ToolCall(call) => actions.blocking_send(ReplyEvent::Action(call)).is_ok(),
-                LlmEvent::Malformed(_) => {
-                    actions.blocking_send(ReplyEvent::MalformedAction).is_ok()
+    let generate = async move {
+        let mut reply = llm.reply(history);
+        let mut begun = false;
+        while let Some(event) = reply.next().await {
+            match event {
+                Ok(LlmEvent::Text(piece)) => {
+                    begun = true;
+                    piece_tx.send(piece).await.map_err(|_| Cancelled)?;
                 }
-            };
-            if sent {
-                ControlFlow::Continue(())
-            } else {
-                ControlFlow::Break(())
+                Ok(LlmEvent::ToolCall(call)) => {
+                    begun = true;
+                    send(&actions, ReplyEvent::Action(call)).await?;
+                }
+                Ok(LlmEvent::Malformed(_)) => send(&actions, ReplyEvent::MalformedAction).await?,
+                Ok(LlmEvent::Done(stats)) => return Ok(stats),
+                // Nothing said yet: the caller hears the agent's fallback
+                // phrase instead of silence, and the call goes on.
+                Err(e) if !begun && !fallback.frames.is_empty() => {
+                    send(&actions, ReplyEvent::ModelFailed(e.to_string())).await?;
+                    send(
+                        &actions,
+                        ReplyEvent::Phrase {
+                            text: fallback.text.clone(),
+                            audio: fallback.frames.clone(),
+                            synth: Duration::ZERO,
+                        },
+                    )
+                    .await?;
+                    return Ok(GenerationStats::default());
+                }
+                Err(e) => return Err(e),
             }
-        })
-    });
+        }
+        // The model stopped without its last event (its worker gone).
+        Err::<GenerationStats, EngineError>(EngineError::Worker(
+            "the language model stopped mid-reply".into(),
+        ))
+    };
 
     let cut = async move {
         let mut cutter = PhraseCutter::default();
@@ -232,7 +256,7 @@ async fn run(
 
     let (generated, (), spoken) = tokio::join!(generate, cut, speak);
     spoken?;
-    let stats = generated??;
+    let stats = generated?;
     send(tx, ReplyEvent::Generated(stats)).await?;
     send(tx, ReplyEvent::Done).await?;
     Ok(())

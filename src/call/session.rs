@@ -82,7 +82,7 @@ impl CallTracker {
         let outcome = ending.outcome();
         let errors = turns
             .iter()
-            .filter(|t| t.outcome == TurnOutcome::Failed)
+            .filter(|t| matches!(t.outcome, TurnOutcome::Failed | TurnOutcome::Fallback))
             .count() as u32
             + u32::from(outcome == Outcome::Failed);
         let m = metrics();
@@ -147,6 +147,7 @@ fn turn_row(t: &TurnRecord) -> TurnRow {
             TurnOutcome::Interrupted => "interrupted",
             TurnOutcome::NothingHeard => "nothing_heard",
             TurnOutcome::Failed => "failed",
+            TurnOutcome::Fallback => "fallback",
             TurnOutcome::HungUp => "hung_up",
         }
         .to_string(),

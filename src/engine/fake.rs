@@ -8,9 +8,10 @@
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
+use super::llm::local::{LocalModel, LocalSession, OnPool};
 use super::{
-    Asr, ChatMessage, Engine, EngineError, EnginePool, GenerationStats, Llm, LlmEvent, LlmSession,
-    ToolCall, ToolSpec, Tts, TurnDetector, Vad, VadStream,
+    Asr, ChatMessage, Engine, EngineError, EnginePool, GenerationStats, LlmEvent, ToolCall,
+    ToolSpec, Tts, TurnDetector, Vad, VadStream,
 };
 use crate::config::EngineConfig;
 
@@ -26,6 +27,8 @@ pub struct Script {
 pub enum Step {
     Say(&'static str),
     Act(ToolCall),
+    /// The model fails here (a server gone, say).
+    Fail,
 }
 
 struct LoudVad;
@@ -62,26 +65,28 @@ impl Asr for SetAsr {
 }
 
 struct ScriptedLlm(Script);
-struct ScriptedSession {
+pub struct ScriptedSession {
     script: Script,
     turn: usize,
 }
 
-impl Llm for ScriptedLlm {
-    fn session(&self, _: &str, _: &[ToolSpec]) -> Result<Box<dyn LlmSession>, EngineError> {
-        Ok(Box::new(ScriptedSession {
+impl LocalModel for ScriptedLlm {
+    type Session = ScriptedSession;
+
+    fn session(&self, _: &str, _: &[ToolSpec]) -> Result<ScriptedSession, EngineError> {
+        Ok(ScriptedSession {
             script: self.0.clone(),
             turn: 0,
-        }))
+        })
     }
 }
 
-impl LlmSession for ScriptedSession {
-    fn reply(
+impl LocalSession for ScriptedSession {
+    fn generate(
         &mut self,
         history: &[ChatMessage],
         _: &EnginePool,
-        on_event: &mut dyn FnMut(LlmEvent<'_>) -> ControlFlow<()>,
+        on_event: &mut dyn FnMut(LlmEvent) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError> {
         self.script
             .seen
@@ -99,8 +104,9 @@ impl LlmSession for ScriptedSession {
         for step in steps {
             stats.tokens += 1;
             let flow = match &step {
-                Step::Say(t) => on_event(LlmEvent::Text(t)),
+                Step::Say(t) => on_event(LlmEvent::Text(t.to_string())),
                 Step::Act(c) => on_event(LlmEvent::ToolCall(c.clone())),
+                Step::Fail => return Err(EngineError::Llm("scripted failure".into())),
             };
             if flow.is_break() {
                 break;
@@ -141,13 +147,15 @@ pub fn engine(script: Script) -> Arc<Engine> {
 
 /// The fake engine whose end-of-turn model gives every turn `complete`.
 pub fn engine_judged(script: Script, complete: f32) -> Arc<Engine> {
+    let pool = EnginePool::new(2);
+    let local: Arc<dyn super::Llm> = Arc::new(OnPool::new(ScriptedLlm(script), pool.clone(), 1));
     Arc::new(Engine {
         vad: Arc::new(LoudVad),
         asr: Arc::new(SetAsr),
-        llm: Arc::new(ScriptedLlm(script)),
+        llms: [(crate::config::LOCAL_LLM.to_string(), local)].into(),
         tts: Arc::new(ToneTts),
         turn: Some(Arc::new(FixedTurn(complete))),
-        pool: EnginePool::new(2),
+        pool,
         settings: EngineConfig::default(),
     })
 }

@@ -8,15 +8,19 @@ pub mod llm;
 pub mod onnx;
 pub mod phrase;
 pub mod pool;
+pub mod remote;
 pub mod tts;
 pub mod turn_detector;
 pub mod vad;
 
-use std::ops::ControlFlow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, EngineConfig};
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+
+use crate::config::{AgentProfile, Config, EngineConfig};
 use crate::models::{ModelError, ModelStore, Role};
 
 pub use pool::{Abandoned, EnginePool};
@@ -40,6 +44,49 @@ pub enum EngineError {
     Turn(String),
     #[error("engine worker stopped: {0}")]
     Worker(String),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("agent `{agent}`: no language model backend named `{backend}` (backends: {known})")]
+    UnknownBackend {
+        agent: String,
+        backend: String,
+        known: String,
+    },
+}
+
+/// A remote engine failed. The message names the backend and the kind of
+/// failure, never a prompt, a transcript or audio.
+#[derive(Debug, thiserror::Error)]
+#[error("backend `{backend}`: {kind}: {detail}")]
+pub struct RemoteError {
+    pub backend: String,
+    pub kind: RemoteFailure,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteFailure {
+    #[error("cannot connect")]
+    Connect,
+    #[error("timed out")]
+    Timeout,
+    #[error("HTTP status {0}")]
+    Status(u16),
+    #[error("malformed response")]
+    Malformed,
+}
+
+impl RemoteFailure {
+    /// The metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RemoteFailure::Connect => "connect",
+            RemoteFailure::Timeout => "timeout",
+            RemoteFailure::Status(s) if *s >= 500 => "status_5xx",
+            RemoteFailure::Status(_) => "status_4xx",
+            RemoteFailure::Malformed => "malformed",
+        }
+    }
 }
 
 /// Streaming voice activity detection for one call.
@@ -118,37 +165,39 @@ pub struct ToolCall {
     pub arguments: serde_json::Value,
 }
 
-/// What a reply is made of, as it streams: words to speak and actions asked
-/// for. The reply is done when [`LlmSession::reply`] returns.
+/// What a reply is made of, as it streams: words to speak, actions asked
+/// for, and at the end the figures of the generation.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LlmEvent<'a> {
-    Text(&'a str),
+pub enum LlmEvent {
+    Text(String),
     ToolCall(ToolCall),
     /// The model asked for an action in a form that cannot be read (cut off,
     /// malformed): refused, and the call goes on.
-    Malformed(&'a str),
+    Malformed(String),
+    /// The last event of a reply that ran to its end.
+    Done(GenerationStats),
 }
 
-/// One call's conversation with the language model; keeps its KV cache between turns.
-pub trait LlmSession: Send {
-    /// Streams the assistant's next reply to `history` (which ends with the
-    /// caller's words) event by event until done or `on_event` breaks.
-    fn reply(
-        &mut self,
-        history: &[ChatMessage],
-        pool: &EnginePool,
-        on_event: &mut dyn FnMut(LlmEvent<'_>) -> ControlFlow<()>,
-    ) -> Result<GenerationStats, EngineError>;
+/// A reply as it streams. Dropping it stops the model: a local one at its
+/// next token, a remote one by closing its request.
+pub type LlmReply = BoxStream<'static, Result<LlmEvent, EngineError>>;
+
+/// One call's conversation with a language model (a local one keeps its KV
+/// cache between turns).
+pub trait LlmSession: Send + Sync {
+    /// The assistant's next reply to `history`, which ends with the caller's words.
+    fn reply(&self, history: Vec<ChatMessage>) -> LlmReply;
 }
 
+/// A language model backend: the embedded one, or a server.
 pub trait Llm: Send + Sync {
-    /// A session whose system prompt is already evaluated (computed once per
-    /// prompt and tool set, then reused); the model may ask for `tools`.
+    /// A session whose system prompt is ready (a local model evaluates it
+    /// once per prompt and tool set); the model may ask for `tools`.
     fn session(
         &self,
-        system_prompt: &str,
-        tools: &[ToolSpec],
-    ) -> Result<Box<dyn LlmSession>, EngineError>;
+        system_prompt: String,
+        tools: Vec<ToolSpec>,
+    ) -> BoxFuture<'static, Result<Arc<dyn LlmSession>, EngineError>>;
 }
 
 pub trait Tts: Send + Sync {
@@ -161,7 +210,8 @@ pub trait Tts: Send + Sync {
 pub struct Engine {
     pub vad: Arc<dyn Vad>,
     pub asr: Arc<dyn Asr>,
-    pub llm: Arc<dyn Llm>,
+    /// Language model backends by name; `local` is the embedded model.
+    pub llms: BTreeMap<String, Arc<dyn Llm>>,
     pub tts: Arc<dyn Tts>,
     /// None when `turn.detector` is off: pauses are then judged by silence alone.
     pub turn: Option<Arc<dyn TurnDetector>>,
@@ -211,18 +261,22 @@ impl Engine {
             .await?
     }
 
-    /// A conversation with the language model, its system prompt already evaluated.
+    /// A conversation with `agent`'s language model backend.
     pub async fn llm_session(
         &self,
-        system_prompt: String,
+        agent: &str,
+        profile: &AgentProfile,
         tools: Vec<ToolSpec>,
-    ) -> Result<Box<dyn LlmSession>, EngineError> {
-        let llm = self.llm.clone();
-        self.pool
-            .run(self.settings.llm_batch_threads, move || {
-                llm.session(&system_prompt, &tools)
-            })
-            .await?
+    ) -> Result<Arc<dyn LlmSession>, EngineError> {
+        let llm = self
+            .llms
+            .get(&profile.llm)
+            .ok_or_else(|| EngineError::UnknownBackend {
+                agent: agent.to_string(),
+                backend: profile.llm.clone(),
+                known: self.llms.keys().cloned().collect::<Vec<_>>().join(", "),
+            })?;
+        llm.session(profile.system_prompt.clone(), tools).await
     }
 }
 
@@ -257,8 +311,17 @@ impl Engine {
         )?;
         times.asr = t.elapsed();
 
+        let pool = EnginePool::new(e.cpu_threads);
         let t = Instant::now();
-        let llm = llm::llama::LlamaLlm::load(&store.require(Role::Llm)?, e)?;
+        let local = llm::llama::LlamaLlm::load(&store.require(Role::Llm)?, e)?;
+        let llms = llm::backends(
+            Arc::new(llm::local::OnPool::new(
+                local,
+                pool.clone(),
+                e.llm_batch_threads,
+            )),
+            &config.llm,
+        )?;
         times.llm = t.elapsed();
 
         let t = Instant::now();
@@ -288,10 +351,10 @@ impl Engine {
             Engine {
                 vad: Arc::new(vad),
                 asr: Arc::new(asr),
-                llm: Arc::new(llm),
+                llms,
                 tts: Arc::new(tts),
                 turn,
-                pool: EnginePool::new(e.cpu_threads),
+                pool,
                 settings: e.clone(),
             },
             times,

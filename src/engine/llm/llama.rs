@@ -22,10 +22,10 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 
 use super::bracket::{self, Brackets, Piece};
+use super::local::{LocalModel, LocalSession};
 use crate::config::EngineConfig;
 use crate::engine::{
-    ChatMessage, EngineError, EnginePool, GenerationStats, Llm, LlmEvent, LlmSession, Speaker,
-    ToolSpec,
+    ChatMessage, EngineError, EnginePool, GenerationStats, LlmEvent, Speaker, ToolSpec,
 };
 
 const SEQ: i32 = 0;
@@ -189,12 +189,14 @@ fn decode_tokens(
     Ok(())
 }
 
-impl Llm for LlamaLlm {
+impl LocalModel for LlamaLlm {
+    type Session = LlamaSession;
+
     fn session(
         &self,
         system_prompt: &str,
         tools: &[ToolSpec],
-    ) -> Result<Box<dyn LlmSession>, EngineError> {
+    ) -> Result<LlamaSession, EngineError> {
         // The bundled models' templates have no function calling: actions
         // are taught in the prompt and held to a grammar (see `bracket`).
         let system_prompt = format!("{system_prompt}{}", bracket::instructions(tools));
@@ -203,14 +205,14 @@ impl Llm for LlamaLlm {
         let mut ctx = self.shared.new_context()?;
         ctx.state_seq_set(&prefix.state, SEQ)
             .map_err(|e| EngineError::Llm(format!("restoring system prompt state: {e}")))?;
-        Ok(Box::new(LlamaSession {
+        Ok(LlamaSession {
             shared: self.shared.clone(),
             system: system_prompt.to_string(),
             evaluated: prefix.tokens.clone(),
             ctx,
             tools: tools.to_vec(),
             grammar: bracket::grammar(tools),
-        }))
+        })
     }
 }
 
@@ -273,12 +275,12 @@ impl LlamaSession {
     }
 }
 
-impl LlmSession for LlamaSession {
-    fn reply(
+impl LocalSession for LlamaSession {
+    fn generate(
         &mut self,
         history: &[ChatMessage],
         pool: &EnginePool,
-        on_event: &mut dyn FnMut(LlmEvent<'_>) -> ControlFlow<()>,
+        on_event: &mut dyn FnMut(LlmEvent) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError> {
         let started = Instant::now();
         let n_ctx = self.ctx.n_ctx() as usize;
@@ -381,12 +383,12 @@ impl LlmSession for LlamaSession {
 
 fn emit(
     pieces: &mut Vec<Piece>,
-    on_event: &mut dyn FnMut(LlmEvent<'_>) -> ControlFlow<()>,
+    on_event: &mut dyn FnMut(LlmEvent) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
     for p in pieces.drain(..) {
-        let flow = match &p {
+        let flow = match p {
             Piece::Text(t) => on_event(LlmEvent::Text(t)),
-            Piece::Call(c) => on_event(LlmEvent::ToolCall(c.clone())),
+            Piece::Call(c) => on_event(LlmEvent::ToolCall(c)),
             Piece::Malformed(m) => on_event(LlmEvent::Malformed(m)),
             Piece::Stop => ControlFlow::Break(()),
         };

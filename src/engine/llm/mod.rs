@@ -1,9 +1,19 @@
-//! Language model backends.
+//! Language model backends: the embedded model on this machine's cores
+//! (`local`), and OpenAI-compatible servers, chosen per agent by name.
 
 pub mod bracket;
 pub mod llama;
+pub mod local;
+pub mod openai;
 
-use std::sync::Once;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Once};
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+
+use crate::config::{LOCAL_LLM, LlmFallback, RemoteLlmConfig};
+use crate::engine::{ChatMessage, EngineError, Llm, LlmReply, LlmSession, ToolSpec};
 
 /// whisper.cpp and llama.cpp share one ggml; route its logs (and llama's) to tracing
 /// instead of stderr, once per process.
@@ -13,4 +23,79 @@ pub fn native_logs_to_tracing() {
         llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
         whisper_rs::install_logging_hooks();
     });
+}
+
+/// Every configured backend by name, `local` among them.
+pub fn backends(
+    local: Arc<dyn Llm>,
+    remotes: &BTreeMap<String, RemoteLlmConfig>,
+) -> Result<BTreeMap<String, Arc<dyn Llm>>, EngineError> {
+    let mut all: BTreeMap<String, Arc<dyn Llm>> = BTreeMap::new();
+    for (name, config) in remotes {
+        let remote: Arc<dyn Llm> = Arc::new(openai::OpenAiLlm::new(name, config)?);
+        let backend = match config.fallback {
+            LlmFallback::Phrase => remote,
+            LlmFallback::Local => Arc::new(Fallback {
+                primary: remote,
+                fallback: local.clone(),
+                name: name.clone(),
+            }),
+        };
+        all.insert(name.clone(), backend);
+    }
+    all.insert(LOCAL_LLM.to_string(), local);
+    Ok(all)
+}
+
+/// A backend that hands a turn to another when it fails before its first
+/// event (a server down, a timeout before the first token). A failure after
+/// the reply has begun ends that reply: its words cannot be taken back.
+pub struct Fallback {
+    pub primary: Arc<dyn Llm>,
+    pub fallback: Arc<dyn Llm>,
+    /// The primary's name, for the log.
+    pub name: String,
+}
+
+impl Llm for Fallback {
+    fn session(
+        &self,
+        system_prompt: String,
+        tools: Vec<ToolSpec>,
+    ) -> BoxFuture<'static, Result<Arc<dyn LlmSession>, EngineError>> {
+        let primary = self.primary.session(system_prompt.clone(), tools.clone());
+        let fallback = self.fallback.session(system_prompt, tools);
+        let name = self.name.clone();
+        Box::pin(async move {
+            Ok(Arc::new(FallbackSession {
+                primary: primary.await?,
+                fallback: fallback.await?,
+                name,
+            }) as Arc<dyn LlmSession>)
+        })
+    }
+}
+
+struct FallbackSession {
+    primary: Arc<dyn LlmSession>,
+    fallback: Arc<dyn LlmSession>,
+    name: String,
+}
+
+impl LlmSession for FallbackSession {
+    fn reply(&self, history: Vec<ChatMessage>) -> LlmReply {
+        let mut primary = self.primary.reply(history.clone());
+        let fallback = self.fallback.clone();
+        let name = self.name.clone();
+        let first = async move {
+            match primary.next().await {
+                Some(Err(e)) => {
+                    tracing::warn!(backend = %name, error = %e, "language model failed; the local model answers this turn");
+                    fallback.reply(history)
+                }
+                first => futures_util::stream::iter(first).chain(primary).boxed(),
+            }
+        };
+        futures_util::stream::once(first).flatten().boxed()
+    }
 }

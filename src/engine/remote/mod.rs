@@ -1,0 +1,55 @@
+//! What every remote engine shares: one HTTP client per backend, whose
+//! keep-alive pool spares a turn a new connection (and TLS handshake), and
+//! failures typed and counted by backend and kind. Nothing here logs a
+//! prompt, a transcript or audio: errors carry the backend's name, the kind
+//! and the transport's own message.
+
+pub mod sse;
+
+use std::time::Duration;
+
+use crate::engine::{EngineError, RemoteError, RemoteFailure};
+
+/// A client for one backend.
+pub fn client(connect_timeout: Duration) -> Result<reqwest::Client, EngineError> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_keepalive(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .user_agent(concat!("izwi/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| EngineError::Llm(format!("HTTP client: {e}")))
+}
+
+/// A failure of `backend`, counted in `izwi_engine_failures_total`.
+pub fn failure(backend: &str, kind: RemoteFailure, detail: impl Into<String>) -> EngineError {
+    crate::metrics::metrics().engine_failure(backend, kind.label());
+    EngineError::Remote(RemoteError {
+        backend: backend.to_string(),
+        kind,
+        detail: detail.into(),
+    })
+}
+
+/// A transport error, typed and counted. Its message with its causes (a
+/// refused connection is only named in the innermost one).
+pub fn transport_failure(backend: &str, e: &reqwest::Error) -> EngineError {
+    let kind = if e.is_timeout() {
+        RemoteFailure::Timeout
+    } else if let Some(status) = e.status() {
+        RemoteFailure::Status(status.as_u16())
+    } else if e.is_decode() {
+        RemoteFailure::Malformed
+    } else {
+        RemoteFailure::Connect
+    };
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    failure(backend, kind, detail)
+}
