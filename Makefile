@@ -26,9 +26,12 @@ models-run: build
 models-test: build
 	$(IZWI) models fetch --profile small
 
-# The tests' Python clients, pinned, in a venv of their own (PyPI only).
+# The tests' Python clients, pinned, in a venv of their own (PyPI only), and
+# an OpenAI-compatible server (llama-cpp-python, compiled once into a per-user
+# cache by scripts/llm-server.sh).
 PYTOOLS := target/pytools
 test-tools: $(PYTOOLS)/.installed
+	@scripts/llm-server.sh >/dev/null
 $(PYTOOLS)/.installed: tests/python/requirements.txt
 	python3 -m venv $(PYTOOLS)
 	$(PYTOOLS)/bin/pip install --quiet --disable-pip-version-check --only-binary :all: -r tests/python/requirements.txt

@@ -5,14 +5,17 @@
 # Prints the venv's python on stdout.
 set -euo pipefail
 VERSION=0.3.36
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/izwi/llama-cpp-python-$VERSION"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/izwi/llama-cpp-python-$VERSION-native"
+mkdir -p "$(dirname "$CACHE")"
+# One build at a time (test binaries may ask at once).
+exec 9>"$CACHE.lock"
+flock 9
 if [ ! -f "$CACHE/.installed" ]; then
     rm -rf "$CACHE"
-    mkdir -p "$(dirname "$CACHE")"
     python3 -m venv "$CACHE" >&2
-    # No BLAS, no GPU, no native-only instructions: the same build wherever
-    # the cache is made; examples and tests are not needed.
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+    # For this machine's CPU (the cache is per machine), without BLAS or a
+    # GPU; llama.cpp's examples and tests are not needed.
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
     CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
         "$CACHE/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
         "llama-cpp-python[server]==$VERSION" >&2

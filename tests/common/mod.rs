@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod attack;
+pub mod llm_server;
 pub mod sip_peer;
 pub mod twilio;
 
