@@ -461,6 +461,10 @@ pub struct SipConfig {
     pub jitter_packets: usize,
     /// Ring (180) for this long before answering; 0 answers at once.
     pub ring_ms: u32,
+    /// On SIGTERM, how long calls in progress may go on while new ones get
+    /// 503 (a dispatcher's OPTIONS health check then takes the node out);
+    /// Izwi stops as soon as the last has ended. 0: SIGTERM stops at once.
+    pub drain_secs: u32,
     /// Addresses (CIDR blocks) whose calls are taken without authentication,
     /// e.g. a trunk's signalling addresses. Empty: no allow-list.
     pub allow: Vec<String>,
@@ -507,6 +511,7 @@ impl Default for SipConfig {
             tcp_message_secs: 10,
             jitter_packets: 3,
             ring_ms: 0,
+            drain_secs: 300,
             allow: Vec::new(),
             auth_user: String::new(),
             auth_password: String::new(),
@@ -1248,6 +1253,9 @@ impl Config {
                 "sip.auth_password",
                 "must be set when sip.auth_user is",
             ));
+        }
+        if sip.drain_secs > 86_400 {
+            return Err(invalid("sip.drain_secs", "must be at most 86400 (a day)"));
         }
         if sip.ring_ms > 60_000 {
             return Err(invalid("sip.ring_ms", "must be at most 60000 ms"));

@@ -757,21 +757,57 @@ async fn calls_cmd(config: Config, action: CallsAction) -> Result<()> {
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM from a service manager: either stops Izwi after hanging up its calls.
-async fn stop_signal() {
+/// How far Izwi is in stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// No new calls; the calls in progress go on.
+    Draining,
+    /// Every call is hung up and Izwi exits.
+    Now,
+}
+
+/// SIGTERM (a service manager, a rolling update) drains: new SIP calls and
+/// OPTIONS health checks get 503, readiness goes false, and Izwi stops when
+/// its calls have ended or `sip.drain_secs` have passed. Ctrl-C, or a second
+/// SIGTERM, stops at once after hanging up the calls.
+async fn stop_signals(
+    stop: Arc<tokio::sync::watch::Sender<Stop>>,
+    drain_secs: u32,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let mut term = signal(SignalKind::terminate()).ok();
+    let next = async |term: &mut Option<tokio::signal::unix::Signal>| -> bool {
+        match term {
+            Some(t) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => false,
+                _ = t.recv() => true,
+            },
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+                false
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminated = next(&mut term).await;
+    if terminated && drain_secs > 0 {
+        ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        izwi::metrics::metrics().set_ready(false);
+        tracing::info!(
+            drain_secs,
+            "SIGTERM: draining (a second SIGTERM or Ctrl-C stops at once)"
+        );
+        let _ = stop.send(Stop::Draining);
+        tokio::select! {
+            _ = next(&mut term) => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(drain_secs as u64)) => {
+                tracing::info!("sip.drain_secs passed: hanging up the calls left");
+            }
         }
     }
     tracing::info!("stopping: hanging up calls");
+    let _ = stop.send(Stop::Now);
 }
 
 fn transcribe(config: &Config, file: &std::path::Path, language: &str) -> Result<()> {
@@ -922,11 +958,11 @@ async fn serve(config: Config) -> Result<()> {
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
     izwi::metrics::metrics().set_ready(true);
     // One stop signal for every transport.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Running);
+    let reached = move |at: Stop| {
         let mut rx = stop_rx.clone();
         async move {
-            let _ = rx.wait_for(|s| *s).await;
+            let _ = rx.wait_for(|s| *s == at || *s == Stop::Now).await;
         }
     };
     let sip = if config.sip.enabled {
@@ -939,15 +975,24 @@ async fn serve(config: Config) -> Result<()> {
     } else {
         None
     };
-    tracing::info!("Izwi is ready; Ctrl-C or SIGTERM stops");
-    tokio::spawn(async move {
-        stop_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let sip_task = sip.map(|e| tokio::spawn(e.run(stopped())));
-    let http_task = http.map(|s| tokio::spawn(s.run(stopped())));
+    tracing::info!("Izwi is ready; SIGTERM drains, Ctrl-C stops");
+    let stop_tx = Arc::new(stop_tx);
+    let signals = tokio::spawn(stop_signals(
+        stop_tx.clone(),
+        if sip.is_some() {
+            config.sip.drain_secs
+        } else {
+            0
+        },
+        ready.clone(),
+    ));
+    let sip_task = sip.map(|e| tokio::spawn(e.run(reached(Stop::Draining), reached(Stop::Now))));
+    let http_task = http.map(|s| tokio::spawn(s.run(reached(Stop::Now))));
     if let Some(t) = sip_task {
         t.await.context("the SIP endpoint stopped abnormally")?;
+        // Drained (or stopped): the rest stops with it.
+        let _ = stop_tx.send(Stop::Now);
+        signals.abort();
     }
     if let Some(t) = http_task {
         t.await

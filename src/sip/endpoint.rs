@@ -369,9 +369,17 @@ impl Endpoint {
         self.socket.local_addr().ok()
     }
 
-    /// Serves until `shutdown` resolves, then hangs up every call.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Serves until `shutdown` resolves, then hangs up every call. Once
+    /// `drain` resolves, new calls (and OPTIONS health checks) get 503 and
+    /// the endpoint stops by itself when its last call has ended.
+    pub async fn run(
+        mut self,
+        drain: impl std::future::Future<Output = ()>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(drain);
         tokio::pin!(shutdown);
+        let mut draining = false;
         let mut buf = vec![0u8; 65_536];
         let far = Duration::from_secs(3600);
         loop {
@@ -411,10 +419,19 @@ impl Endpoint {
                         self.tcp_conns.remove(&peer);
                     }
                 },
+                _ = &mut drain, if !draining => {
+                    draining = true;
+                    self.ua.drain();
+                    tracing::info!(calls = self.ua.live_calls(), "draining: no new calls; stopping when the calls in progress have ended");
+                }
                 _ = &mut shutdown => break,
             }
             self.flush().await;
             self.report_stats();
+            if draining && self.idle() {
+                tracing::info!("drained: no calls left");
+                break;
+            }
         }
         let calls: Vec<CallRef> = self.calls.keys().chain(self.late.keys()).copied().collect();
         for call in calls {
@@ -423,6 +440,14 @@ impl Endpoint {
         self.flush().await;
         self.unregister().await;
         tracing::info!(stats = ?self.ua.stats(), "SIP endpoint stopped");
+    }
+
+    /// No call is ringing, talking or still closing its media.
+    fn idle(&self) -> bool {
+        self.ua.live_calls() == 0
+            && self.calls.is_empty()
+            && self.ringing.is_empty()
+            && self.late.is_empty()
     }
 
     /// Removes the trunk registration, answering a challenge if one comes, for

@@ -147,7 +147,13 @@ pub struct Stats {
     pub source_busy: u64,
     /// Merged requests answered with 482 (RFC 3261 §8.2.2.2).
     pub merged: u64,
+    /// New calls refused with 503 while draining.
+    pub drained: u64,
 }
+
+/// What a draining node tells callers and health checks: try elsewhere,
+/// and not here again for this long (seconds).
+const DRAIN_RETRY_AFTER: u64 = 120;
 
 #[derive(Debug, Clone)]
 pub struct UaConfig {
@@ -281,6 +287,9 @@ pub struct UserAgent {
     out: VecDeque<Output>,
     stats: Stats,
     next_call: u64,
+    /// Stopping: calls in progress go on, new ones are refused with 503 and
+    /// OPTIONS answered 503 (a dispatcher's health check takes the node out).
+    draining: bool,
 }
 
 impl UserAgent {
@@ -311,6 +320,7 @@ impl UserAgent {
             out: VecDeque::new(),
             stats: Stats::default(),
             next_call: 1,
+            draining: false,
         }
     }
 
@@ -326,6 +336,15 @@ impl UserAgent {
     /// Calls in progress: neither refused nor ended.
     pub fn live_calls(&self) -> usize {
         self.live
+    }
+
+    /// Takes no new calls from now on; the calls in progress go on.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining
     }
 
     /// Finished transactions and timers held (bounded, for tests of floods).
@@ -509,6 +528,13 @@ impl UserAgent {
             Method::Ack => self.ack(&p),
             Method::Bye => self.bye(p, from, transport, now),
             Method::Cancel => self.cancel(p, from, transport, now),
+            Method::Options if self.draining => {
+                let extra = [
+                    ("Allow", ALLOW.to_string()),
+                    ("Retry-After", DRAIN_RETRY_AFTER.to_string()),
+                ];
+                self.answer_stateless(&p, from, transport, (503, "Service Unavailable"), &extra);
+            }
             Method::Options => {
                 let extra = [
                     ("Allow", ALLOW.to_string()),
@@ -645,6 +671,17 @@ impl UserAgent {
             self.finish_invite_without_leg(&p, from, transport, 400, "Missing From tag");
             return;
         };
+        if self.draining {
+            self.stats.drained += 1;
+            self.refuse(
+                &p,
+                from,
+                transport,
+                (503, "Service Unavailable"),
+                Some(DRAIN_RETRY_AFTER),
+            );
+            return;
+        }
         let credentials = p
             .header_value("Authorization")
             .or_else(|| p.header_value("Proxy-Authorization"));
@@ -2278,6 +2315,34 @@ mod tests {
         let (sent, events) = drain(&mut ua);
         assert_eq!(status(&sent[0]), 503);
         assert!(events.is_empty());
+    }
+
+    #[test]
+    fn a_draining_agent_keeps_its_calls_and_refuses_new_ones_and_health_checks() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        incoming(&mut ua, t0, "a");
+        drain(&mut ua);
+        ua.drain();
+        feed(
+            &mut ua,
+            &req("OPTIONS", "z9hG4bK-o", "o1", 1, None, "", ""),
+            t0,
+        );
+        feed(
+            &mut ua,
+            &req("INVITE", "z9hG4bK-n", "n", 1, None, "", ""),
+            t0,
+        );
+        let (sent, events) = drain(&mut ua);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        for r in &sent {
+            assert_eq!(status(r), 503, "{r}");
+            assert!(r.contains("Retry-After: 120"), "{r}");
+        }
+        assert!(events.is_empty(), "no new call: {events:?}");
+        assert_eq!(ua.stats().drained, 1);
+        assert_eq!(ua.live_calls(), 1, "the call in progress goes on");
     }
 
     #[test]
