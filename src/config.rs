@@ -597,6 +597,127 @@ pub struct AgentProfile {
     /// other backend answers; the call goes on.
     #[serde(default = "AgentProfile::default_engine_failed")]
     pub engine_failed: String,
+    /// HTTP functions the model may call (`[[agents.NAME.tools]]`).
+    #[serde(default)]
+    pub tools: Vec<ToolConfig>,
+    /// How the model is asked to use the tools on the first step of a
+    /// reply: `auto` (it chooses), `required` (some tool), `none`, or a
+    /// tool's name.
+    #[serde(default = "AgentProfile::default_tool_choice")]
+    pub tool_choice: String,
+    /// Steps of tool calls one reply may take before the model must speak
+    /// (1-5). One by default: a small model asked again after a tool's
+    /// answer tends to call the same tool again rather than answer.
+    #[serde(default = "AgentProfile::default_tool_steps")]
+    pub tool_steps: u32,
+    /// Said when a tool is still running after `filler_after_ms` and
+    /// nothing else has been said yet.
+    #[serde(default = "AgentProfile::default_filler")]
+    pub filler: String,
+    #[serde(default = "AgentProfile::default_filler_after_ms")]
+    pub filler_after_ms: u32,
+}
+
+/// An HTTP function an agent's model may call. POST sends the arguments as
+/// a JSON body, GET as query parameters; the answer must be JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConfig {
+    /// Letters, digits and `_`: what the model calls it.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// A JSON schema of an object: the arguments, checked before the call.
+    #[serde(default = "ToolConfig::no_parameters")]
+    pub parameters: serde_json::Value,
+    pub url: String,
+    #[serde(default = "ToolConfig::default_method")]
+    pub method: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Headers whose values come from environment variables (header →
+    /// variable name), so that secrets stay out of the file.
+    #[serde(default)]
+    pub secret_headers: BTreeMap<String, String>,
+    #[serde(default = "ToolConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl ToolConfig {
+    fn no_parameters() -> serde_json::Value {
+        serde_json::json!({"type": "object", "properties": {}})
+    }
+    fn default_method() -> String {
+        "POST".into()
+    }
+    fn default_timeout_ms() -> u64 {
+        5_000
+    }
+
+    /// The parameters' names and schemas.
+    pub fn properties(&self) -> Vec<(&String, &serde_json::Value)> {
+        self.parameters
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.iter().collect())
+            .unwrap_or_default()
+    }
+
+    fn check(&self, local_model: bool) -> Result<(), (String, String)> {
+        let bad = |field: &str, msg: String| Err((field.to_string(), msg));
+        let n = &self.name;
+        if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return bad("name", format!("`{n}` is not 1-64 letters, digits or _"));
+        }
+        if matches!(n.as_str(), "end_call" | "transfer" | "answer") {
+            return bad("name", format!("`{n}` is a built-in action's name"));
+        }
+        if self.description.trim().is_empty() {
+            return bad("description", "must say what the tool does".into());
+        }
+        if self.parameters.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return bad(
+                "parameters",
+                "must be a JSON schema with type = \"object\"".into(),
+            );
+        }
+        if let Err(e) = jsonschema::validator_for(&self.parameters) {
+            return bad("parameters", format!("not a valid JSON schema: {e}"));
+        }
+        if local_model {
+            let props = self.properties();
+            let one_string = props.len() == 1
+                && props[0].1.get("type").and_then(|t| t.as_str()) == Some("string");
+            if !props.is_empty() && !one_string {
+                return bad(
+                    "parameters",
+                    "the local model takes tools of no parameter or one string parameter; \
+                     give the agent an [llm.NAME] server for more"
+                        .into(),
+                );
+            }
+        }
+        let url = self.url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return bad("url", format!("`{url}` is not an http:// or https:// URL"));
+        }
+        if !matches!(self.method.to_ascii_uppercase().as_str(), "GET" | "POST") {
+            return bad("method", format!("`{}` is not GET or POST", self.method));
+        }
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            return bad("timeout_ms", "must be 100 to 60000".into());
+        }
+        for (header, var) in &self.secret_headers {
+            if std::env::var(var).is_err() {
+                return bad(
+                    &format!("secret_headers.{header}"),
+                    format!("the environment variable `{var}` is not set"),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Caller silent for `after_secs`: the prompt, up to `prompts` times; then
@@ -689,6 +810,18 @@ impl AgentProfile {
     pub fn default_llm() -> String {
         LOCAL_LLM.into()
     }
+    fn default_tool_choice() -> String {
+        "auto".into()
+    }
+    fn default_tool_steps() -> u32 {
+        1
+    }
+    fn default_filler() -> String {
+        "One moment, please.".into()
+    }
+    fn default_filler_after_ms() -> u32 {
+        700
+    }
     fn default_engine_failed() -> String {
         "I am sorry, I cannot answer that right now. Please try again in a moment.".into()
     }
@@ -715,6 +848,11 @@ impl AgentProfile {
             collect: None,
             llm: Self::default_llm(),
             engine_failed: Self::default_engine_failed(),
+            tools: Vec::new(),
+            tool_choice: Self::default_tool_choice(),
+            tool_steps: Self::default_tool_steps(),
+            filler: Self::default_filler(),
+            filler_after_ms: Self::default_filler_after_ms(),
         }
     }
 
@@ -813,6 +951,34 @@ impl AgentProfile {
                 }
                 Some(_) => {}
             }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, tool) in self.tools.iter().enumerate() {
+            if let Err((field, msg)) = tool.check(self.llm == LOCAL_LLM) {
+                return bad(&format!("tools[{i}].{field}"), msg);
+            }
+            if !names.insert(tool.name.as_str()) {
+                return bad(
+                    &format!("tools[{i}].name"),
+                    format!("`{}` is named twice", tool.name),
+                );
+            }
+        }
+        match self.tool_choice.as_str() {
+            "auto" | "none" | "required" => {}
+            name if names.contains(name) => {}
+            other => {
+                return bad(
+                    "tool_choice",
+                    format!("`{other}` is not auto, none, required or one of this agent's tools"),
+                );
+            }
+        }
+        if !(1..=5).contains(&self.tool_steps) {
+            return bad("tool_steps", "must be 1 to 5".into());
+        }
+        if self.filler_after_ms > 60_000 {
+            return bad("filler_after_ms", "must be at most 60000".into());
         }
         if let Some(c) = &self.collect {
             if c.max_digits == 0 || c.max_digits > 32 {
@@ -1507,6 +1673,77 @@ mod tests {
         assert!(matches!(err, ConfigError::UnknownEnv { .. }), "{err}");
         let err = Config::load(None, env(&[("IZWI_TURN_NOPE", "1")])).unwrap_err();
         assert!(err.to_string().contains("turn.nope"), "{err}");
+    }
+
+    #[test]
+    fn tools_and_backends_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("izwi.toml");
+        let agent = "[agents.desk]\nlanguage = \"en\"\nsystem_prompt = \"x\"\ngreeting = \"hi\"\n";
+        let tool = |extra: &str| {
+            format!(
+                "{agent}{extra}\n[[agents.desk.tools]]\nname = \"hours\"\ndescription = \"d\"\n\
+                 url = \"http://127.0.0.1:9/h\"\n\
+                 parameters = {{ type = \"object\", properties = {{ day = {{ type = \"string\" }} }} }}\n"
+            )
+        };
+        let fails = |text: String, setting: &str| {
+            std::fs::write(&path, &text).unwrap();
+            let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+            assert!(err.contains(setting), "{setting}: {err}\n{text}");
+        };
+        std::fs::write(&path, tool("")).unwrap();
+        let c = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(c.agents["desk"].tools[0].method, "POST");
+        fails(tool("tool_choice = \"nothing\""), "agents.desk.tool_choice");
+        fails(tool("tool_steps = 9"), "agents.desk.tool_steps");
+        fails(tool("llm = \"gpu\""), "agents.desk.llm");
+        fails(
+            tool("").replace("name = \"hours\"", "name = \"end_call\""),
+            "agents.desk.tools[0].name",
+        );
+        fails(
+            tool("").replace("url = \"http://127.0.0.1:9/h\"", "url = \"ftp://x\""),
+            "agents.desk.tools[0].url",
+        );
+        // The local model takes one string parameter at most.
+        fails(
+            tool("").replace(
+                "day = { type = \"string\" }",
+                "day = { type = \"string\" }, week = { type = \"integer\" }",
+            ),
+            "agents.desk.tools[0].parameters",
+        );
+        fails(
+            format!(
+                "{}[agents.desk.tools.secret_headers]\nX-Key = \"IZWI_TEST_NO_SUCH_VAR\"\n",
+                tool("")
+            ),
+            "secret_headers.X-Key",
+        );
+        fails(
+            format!(
+                "{agent}llm = \"gpu\"\n[llm.gpu]\nbase_url = \"10.0.0.5:8000\"\nmodel = \"m\"\n"
+            ),
+            "llm.gpu.base_url",
+        );
+        fails(
+            format!("{agent}[llm.local]\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n"),
+            "llm.local",
+        );
+        // A server's agent may have tools of any parameters.
+        std::fs::write(
+            &path,
+            tool(
+                "llm = \"gpu\"\n[llm.gpu]\nbase_url = \"http://10.0.0.5:8000/v1\"\nmodel = \"m\"\n",
+            )
+            .replace(
+                "day = { type = \"string\" }",
+                "day = { type = \"string\" }, week = { type = \"integer\" }",
+            ),
+        )
+        .unwrap();
+        Config::load(Some(&path), env(&[])).unwrap();
     }
 
     #[test]

@@ -16,3 +16,4 @@ pub mod records;
 pub mod rtp;
 pub mod sip;
 pub mod talk;
+pub mod tools;

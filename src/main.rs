@@ -737,18 +737,22 @@ async fn calls_cmd(config: Config, action: CallsAction) -> Result<()> {
                 bail!("no call `{id}` in {}", path.display());
             };
             let actions = store.actions(&id).await?;
+            let tools = store.tool_calls(&id).await?;
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"call": call, "turns": turns, "actions": actions})
-                    )?
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "call": call, "turns": turns, "actions": actions, "tools": tools,
+                    }))?
                 );
             } else {
                 print!("{}", izwi::records::table(std::slice::from_ref(&call)));
                 print!("{}", izwi::records::turns_table(&turns));
                 if !actions.is_empty() {
                     print!("{}", izwi::records::actions_table(&actions));
+                }
+                if !tools.is_empty() {
+                    print!("{}", izwi::records::tools_table(&tools));
                 }
             }
         }

@@ -14,7 +14,7 @@ use izwi::config::AgentProfile;
 use izwi::engine::llm::local::{LocalModel, LocalSession};
 use izwi::engine::{
     Abandoned, ChatMessage, EngineError, EnginePool, GenerationStats, LlmEvent, LlmSession,
-    Speaker, ToolCall, ToolSpec,
+    Speaker, ToolCall, ToolChoice, ToolSpec,
 };
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -38,7 +38,7 @@ fn reply(
 ) -> (String, Vec<ToolCall>, GenerationStats) {
     use futures_util::StreamExt;
     block_on(async {
-        let mut events = session.reply(history.to_vec());
+        let mut events = session.reply(history.to_vec(), ToolChoice::Auto);
         let (mut words, mut calls) = (String::new(), Vec::new());
         while let Some(event) = events.next().await {
             match event.unwrap() {
@@ -212,7 +212,7 @@ fn llm_stops_when_the_listener_goes_away() {
     }];
     let mut pieces = 0;
     let stats = s
-        .generate(&history, &pool, &mut |_| {
+        .generate(&history, &ToolChoice::Auto, &pool, &mut |_| {
             pieces += 1;
             if pieces == 3 {
                 ControlFlow::Break(())

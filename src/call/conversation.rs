@@ -22,6 +22,7 @@ use crate::config::TransferFallback;
 use crate::config::TurnConfig;
 use crate::engine::{ChatMessage, Engine, EngineError, LlmSession, Speaker, VadStream};
 use crate::records::ActionRow;
+use crate::tools::ToolOutcome;
 
 /// Caller audio kept for the start of a turn (onset detection lags the onset).
 const RECENT: Duration = Duration::from_secs(3);
@@ -80,7 +81,20 @@ pub struct TurnRecord {
     /// Words the caller actually heard (all of them unless interrupted).
     pub words_spoken: usize,
     pub barged_in: bool,
+    /// The agent's tools called in this turn, in order.
+    pub tools: Vec<ToolUse>,
 }
+
+/// A tool call of a turn: the tool's name, how long, how it ended.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ToolUse {
+    pub name: String,
+    pub duration_ms: Option<f64>,
+    pub outcome: &'static str,
+}
+
+/// Tool calls kept a turn: the model is held to a few steps anyway.
+const MAX_TOOL_USES: usize = 16;
 
 impl TurnRecord {
     fn new(index: usize, greeting: bool) -> TurnRecord {
@@ -106,6 +120,7 @@ impl TurnRecord {
             words_generated: 0,
             words_spoken: 0,
             barged_in: false,
+            tools: Vec::new(),
         }
     }
 }
@@ -666,11 +681,9 @@ impl Conversation {
             self.llm.clone(),
             ReplyRequest {
                 input: ReplyInput::Text(text.clone()),
-                language: self.agent.profile.language.clone(),
-                voice: self.agent.profile.espeak_voice.clone(),
+                agent: self.agent.clone(),
                 history: self.history.clone(),
                 judge: false,
-                fallback: self.agent.phrases.engine_failed.clone(),
             },
         );
         let mut r = ActiveReply::new(Some(stream), VecDeque::new(), TurnRecord::new(index, false));
@@ -854,11 +867,9 @@ impl Conversation {
             self.llm.clone(),
             ReplyRequest {
                 input: ReplyInput::Speech { audio, words },
-                language: self.agent.profile.language.clone(),
-                voice: self.agent.profile.espeak_voice.clone(),
+                agent: self.agent.clone(),
                 history: self.history.clone(),
                 judge,
-                fallback: self.agent.phrases.engine_failed.clone(),
             },
         );
         self.reply = Some(ActiveReply::new(Some(stream), VecDeque::new(), record));
@@ -1014,6 +1025,34 @@ impl Conversation {
                 rec.asr_ms = Some(ms(asr));
                 rec.outcome = TurnOutcome::NothingHeard;
                 self.abandon();
+            }
+            ReplyEvent::ToolStarted(name) => {
+                tracing::info!(call = %self.call_id, turn = rec.index, tool = %name, "tool called");
+                if rec.tools.len() < MAX_TOOL_USES {
+                    // Until it answers, it counts as interrupted: a barge-in
+                    // or a hang-up drops the reply, and this with it.
+                    rec.tools.push(ToolUse {
+                        name,
+                        duration_ms: None,
+                        outcome: ToolOutcome::Interrupted.as_str(),
+                    });
+                }
+            }
+            ReplyEvent::ToolDone {
+                name,
+                outcome,
+                took,
+            } => {
+                tracing::info!(call = %self.call_id, turn = rec.index, tool = %name, outcome = outcome.as_str(), took_ms = took.as_millis() as u64, "tool answered");
+                if let Some(t) = rec
+                    .tools
+                    .iter_mut()
+                    .rev()
+                    .find(|t| t.name == name && t.duration_ms.is_none())
+                {
+                    t.duration_ms = Some(ms(took));
+                    t.outcome = outcome.as_str();
+                }
             }
             ReplyEvent::ModelFailed(error) => {
                 tracing::warn!(call = %self.call_id, turn = rec.index, %error, "language model failed; the fallback phrase answers");

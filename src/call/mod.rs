@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::audio::{Frame, frames};
 use crate::config::AgentProfile;
 use crate::engine::{Engine, EngineError, ToolSpec};
+use crate::tools::Toolbox;
 
 /// An agent profile made ready for calls: its fixed phrases synthesized once
 /// and its system prompt evaluated once, so that a call starts speaking at once.
@@ -25,8 +26,10 @@ pub struct Agent {
     pub profile: AgentProfile,
     pub greeting: Vec<Frame>,
     pub phrases: Phrases,
-    /// The actions the model is offered.
+    /// The actions and tools the model is offered.
     pub tools: Vec<ToolSpec>,
+    /// The agent's HTTP tools, ready to call.
+    pub toolbox: Arc<Toolbox>,
     pub prepared_in: Duration,
 }
 
@@ -46,6 +49,8 @@ pub struct Phrases {
     pub transfer_failed: Phrase,
     /// Said when the language model fails.
     pub engine_failed: Phrase,
+    /// Said while a slow tool runs.
+    pub filler: Phrase,
 }
 
 async fn synthesize(
@@ -88,8 +93,16 @@ impl Agent {
                 synthesize(engine, &profile.transfer_failed, profile).await?
             },
             engine_failed: synthesize(engine, &profile.engine_failed, profile).await?,
+            filler: if profile.tools.is_empty() {
+                Phrase::default()
+            } else {
+                synthesize(engine, &profile.filler, profile).await?
+            },
         };
-        let tools = action::tools(profile);
+        let toolbox = Toolbox::new(&profile.tools)
+            .map_err(|e| EngineError::Worker(format!("agent `{name}`: {e}")))?;
+        let mut tools = action::tools(profile);
+        tools.extend(toolbox.specs());
         // Checks the backend exists; a local one evaluates the system
         // prompt into its shared prefix cache.
         engine.llm_session(name, profile, tools.clone()).await?;
@@ -99,6 +112,7 @@ impl Agent {
             greeting,
             phrases,
             tools,
+            toolbox: Arc::new(toolbox),
             prepared_in: t.elapsed(),
         })
     }

@@ -11,13 +11,15 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::Phrase;
+use super::Agent;
 use super::transcript::{self, Words};
 use crate::audio::{ENGINE_RATE, Frame, frames};
 use crate::engine::phrase::PhraseCutter;
 use crate::engine::{
     ChatMessage, Engine, EngineError, GenerationStats, LlmEvent, LlmSession, Speaker, ToolCall,
+    ToolChoice,
 };
+use crate::tools::ToolOutcome;
 
 /// Bound of every queue between stages.
 pub const QUEUE: usize = 8;
@@ -56,6 +58,14 @@ pub enum ReplyEvent {
     ModelFailed(String),
     /// The model asked for an action (not yet checked).
     Action(ToolCall),
+    /// One of the agent's tools is being called.
+    ToolStarted(String),
+    /// The tool called last has answered (or failed, or was refused).
+    ToolDone {
+        name: String,
+        outcome: ToolOutcome,
+        took: Duration,
+    },
     /// The model asked for an action in a form that cannot be read.
     MalformedAction,
     /// No more phrases will come.
@@ -73,13 +83,11 @@ pub enum ReplyInput {
 
 pub struct ReplyRequest {
     pub input: ReplyInput,
-    pub language: String,
-    pub voice: Option<String>,
+    /// Who answers: language, voice, fixed phrases, tools.
+    pub agent: Arc<Agent>,
     pub history: Vec<ChatMessage>,
     /// Ask the end-of-turn model about the caller's audio first.
     pub judge: bool,
-    /// Said when the language model fails before its first word.
-    pub fallback: Phrase,
 }
 
 /// The receiving end of a reply in progress; dropping it cancels the reply.
@@ -125,12 +133,12 @@ async fn run(
 ) -> Result<(), EngineError> {
     let ReplyRequest {
         input,
-        language,
-        voice,
+        agent,
         mut history,
         judge,
-        fallback,
     } = req;
+    let language = agent.profile.language.clone();
+    let voice = agent.profile.espeak_voice.clone();
     let text = match input {
         ReplyInput::Text(text) => text,
         ReplyInput::Speech { audio, words } => {
@@ -170,54 +178,159 @@ async fn run(
         text,
     });
 
-    let (piece_tx, mut pieces) = mpsc::channel::<String>(QUEUE);
+    // `None` says: what is held is a phrase now (a tool is about to run).
+    let (piece_tx, mut pieces) = mpsc::channel::<Option<String>>(QUEUE);
     // Actions go straight to the call, beside the phrases: they are few.
     let actions = tx.clone();
     let (phrase_tx, mut phrases) = mpsc::channel::<String>(QUEUE);
 
     let generate = async move {
-        let mut reply = llm.reply(history);
+        let mut total: Option<GenerationStats> = None;
+        // Anything said or done this turn: then a failure cannot be covered
+        // by the fallback phrase, and a slow tool needs no filler.
         let mut begun = false;
-        while let Some(event) = reply.next().await {
-            match event {
-                Ok(LlmEvent::Text(piece)) => {
-                    begun = true;
-                    piece_tx.send(piece).await.map_err(|_| Cancelled)?;
+        let mut filler_said = false;
+        // The model may call tools in this many steps in a row; on the
+        // step after, it must speak.
+        let tool_steps = agent.profile.tool_steps as usize;
+        for step in 0..=tool_steps {
+            let choice = match step {
+                s if s == tool_steps => ToolChoice::None,
+                0 => ToolChoice::parse(&agent.profile.tool_choice),
+                _ => ToolChoice::Auto,
+            };
+            let mut reply = llm.reply(history.clone(), choice);
+            let mut calls = Vec::new();
+            let mut words = String::new();
+            let stats = loop {
+                let Some(event) = reply.next().await else {
+                    // The model stopped without its last event (its worker gone).
+                    return Err(EngineError::Worker(
+                        "the language model stopped mid-reply".into(),
+                    ));
+                };
+                match event {
+                    Ok(LlmEvent::Text(piece)) => {
+                        begun = true;
+                        words.push_str(&piece);
+                        piece_tx.send(Some(piece)).await.map_err(|_| Cancelled)?;
+                    }
+                    Ok(LlmEvent::ToolCall(call)) if agent.toolbox.has(&call.name) => {
+                        begun = true;
+                        calls.push(call);
+                    }
+                    Ok(LlmEvent::ToolCall(call)) => {
+                        begun = true;
+                        send(&actions, ReplyEvent::Action(call)).await?;
+                    }
+                    Ok(LlmEvent::Malformed(_)) => {
+                        send(&actions, ReplyEvent::MalformedAction).await?
+                    }
+                    Ok(LlmEvent::Done(stats)) => break stats,
+                    // Nothing said yet: the caller hears the agent's fallback
+                    // phrase instead of silence, and the call goes on.
+                    Err(e) if !begun && !agent.phrases.engine_failed.frames.is_empty() => {
+                        let fallback = &agent.phrases.engine_failed;
+                        send(&actions, ReplyEvent::ModelFailed(e.to_string())).await?;
+                        send(
+                            &actions,
+                            ReplyEvent::Phrase {
+                                text: fallback.text.clone(),
+                                audio: fallback.frames.clone(),
+                                synth: Duration::ZERO,
+                            },
+                        )
+                        .await?;
+                        return Ok(total.unwrap_or_default());
+                    }
+                    Err(e) => return Err(e),
                 }
-                Ok(LlmEvent::ToolCall(call)) => {
-                    begun = true;
-                    send(&actions, ReplyEvent::Action(call)).await?;
+            };
+            match &mut total {
+                None => total = Some(stats),
+                Some(t) => {
+                    t.tokens += stats.tokens;
+                    t.decode_time += stats.decode_time;
                 }
-                Ok(LlmEvent::Malformed(_)) => send(&actions, ReplyEvent::MalformedAction).await?,
-                Ok(LlmEvent::Done(stats)) => return Ok(stats),
-                // Nothing said yet: the caller hears the agent's fallback
-                // phrase instead of silence, and the call goes on.
-                Err(e) if !begun && !fallback.frames.is_empty() => {
-                    send(&actions, ReplyEvent::ModelFailed(e.to_string())).await?;
-                    send(
-                        &actions,
-                        ReplyEvent::Phrase {
-                            text: fallback.text.clone(),
-                            audio: fallback.frames.clone(),
-                            synth: Duration::ZERO,
-                        },
-                    )
-                    .await?;
-                    return Ok(GenerationStats::default());
-                }
-                Err(e) => return Err(e),
+            }
+            // On the step that must speak, a call is not run (a model that
+            // ignores tool_choice gets no loop out of it).
+            if calls.is_empty() || step == tool_steps {
+                break;
+            }
+            if !words.trim().is_empty() {
+                piece_tx.send(None).await.map_err(|_| Cancelled)?;
+                history.push(ChatMessage {
+                    speaker: Speaker::Assistant,
+                    text: words.trim().to_string(),
+                });
+            }
+            for (i, call) in calls.into_iter().enumerate() {
+                let id = format!("call_{step}_{i}");
+                send(&actions, ReplyEvent::ToolStarted(call.name.clone())).await?;
+                let answer = {
+                    let running = agent.toolbox.call(&call.name, &call.arguments);
+                    tokio::pin!(running);
+                    let filler = &agent.phrases.filler;
+                    let wait = Duration::from_millis(agent.profile.filler_after_ms as u64);
+                    // The model's own words before the call stand in for it.
+                    if !words.trim().is_empty() || filler_said || filler.frames.is_empty() {
+                        running.await
+                    } else {
+                        tokio::select! {
+                            answer = &mut running => answer,
+                            _ = tokio::time::sleep(wait) => {
+                                filler_said = true;
+                                send(
+                                    &actions,
+                                    ReplyEvent::Phrase {
+                                        text: filler.text.clone(),
+                                        audio: filler.frames.clone(),
+                                        synth: Duration::ZERO,
+                                    },
+                                )
+                                .await?;
+                                running.await
+                            }
+                        }
+                    }
+                };
+                send(
+                    &actions,
+                    ReplyEvent::ToolDone {
+                        name: call.name.clone(),
+                        outcome: answer.outcome,
+                        took: answer.took,
+                    },
+                )
+                .await?;
+                history.push(ChatMessage {
+                    speaker: Speaker::ToolCall {
+                        id: id.clone(),
+                        name: call.name.clone(),
+                    },
+                    text: call.arguments.to_string(),
+                });
+                history.push(ChatMessage {
+                    speaker: Speaker::ToolResult {
+                        id,
+                        name: call.name,
+                    },
+                    text: answer.result.to_string(),
+                });
             }
         }
-        // The model stopped without its last event (its worker gone).
-        Err::<GenerationStats, EngineError>(EngineError::Worker(
-            "the language model stopped mid-reply".into(),
-        ))
+        Ok::<GenerationStats, EngineError>(total.unwrap_or_default())
     };
 
     let cut = async move {
         let mut cutter = PhraseCutter::default();
         while let Some(piece) = pieces.recv().await {
-            for phrase in cutter.push(&piece) {
+            let phrases = match piece {
+                Some(piece) => cutter.push(&piece),
+                None => cutter.finish().into_iter().collect(),
+            };
+            for phrase in phrases {
                 if phrase_tx.send(phrase).await.is_err() {
                     return;
                 }

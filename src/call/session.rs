@@ -16,7 +16,7 @@ use crate::config::TurnConfig;
 use crate::engine::{Engine, EngineError};
 use crate::metrics::{TurnTimings, metrics};
 use crate::records::{
-    ActionRow, CallEnd, CallGuard, CallStart, Outcome, Recorder, Transport, TurnRow,
+    ActionRow, CallEnd, CallGuard, CallStart, Outcome, Recorder, ToolRow, Transport, TurnRow,
 };
 
 /// What a call needs to be answered; shared by every call of every transport.
@@ -124,6 +124,17 @@ impl CallTracker {
                 errors,
                 turns: turns.iter().map(turn_row).collect(),
                 actions,
+                tools: turns
+                    .iter()
+                    .flat_map(|t| {
+                        t.tools.iter().map(|u| ToolRow {
+                            turn: t.index as u32,
+                            name: u.name.clone(),
+                            duration_ms: u.duration_ms,
+                            outcome: u.outcome.to_string(),
+                        })
+                    })
+                    .collect(),
             });
         }
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use super::llm::local::{LocalModel, LocalSession, OnPool};
 use super::{
     Asr, ChatMessage, Engine, EngineError, EnginePool, GenerationStats, LlmEvent, ToolCall,
-    ToolSpec, Tts, TurnDetector, Vad, VadStream,
+    ToolChoice, ToolSpec, Tts, TurnDetector, Vad, VadStream,
 };
 use crate::config::EngineConfig;
 
@@ -85,6 +85,7 @@ impl LocalSession for ScriptedSession {
     fn generate(
         &mut self,
         history: &[ChatMessage],
+        _: &ToolChoice,
         _: &EnginePool,
         on_event: &mut dyn FnMut(LlmEvent) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError> {

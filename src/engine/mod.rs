@@ -115,10 +115,47 @@ pub trait Asr: Send + Sync {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Speaker {
     User,
     Assistant,
+    /// The assistant asked for a tool; the message's text is the call's
+    /// JSON arguments. `id` pairs it with its result.
+    ToolCall {
+        id: String,
+        name: String,
+    },
+    /// A tool's answer (JSON) to the call `id`.
+    ToolResult {
+        id: String,
+        name: String,
+    },
+}
+
+/// How the model may use its tools on one request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolChoice {
+    /// It chooses between words and a tool.
+    #[default]
+    Auto,
+    /// Words only.
+    None,
+    /// Some tool.
+    Required,
+    /// This tool.
+    Named(String),
+}
+
+impl ToolChoice {
+    /// From an agent's `tool_choice` setting (checked by the configuration).
+    pub fn parse(s: &str) -> ToolChoice {
+        match s {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            name => ToolChoice::Named(name.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,8 +222,9 @@ pub type LlmReply = BoxStream<'static, Result<LlmEvent, EngineError>>;
 /// One call's conversation with a language model (a local one keeps its KV
 /// cache between turns).
 pub trait LlmSession: Send + Sync {
-    /// The assistant's next reply to `history`, which ends with the caller's words.
-    fn reply(&self, history: Vec<ChatMessage>) -> LlmReply;
+    /// The assistant's next reply to `history`, which ends with the caller's
+    /// words or a tool's answer.
+    fn reply(&self, history: Vec<ChatMessage>, tools: ToolChoice) -> LlmReply;
 }
 
 /// A language model backend: the embedded one, or a server.

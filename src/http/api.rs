@@ -258,24 +258,27 @@ pub async fn list_calls(
     }
 }
 
-/// `GET /v1/calls/{id}`: the call with its turns and actions.
+/// `GET /v1/calls/{id}`: the call with its turns, actions and tool calls.
 pub async fn get_call(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let Some(store) = &state.store else {
         return unavailable();
     };
     let found = match store.get(&id).await {
-        Ok(Some((call, turns))) => store
-            .actions(&id)
-            .await
-            .map(|actions| Some((call, turns, actions))),
+        Ok(Some((call, turns))) => match store.actions(&id).await {
+            Ok(actions) => store
+                .tool_calls(&id)
+                .await
+                .map(|tools| Some((call, turns, actions, tools))),
+            Err(e) => Err(e),
+        },
         Ok(None) => Ok(None),
         Err(e) => Err(e),
     };
     match found {
-        Ok(Some((call, turns, actions))) => {
-            Json(serde_json::json!({ "call": call, "turns": turns, "actions": actions }))
-                .into_response()
-        }
+        Ok(Some((call, turns, actions, tools))) => Json(serde_json::json!({
+            "call": call, "turns": turns, "actions": actions, "tools": tools,
+        }))
+        .into_response(),
         Ok(None) => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "error": "no such call" })),

@@ -26,7 +26,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 pub use store::Store;
-pub use table::{actions_table, table, turns_table};
+pub use table::{actions_table, table, tools_table, turns_table};
 
 /// How the call reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +174,19 @@ pub struct CallEnd {
     pub errors: u32,
     pub turns: Vec<TurnRow>,
     pub actions: Vec<ActionRow>,
+    pub tools: Vec<ToolRow>,
+}
+
+/// One call of an agent's tool: which, in which turn, how long, how it
+/// ended. Never its arguments or its answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolRow {
+    pub turn: u32,
+    /// The tool's configured name (capped at 64 characters when stored).
+    pub name: String,
+    pub duration_ms: Option<f64>,
+    /// "done" | "refused" | "failed" | "timeout" | "interrupted"
+    pub outcome: String,
 }
 
 /// One thing the agent did besides talking. Labels only: never the words
@@ -491,6 +504,7 @@ impl Drop for CallGuard {
             errors: 1,
             turns: Vec::new(),
             actions: Vec::new(),
+            tools: Vec::new(),
         }));
     }
 }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::{
     ActionRow, CallEnd, CallQuery, CallRow, CallStart, Counters, MAX_REMOTE_ID, Outcome, Page,
-    Record, RecordError, Recorder, Side, TurnRow, caller_hash, cap,
+    Record, RecordError, Recorder, Side, ToolRow, TurnRow, caller_hash, cap,
 };
 use crate::limits::LogGate;
 
@@ -315,7 +315,51 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        sqlx::query("DELETE FROM tool_calls WHERE call_id = ?1")
+            .bind(&e.id)
+            .execute(&mut *tx)
+            .await?;
+        for (i, t) in e.tools.iter().enumerate() {
+            let outcome = match t.outcome.as_str() {
+                v @ ("done" | "refused" | "failed" | "timeout" | "interrupted") => v,
+                _ => "failed",
+            };
+            sqlx::query(
+                "INSERT OR REPLACE INTO tool_calls (call_id, idx, turn, name, duration_ms, outcome) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(&e.id)
+            .bind(i as i64)
+            .bind(i64::from(t.turn))
+            .bind(cap(&t.name, 64))
+            .bind(t.duration_ms.filter(|d| d.is_finite() && *d >= 0.0))
+            .bind(outcome)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await
+    }
+
+    /// A call's tool calls in order.
+    pub async fn tool_calls(&self, id: &str) -> Result<Vec<ToolRow>, RecordError> {
+        let err = self.query_err();
+        sqlx::query(
+            "SELECT turn, name, duration_ms, outcome FROM tool_calls WHERE call_id = ?1 ORDER BY idx",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.query_err())?
+        .iter()
+        .map(|r| {
+            Ok(ToolRow {
+                turn: r.try_get::<i64, _>("turn").map_err(&err)? as u32,
+                name: r.try_get("name").map_err(&err)?,
+                duration_ms: r.try_get("duration_ms").map_err(&err)?,
+                outcome: r.try_get("outcome").map_err(&err)?,
+            })
+        })
+        .collect()
     }
 
     /// A call's actions in order.

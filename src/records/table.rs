@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{ActionRow, CallRow, TurnRow};
+use super::{ActionRow, CallRow, ToolRow, TurnRow};
 
 fn when(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
@@ -100,6 +100,21 @@ pub fn actions_table(actions: &[ActionRow]) -> String {
             a.source,
             a.target.as_deref().unwrap_or("-"),
             a.result
+        );
+    }
+    out
+}
+
+pub fn tools_table(tools: &[ToolRow]) -> String {
+    let mut out = format!("{:>4} {:<24} {:>9} {}\n", "TURN", "TOOL", "MS", "OUTCOME");
+    for t in tools {
+        let _ = writeln!(
+            out,
+            "{:>4} {:<24} {:>9} {}",
+            t.turn,
+            t.name,
+            t.duration_ms.map_or("-".into(), |d| format!("{d:.0}")),
+            t.outcome
         );
     }
     out

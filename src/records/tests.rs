@@ -64,6 +64,7 @@ fn end(id: &str, answered: Option<i64>, ended: i64, turns: Vec<TurnRow>) -> Call
         errors: 1,
         turns,
         actions: Vec::new(),
+        tools: Vec::new(),
     }
 }
 
@@ -94,12 +95,13 @@ async fn migrates_from_empty_and_reopens() {
             .collect();
     assert!(tables.contains(&"calls".to_owned()), "{tables:?}");
     assert!(tables.contains(&"turns".to_owned()), "{tables:?}");
+    assert!(tables.contains(&"tool_calls".to_owned()), "{tables:?}");
     let applied: i64 = sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations")
         .fetch_one(store.pool())
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 4);
+    assert_eq!(applied, 5);
     assert!(store.ping().await);
     store.close().await;
     assert!(!store.ping().await);
@@ -110,7 +112,7 @@ async fn migrates_from_empty_and_reopens() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 4);
+    assert_eq!(applied, 5);
     assert!(again.ping().await);
 }
 
@@ -752,6 +754,62 @@ fn enums_round_trip_their_stored_names() {
         );
     }
     assert!("Completed".parse::<Outcome>().is_err());
+}
+
+#[tokio::test]
+async fn tool_calls_are_kept_by_name_duration_and_outcome_only() {
+    let (_dir, _path, store) = open_temp().await;
+    let mut e = end("t1", Some(1_000), 9_000, vec![turn(1, false)]);
+    e.tools = vec![
+        ToolRow {
+            turn: 1,
+            name: "opening_hours".into(),
+            duration_ms: Some(812.5),
+            outcome: "done".into(),
+        },
+        ToolRow {
+            turn: 1,
+            name: "book".into(),
+            duration_ms: None,
+            outcome: "interrupted".into(),
+        },
+        // An outcome outside the schema's set is kept as `failed`.
+        ToolRow {
+            turn: 2,
+            name: "x".repeat(200),
+            duration_ms: Some(f64::NAN),
+            outcome: "exploded".into(),
+        },
+    ];
+    let counters = write_all(
+        &store,
+        vec![Record::Start(start("t1", 500)), Record::End(e)],
+    )
+    .await;
+    assert_eq!(counters.write_errors.load(Ordering::Relaxed), 0);
+    let tools = store.tool_calls("t1").await.unwrap();
+    assert_eq!(tools.len(), 3);
+    assert_eq!(
+        (
+            tools[0].name.as_str(),
+            tools[0].duration_ms,
+            tools[0].outcome.as_str()
+        ),
+        ("opening_hours", Some(812.5), "done")
+    );
+    assert_eq!(
+        (tools[1].duration_ms, tools[1].outcome.as_str()),
+        (None, "interrupted")
+    );
+    assert_eq!((tools[2].name.len(), tools[2].duration_ms), (64, None));
+    assert_eq!(tools[2].outcome, "failed");
+    let bad = sqlx::query(
+        "INSERT INTO tool_calls (call_id, idx, turn, name, outcome) \
+         VALUES ('t1', 9, 1, 'x', 'the caller said yes')",
+    )
+    .execute(store.pool())
+    .await;
+    assert!(bad.is_err(), "free text in the outcome");
 }
 
 #[tokio::test]

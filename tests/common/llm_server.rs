@@ -40,6 +40,11 @@ fn keep(stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
 
 impl LlmServer {
     pub fn start() -> LlmServer {
+        LlmServer::start_with(&[])
+    }
+
+    /// With more of the server's options (`--chat_format …`).
+    pub fn start_with(options: &[&str]) -> LlmServer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llm-server.sh");
         let out = Command::new(&script).output().unwrap();
         assert!(
@@ -60,6 +65,7 @@ impl LlmServer {
             .args(["--model_alias", MODEL, "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(["--n_ctx", "2048", "--n_threads", "1", "--api_key", KEY])
+            .args(options)
             // Its "disconnected" is a print(): unbuffered, or it comes late.
             .env("PYTHONUNBUFFERED", "1")
             .stdout(Stdio::piped())

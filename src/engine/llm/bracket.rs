@@ -10,7 +10,7 @@
 //! A tool takes no parameter (`[name]`) or one string parameter
 //! (`[name:value]`, its `enum` listed in the grammar when the schema has one).
 
-use crate::engine::{ToolCall, ToolSpec};
+use crate::engine::{ToolCall, ToolChoice, ToolSpec};
 
 /// The longest bracket read; a longer one is malformed.
 const MAX_BRACKET: usize = 96;
@@ -29,6 +29,14 @@ fn parameter(tool: &ToolSpec) -> Option<(String, Vec<String>)> {
         })
         .unwrap_or_default();
     Some((name.clone(), values))
+}
+
+/// Whether the words after an action's bracket are spoken with it: a
+/// goodbye after `[end_call]`, an announcement after `[transfer:…]`. After
+/// an agent's function (a tool) the model has yet to read its answer, so
+/// its reply ends at the bracket.
+pub fn speaks_after(action: &str) -> bool {
+    matches!(action, "end_call" | "transfer")
 }
 
 /// The bracket of a reply that only answers.
@@ -82,8 +90,35 @@ pub fn grammar(tools: &[ToolSpec]) -> Option<String> {
     if tools.is_empty() {
         return None;
     }
-    let alternatives: Vec<String> = tools
+    Some(grammar_of(tools.iter(), true))
+}
+
+/// The opening tag's grammar for one request: what `choice` allows of the
+/// agent's `tools` (which are not empty).
+pub fn grammar_for(tools: &[ToolSpec], choice: &ToolChoice) -> String {
+    match choice {
+        ToolChoice::Auto => grammar_of(tools.iter(), true),
+        ToolChoice::None => grammar_of(std::iter::empty(), true),
+        ToolChoice::Required => grammar_of(tools.iter(), false),
+        ToolChoice::Named(name) => grammar_of(tools.iter().filter(|t| &t.name == name), false),
+    }
+}
+
+/// A tool call as the model writes it: `[name]` or `[name:value]`.
+pub fn written(call_name: &str, arguments: &serde_json::Value, tools: &[ToolSpec]) -> String {
+    let value = tools
         .iter()
+        .find(|t| t.name == call_name)
+        .and_then(parameter)
+        .and_then(|(p, _)| arguments.get(&p)?.as_str().map(str::to_string));
+    match value {
+        Some(v) => format!("[{call_name}:{v}]"),
+        None => format!("[{call_name}]"),
+    }
+}
+
+fn grammar_of<'a>(tools: impl Iterator<Item = &'a ToolSpec>, answer: bool) -> String {
+    let alternatives: Vec<String> = tools
         .map(|t| match parameter(t) {
             None => literal(&t.name),
             Some((_, values)) if values.is_empty() => {
@@ -100,13 +135,15 @@ pub fn grammar(tools: &[ToolSpec]) -> Option<String> {
             ),
         })
         .collect();
-    Some(format!(
+    format!(
         "root ::= \"[\" ({}) \"]\"\n",
-        std::iter::once(literal(ANSWER))
+        answer
+            .then(|| literal(ANSWER))
+            .into_iter()
             .chain(alternatives)
             .collect::<Vec<_>>()
             .join(" | ")
-    ))
+    )
 }
 
 /// A piece of a streamed reply.

@@ -25,7 +25,7 @@ use super::bracket::{self, Brackets, Piece};
 use super::local::{LocalModel, LocalSession};
 use crate::config::EngineConfig;
 use crate::engine::{
-    ChatMessage, EngineError, EnginePool, GenerationStats, LlmEvent, Speaker, ToolSpec,
+    ChatMessage, EngineError, EnginePool, GenerationStats, LlmEvent, Speaker, ToolChoice, ToolSpec,
 };
 
 const SEQ: i32 = 0;
@@ -108,6 +108,7 @@ impl Shared {
         &self,
         system: &str,
         history: &[ChatMessage],
+        tools: &[ToolSpec],
         add_assistant: bool,
         tagged: bool,
     ) -> Result<Vec<LlamaToken>, EngineError> {
@@ -118,8 +119,21 @@ impl Shared {
         };
         chat.push(msg("system", system)?);
         for m in history {
-            match m.speaker {
+            match &m.speaker {
                 Speaker::User => chat.push(msg("user", &m.text)?),
+                // The bundled models' templates have no tool roles: the call
+                // as the model wrote it, the answer as something it is told.
+                Speaker::ToolCall { name, .. } => {
+                    let arguments = serde_json::from_str(&m.text).unwrap_or_default();
+                    chat.push(msg(
+                        "assistant",
+                        &bracket::written(name, &arguments, tools),
+                    )?)
+                }
+                Speaker::ToolResult { name, .. } => chat.push(msg(
+                    "user",
+                    &format!("({name}: {}) Tell me.", plain(&m.text)),
+                )?),
                 Speaker::Assistant if tagged => chat.push(msg(
                     "assistant",
                     &format!("[{}] {}", bracket::ANSWER, m.text.trim_start()),
@@ -146,7 +160,7 @@ impl LlamaLlm {
         {
             return Ok(p.clone());
         }
-        let tokens = self.shared.render(system, &[], false, false)?;
+        let tokens = self.shared.render(system, &[], &[], false, false)?;
         let mut ctx = self.shared.new_context()?;
         decode_tokens(&mut ctx, &tokens, 0, None)?;
         let state = ctx
@@ -279,6 +293,7 @@ impl LocalSession for LlamaSession {
     fn generate(
         &mut self,
         history: &[ChatMessage],
+        choice: &ToolChoice,
         pool: &EnginePool,
         on_event: &mut dyn FnMut(LlmEvent) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError> {
@@ -288,9 +303,13 @@ impl LocalSession for LlamaSession {
         // Oldest exchanges go first when the conversation outgrows the context.
         let mut skip = 0;
         let prompt = loop {
-            let tokens =
-                self.shared
-                    .render(&self.system, &history[skip..], true, self.grammar.is_some())?;
+            let tokens = self.shared.render(
+                &self.system,
+                &history[skip..],
+                &self.tools,
+                true,
+                self.grammar.is_some(),
+            )?;
             if tokens.len() + max_new < n_ctx || skip + 1 >= history.len() {
                 break tokens;
             }
@@ -328,12 +347,22 @@ impl LocalSession for LlamaSession {
             ..Default::default()
         };
         // With actions, the reply opens with its tag; then the words.
-        let mut in_tag = self.grammar.is_some();
-        let mut sampler = match &self.grammar {
-            Some(g) => self.tag_sampler(g)?,
-            None => self.sampler(),
+        // Told a function's answer and held to words, a small model does
+        // better untagged: forced to open with `[answer]`, the 135M one
+        // recites its instructions instead of the answer (measured).
+        let after_answer = *choice == ToolChoice::None
+            && matches!(
+                history.last().map(|m| &m.speaker),
+                Some(Speaker::ToolResult { .. })
+            );
+        let tagged = self.grammar.is_some() && !after_answer;
+        let mut in_tag = tagged;
+        let mut sampler = if tagged {
+            self.tag_sampler(&bracket::grammar_for(&self.tools, choice))?
+        } else {
+            self.sampler()
         };
-        let mut brackets = Brackets::new(&self.tools);
+        let mut brackets = Brackets::new(if tagged { &self.tools } else { &[] });
         let mut pieces = Vec::new();
         let vocab = self.shared.model.vocab();
         let mut pending = Vec::<u8>::new();
@@ -353,7 +382,11 @@ impl LocalSession for LlamaSession {
                 stats.first_token.get_or_insert_with(|| started.elapsed());
                 pieces.clear();
                 brackets.push(&text, &mut pieces);
-                if emit(&mut pieces, on_event).is_break() {
+                // A function's words come after its answer, in the next step.
+                let asked = pieces
+                    .iter()
+                    .any(|p| matches!(p, Piece::Call(c) if !bracket::speaks_after(&c.name)));
+                if emit(&mut pieces, on_event).is_break() || asked {
                     break;
                 }
                 if in_tag && text.contains(']') {
@@ -395,6 +428,38 @@ fn emit(
         flow?;
     }
     ControlFlow::Continue(())
+}
+
+/// A tool's JSON answer as words a small model reads well: `opens: half
+/// past seven`, not braces and quotes.
+fn plain(json: &str) -> String {
+    fn words(v: &serde_json::Value, out: &mut Vec<String>, key: Option<&str>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    words(v, out, Some(k));
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| words(v, out, key)),
+            serde_json::Value::String(s) => out.push(match key {
+                Some(k) => format!("{} {s}", k.replace('_', " ")),
+                None => s.clone(),
+            }),
+            serde_json::Value::Null => {}
+            other => out.push(match key {
+                Some(k) => format!("{} {other}", k.replace('_', " ")),
+                None => other.to_string(),
+            }),
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(v) => {
+            let mut out = Vec::new();
+            words(&v, &mut out, None);
+            out.join(", ")
+        }
+        Err(_) => json.to_string(),
+    }
 }
 
 /// Splits off the longest valid UTF-8 prefix; a token may end inside a character.

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{
     ChatMessage, EngineError, EnginePool, GenerationStats, Llm, LlmEvent, LlmReply, LlmSession,
-    ToolSpec,
+    ToolChoice, ToolSpec,
 };
 
 /// Events a reply may run ahead of its reader: a few phrases' worth of tokens.
@@ -36,6 +36,7 @@ pub trait LocalSession: Send + 'static {
     fn generate(
         &mut self,
         history: &[ChatMessage],
+        tools: &ToolChoice,
         pool: &EnginePool,
         on_event: &mut dyn FnMut(LlmEvent) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError>;
@@ -87,7 +88,7 @@ struct PoolSession<S> {
 }
 
 impl<S: LocalSession> LlmSession for PoolSession<S> {
-    fn reply(&self, history: Vec<ChatMessage>) -> LlmReply {
+    fn reply(&self, history: Vec<ChatMessage>, tools: ToolChoice) -> LlmReply {
         let session = self.session.clone();
         let pool = self.pool.clone();
         // Started when first polled, so that a reply never read costs nothing.
@@ -95,7 +96,7 @@ impl<S: LocalSession> LlmSession for PoolSession<S> {
             let (tx, rx) = mpsc::channel(QUEUE);
             tokio::task::spawn_blocking(move || {
                 let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
-                let result = session.generate(&history, &pool, &mut |event| match tx
+                let result = session.generate(&history, &tools, &pool, &mut |event| match tx
                     .blocking_send(Ok(event))
                 {
                     Ok(()) => ControlFlow::Continue(()),

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 
 use crate::config::{LOCAL_LLM, LlmFallback, RemoteLlmConfig};
-use crate::engine::{ChatMessage, EngineError, Llm, LlmReply, LlmSession, ToolSpec};
+use crate::engine::{ChatMessage, EngineError, Llm, LlmReply, LlmSession, ToolChoice, ToolSpec};
 
 /// whisper.cpp and llama.cpp share one ggml; route its logs (and llama's) to tracing
 /// instead of stderr, once per process.
@@ -83,15 +83,15 @@ struct FallbackSession {
 }
 
 impl LlmSession for FallbackSession {
-    fn reply(&self, history: Vec<ChatMessage>) -> LlmReply {
-        let mut primary = self.primary.reply(history.clone());
+    fn reply(&self, history: Vec<ChatMessage>, tools: ToolChoice) -> LlmReply {
+        let mut primary = self.primary.reply(history.clone(), tools.clone());
         let fallback = self.fallback.clone();
         let name = self.name.clone();
         let first = async move {
             match primary.next().await {
                 Some(Err(e)) => {
                     tracing::warn!(backend = %name, error = %e, "language model failed; the local model answers this turn");
-                    fallback.reply(history)
+                    fallback.reply(history, tools)
                 }
                 first => futures_util::stream::iter(first).chain(primary).boxed(),
             }

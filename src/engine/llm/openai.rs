@@ -17,7 +17,7 @@ use crate::config::RemoteLlmConfig;
 use crate::engine::remote::{self, sse};
 use crate::engine::{
     ChatMessage, EngineError, GenerationStats, Llm, LlmEvent, LlmReply, LlmSession, RemoteFailure,
-    Speaker, ToolCall, ToolSpec,
+    Speaker, ToolCall, ToolChoice, ToolSpec,
 };
 
 /// A reply's words beyond this are cut: `max_tokens` bounds an honest
@@ -78,11 +78,12 @@ struct OpenAiSession {
 }
 
 impl LlmSession for OpenAiSession {
-    fn reply(&self, history: Vec<ChatMessage>) -> LlmReply {
+    fn reply(&self, history: Vec<ChatMessage>, choice: ToolChoice) -> LlmReply {
         let body = request_body(
             &self.backend.config,
             &self.system_prompt,
             &self.tools,
+            &choice,
             &history,
         );
         let reading = Reading::new(self.backend.clone(), body);
@@ -98,15 +99,22 @@ fn request_body(
     config: &RemoteLlmConfig,
     system_prompt: &str,
     tools: &[ToolSpec],
+    choice: &ToolChoice,
     history: &[ChatMessage],
 ) -> Value {
     let mut messages = vec![json!({"role": "system", "content": system_prompt})];
     for m in history {
-        let role = match m.speaker {
-            Speaker::User => "user",
-            Speaker::Assistant => "assistant",
-        };
-        messages.push(json!({"role": role, "content": m.text}));
+        messages.push(match &m.speaker {
+            Speaker::User => json!({"role": "user", "content": m.text}),
+            Speaker::Assistant => json!({"role": "assistant", "content": m.text}),
+            // Content "" rather than null: some servers' schemas want a string.
+            Speaker::ToolCall { id, name } => json!({"role": "assistant", "content": "",
+                "tool_calls": [{"id": id, "type": "function",
+                                "function": {"name": name, "arguments": m.text}}]}),
+            Speaker::ToolResult { id, .. } => {
+                json!({"role": "tool", "tool_call_id": id, "content": m.text})
+            }
+        });
     }
     let mut body = json!({
         "model": config.model,
@@ -127,7 +135,12 @@ fn request_body(
                 }})
             })
             .collect();
-        body["tool_choice"] = json!("auto");
+        body["tool_choice"] = match choice {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Named(name) => json!({"type": "function", "function": {"name": name}}),
+        };
     }
     body
 }
@@ -150,8 +163,8 @@ struct Choice {
 #[derive(Default, Deserialize)]
 struct Delta {
     content: Option<String>,
-    #[serde(default)]
-    tool_calls: Vec<ToolCallDelta>,
+    /// Some servers send `null` for none.
+    tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Deserialize)]
@@ -350,14 +363,19 @@ impl Reading {
             }
             self.ready.push_back(LlmEvent::Text(text));
         }
-        for call in choice.delta.tool_calls {
+        for call in choice.delta.tool_calls.unwrap_or_default() {
             self.first_event.get_or_insert_with(Instant::now);
             if self.calls.len() >= 8 && !self.calls.contains_key(&call.index) {
                 continue;
             }
             let entry = self.calls.entry(call.index).or_default();
             if let Some(f) = call.function {
-                entry.0.push_str(f.name.as_deref().unwrap_or(""));
+                // OpenAI names the function in the first piece only; some
+                // servers (llama-cpp-python) repeat it in every piece.
+                match f.name.as_deref() {
+                    Some(n) if entry.0.is_empty() || entry.0 != n => entry.0.push_str(n),
+                    _ => {}
+                }
                 if entry.1.len() < MAX_REPLY_BYTES {
                     entry.1.push_str(f.arguments.as_deref().unwrap_or(""));
                 }
@@ -480,7 +498,7 @@ mod tests {
             text: "hello".into(),
         }];
         session
-            .reply(history)
+            .reply(history, ToolChoice::Auto)
             .map(|e| e.map_err(|e| e.to_string()))
             .collect()
             .await
@@ -490,11 +508,11 @@ mod tests {
     async fn words_and_a_tool_call_in_pieces_stream_out() {
         let (url, server) = serve_once(
             sse(&[
-                r#"{"choices":[{"delta":{"role":"assistant"}}]}"#,
+                r#"{"choices":[{"delta":{"role":"assistant","content":null,"tool_calls":null}}]}"#,
                 r#"{"choices":[{"delta":{"content":"One "}}]}"#,
                 r#"{"choices":[{"delta":{"content":"moment."}}]}"#,
                 r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"a","function":{"name":"transfer","arguments":"{\"to\":"}}]}}]}"#,
-                r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"nurse\"}"}}]}}]}"#,
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"transfer","arguments":"\"nurse\"}"}}]}}]}"#,
                 r#"{"choices":[{"delta":{},"finish_reason":"tool_calls"}]}"#,
                 r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7}}"#,
                 "[DONE]",
