@@ -96,6 +96,43 @@ fn a_corrupted_model_is_refused_and_named() {
     assert!(stderr(&o).contains("izwi models fetch"), "{}", stderr(&o));
 }
 
+/// The `quality` profile's models come only from their publishers' URLs:
+/// without a network (a namespace of its own, as on a machine offline) the
+/// fetch fails at once, naming the file, the URL and the way around it, and
+/// keeps nothing half-written.
+#[test]
+fn the_quality_profile_offline_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let no_mirror = dir.path().join("no-mirror");
+    let o = Command::new("unshare")
+        .arg("-n")
+        .arg(izwi_bin())
+        .args(["models", "fetch", "--profile", "quality"])
+        .env("IZWI_MODELS_DIR", &models)
+        .env("IZWI_MODEL_MIRROR", &no_mirror)
+        .output()
+        .expect("unshare (util-linux) must be installed");
+    assert_clean_failure(&o);
+    let err = stderr(&o);
+    for needle in [
+        "whisper-small",
+        "https://huggingface.co/ggerganov/whisper.cpp/resolve/main/ggml-small-q5_1.bin",
+        "comes only from the internet",
+        "IZWI_MODEL_MIRROR",
+    ] {
+        assert!(err.contains(needle), "`{needle}` not in: {err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(&models)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter()
+            .all(|f| !f.to_string_lossy().contains("ggml-small")),
+        "{left:?}"
+    );
+}
+
 #[test]
 fn an_unreadable_caller_file_is_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -75,6 +75,18 @@ pub fn fetch_one(store: &ModelStore, entry: &ModelEntry) -> Result<Outcome, Mode
             Err(why) => attempts.push(format!("{}: {why}", source.describe())),
         }
     }
+    if entry
+        .sources
+        .iter()
+        .all(|s| matches!(s, Source::Mirror | Source::Url { .. }))
+    {
+        attempts.push(format!(
+            "`{}` comes only from the internet ({} bytes): on a machine without it, \
+             fetch it elsewhere and put it in the mirror folder (IZWI_MODEL_MIRROR) \
+             as `{}`",
+            entry.id, entry.size, entry.file
+        ));
+    }
     Err(ModelError::AllSourcesFailed {
         id: entry.id.clone(),
         attempts,

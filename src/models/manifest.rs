@@ -188,9 +188,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_manifest_covers_every_role_in_both_profiles() {
+    fn embedded_manifest_covers_every_role_in_every_profile() {
         let m = Manifest::embedded().unwrap();
-        for profile in ["small", "default"] {
+        for profile in ["small", "default", "quality"] {
             for role in [
                 Role::Asr,
                 Role::Llm,
@@ -213,8 +213,16 @@ mod tests {
             "ggml-base-q5_1.bin"
         );
         assert_eq!(
+            m.for_role("quality", Role::Llm).unwrap().file,
+            "qwen2.5-1.5b-instruct-q4_k_m.gguf"
+        );
+        assert_eq!(
             m.profiles(),
-            vec!["default".to_string(), "small".to_string()]
+            vec![
+                "default".to_string(),
+                "quality".to_string(),
+                "small".to_string()
+            ]
         );
     }
 
