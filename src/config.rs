@@ -77,6 +77,11 @@ pub struct RemoteLlmConfig {
     /// The longest silence between two events of a reply.
     #[serde(default = "RemoteLlmConfig::default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// The most messages of the call's history sent with a request (the
+    /// newest; the system prompt apart): a long call must not outgrow the
+    /// server's context.
+    #[serde(default = "RemoteLlmConfig::default_max_history_messages")]
+    pub max_history_messages: usize,
     /// When the server fails before the reply's first word: `phrase` (the
     /// agent's `engine_failed` phrase) or `local` (the embedded model answers
     /// that turn).
@@ -105,6 +110,9 @@ impl RemoteLlmConfig {
     fn default_idle_timeout_ms() -> u64 {
         5_000
     }
+    fn default_max_history_messages() -> usize {
+        24
+    }
 
     /// The bearer token, if any: `api_key`, else the variable `api_key_env` names.
     pub fn key(&self) -> Result<Option<String>, String> {
@@ -126,10 +134,14 @@ impl RemoteLlmConfig {
     fn check(&self) -> Result<(), (String, String)> {
         let bad = |field: &str, msg: String| Err((field.to_string(), msg));
         let url = self.base_url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .unwrap_or("");
+        if host.trim_matches('/').is_empty() {
             return bad(
                 "base_url",
-                format!("`{url}` is not an http:// or https:// URL"),
+                format!("`{url}` is not an http:// or https:// URL with a host"),
             );
         }
         if self.model.trim().is_empty() {
@@ -141,8 +153,8 @@ impl RemoteLlmConfig {
                 "set `api_key` or `api_key_env`, not both".into(),
             );
         }
-        if let Err(msg) = self.key() {
-            return bad("api_key_env", msg);
+        if !(2..=1000).contains(&self.max_history_messages) {
+            return bad("max_history_messages", "must be 2 to 1000".into());
         }
         if !(1..=4096).contains(&self.max_tokens) {
             return bad("max_tokens", "must be 1 to 4096".into());
@@ -670,8 +682,14 @@ impl ToolConfig {
         {
             return bad("name", format!("`{n}` is not 1-64 letters, digits or _"));
         }
-        if matches!(n.as_str(), "end_call" | "transfer" | "answer") {
-            return bad("name", format!("`{n}` is a built-in action's name"));
+        if matches!(
+            n.as_str(),
+            "end_call" | "transfer" | "answer" | "auto" | "none" | "required"
+        ) {
+            return bad(
+                "name",
+                format!("`{n}` is a built-in action's or a tool_choice's name"),
+            );
         }
         if self.description.trim().is_empty() {
             return bad("description", "must say what the tool does".into());
@@ -707,14 +725,6 @@ impl ToolConfig {
         }
         if !(100..=60_000).contains(&self.timeout_ms) {
             return bad("timeout_ms", "must be 100 to 60000".into());
-        }
-        for (header, var) in &self.secret_headers {
-            if std::env::var(var).is_err() {
-                return bad(
-                    &format!("secret_headers.{header}"),
-                    format!("the environment variable `{var}` is not set"),
-                );
-            }
         }
         Ok(())
     }
@@ -965,6 +975,14 @@ impl AgentProfile {
             }
         }
         match self.tool_choice.as_str() {
+            "required" if self.tools.is_empty() || !self.model_actions.is_empty() => {
+                return bad(
+                    "tool_choice",
+                    "`required` needs [[tools]] and no model_actions (a forced call \
+                     must not be a hang-up or a transfer)"
+                        .into(),
+                );
+            }
             "auto" | "none" | "required" => {}
             name if names.contains(name) => {}
             other => {
@@ -1467,6 +1485,21 @@ impl Config {
                     ),
                 ));
             }
+            // The local model may answer this agent's turns too.
+            if self
+                .llm
+                .get(&agent.llm)
+                .is_some_and(|b| b.fallback == LlmFallback::Local)
+            {
+                for (i, tool) in agent.tools.iter().enumerate() {
+                    if let Err((field, msg)) = tool.check(true) {
+                        return Err(invalid(
+                            &format!("agents.{name}.tools[{i}].{field}"),
+                            format!("{msg} (its backend falls back to the local model)"),
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -1715,11 +1748,22 @@ mod tests {
             "agents.desk.tools[0].parameters",
         );
         fails(
-            format!(
-                "{}[agents.desk.tools.secret_headers]\nX-Key = \"IZWI_TEST_NO_SUCH_VAR\"\n",
-                tool("")
-            ),
-            "secret_headers.X-Key",
+            tool("tool_choice = \"required\"\nmodel_actions = [\"end_call\"]"),
+            "agents.desk.tool_choice",
+        );
+        fails(
+            format!("{agent}llm = \"gpu\"\n[llm.gpu]\nbase_url = \"http://\"\nmodel = \"m\"\n"),
+            "llm.gpu.base_url",
+        );
+        // A server agent whose backend falls back to the local model keeps
+        // to the local model's tools.
+        fails(
+            tool("llm = \"gpu\"\n[llm.gpu]\nbase_url = \"http://h/v1\"\nmodel = \"m\"\nfallback = \"local\"\n")
+                .replace(
+                    "day = { type = \"string\" }",
+                    "day = { type = \"string\" }, week = { type = \"integer\" }",
+                ),
+            "agents.desk.tools[0].parameters",
         );
         fails(
             format!(

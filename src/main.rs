@@ -779,6 +779,7 @@ async fn stop_signals(
     stop: Arc<tokio::sync::watch::Sender<Stop>>,
     drain_secs: u32,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).ok();
@@ -796,7 +797,8 @@ async fn stop_signals(
     };
     let terminated = next(&mut term).await;
     if terminated && drain_secs > 0 {
-        ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        ready.store(false, std::sync::atomic::Ordering::SeqCst);
         izwi::metrics::metrics().set_ready(false);
         tracing::info!(
             drain_secs,
@@ -960,6 +962,7 @@ async fn serve(config: Config) -> Result<()> {
     drop(recorder);
     // Agents are prepared (greeting synthesized, prompt evaluated): warm.
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     izwi::metrics::metrics().set_ready(true);
     // One stop signal for every transport.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Running);
@@ -975,7 +978,16 @@ async fn serve(config: Config) -> Result<()> {
         None
     };
     let http = if config.http.enabled {
-        Some(izwi::http::Server::bind(&config, ctx.clone(), store.clone(), ready.clone()).await?)
+        Some(
+            izwi::http::Server::bind(
+                &config,
+                ctx.clone(),
+                store.clone(),
+                ready.clone(),
+                draining.clone(),
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -983,21 +995,31 @@ async fn serve(config: Config) -> Result<()> {
     let stop_tx = Arc::new(stop_tx);
     let signals = tokio::spawn(stop_signals(
         stop_tx.clone(),
-        if sip.is_some() {
-            config.sip.drain_secs
-        } else {
-            0
-        },
+        config.sip.drain_secs,
         ready.clone(),
+        draining.clone(),
     ));
+    let live_streams = http.as_ref().map(|s| s.live_streams());
     let sip_task = sip.map(|e| tokio::spawn(e.run(reached(Stop::Draining), reached(Stop::Now))));
     let http_task = http.map(|s| tokio::spawn(s.run(reached(Stop::Now))));
-    if let Some(t) = sip_task {
-        t.await.context("the SIP endpoint stopped abnormally")?;
-        // Drained (or stopped): the rest stops with it.
-        let _ = stop_tx.send(Stop::Now);
-        signals.abort();
+    // The SIP endpoint ends by itself once drained (or when stopped).
+    match sip_task {
+        Some(t) => t.await.context("the SIP endpoint stopped abnormally")?,
+        None => reached(Stop::Draining).await,
     }
+    // Then the media streams in progress end theirs, unless told to stop.
+    if let Some(streams) = live_streams {
+        let now = reached(Stop::Now);
+        tokio::pin!(now);
+        while streams() > 0 {
+            tokio::select! {
+                _ = &mut now => break,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+        }
+    }
+    let _ = stop_tx.send(Stop::Now);
+    signals.abort();
     if let Some(t) = http_task {
         t.await
             .context("the HTTP server stopped abnormally")?

@@ -253,7 +253,7 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, Bounde
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     /// A function that answers every request with `status` and `body`
     /// after `delay`, and keeps the requests it got.
@@ -273,30 +273,10 @@ mod tests {
                 };
                 let keep = keep.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut got = Vec::new();
-                    loop {
-                        let n = conn.read(&mut buf).await.unwrap_or(0);
-                        got.extend_from_slice(&buf[..n]);
-                        let text = String::from_utf8_lossy(&got).to_string();
-                        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
-                            let len = head
-                                .lines()
-                                .find_map(|l| {
-                                    l.to_ascii_lowercase()
-                                        .strip_prefix("content-length:")
-                                        .map(|v| v.trim().parse::<usize>().unwrap())
-                                })
-                                .unwrap_or(0);
-                            if rest.len() >= len {
-                                keep.lock().unwrap().push(text);
-                                break;
-                            }
-                        }
-                        if n == 0 {
-                            return;
-                        }
-                    }
+                    let Some(request) = crate::engine::remote::read_request(&mut conn).await else {
+                        return;
+                    };
+                    keep.lock().unwrap().push(request);
                     tokio::time::sleep(delay).await;
                     let _ = conn
                         .write_all(

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::attack::{metric, metrics};
@@ -15,7 +14,6 @@ use common::llm_server::{self, LlmServer};
 use common::sip_peer::*;
 use common::*;
 use izwi::audio::ENGINE_RATE;
-use izwi::codec::wav;
 
 const PROMPT: &str = "You are Izwi, a friendly phone assistant. Answer in one or two short \
                       spoken sentences.";
@@ -84,47 +82,24 @@ fn caller(questions: &[&str]) -> (Vec<f32>, Vec<(f64, f64)>) {
     (compose(at, &placed), spans)
 }
 
-/// `izwi talk` with `agent` on `audio`: its output, the agent's audio, the turns.
-fn talk(config: &Path, agent: &str, audio: &[f32]) -> (Output, Vec<f32>, Vec<serde_json::Value>) {
-    let dir = config.parent().unwrap();
-    let input = dir.join(format!("{agent}-caller.wav"));
-    let output = dir.join(format!("{agent}-agent.wav"));
-    wav::write_mono(&input, audio, ENGINE_RATE).unwrap();
-    let out = Command::new(izwi_bin())
-        .env("IZWI_MODELS_PROFILE", config_profile())
-        .env("IZWI_RECORDS_PATH", dir.join("records.db"))
-        .env(KEY_VAR, llm_server::KEY)
-        .arg("--config")
-        .arg(config)
-        .args(["talk", "--agent", agent, "--fast", "--json", "--in"])
-        .arg(&input)
-        .arg("--out")
-        .arg(&output)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "izwi talk --agent {agent} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let turns = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|t| t["greeting"] == false)
-        .collect();
-    let (agent_audio, _) = wav::read_mono(&output).unwrap();
-    (out, agent_audio, turns)
+/// `izwi talk` with `agent` (the server's key in the environment).
+fn talk(config: &Path, agent: &str, audio: &[f32]) -> Talked {
+    izwi_talk(
+        config.parent().unwrap(),
+        audio,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--agent",
+            agent,
+            "--fast",
+        ],
+        &[(KEY_VAR, llm_server::KEY)],
+    )
 }
 
 fn config_profile() -> String {
     config().models.profile
-}
-
-fn heard(audio: &[f32], from: f64, to: f64) -> String {
-    let a = &audio[seconds(from).min(audio.len())..seconds(to).min(audio.len())];
-    engine().asr.transcribe(a, "en").unwrap().to_lowercase()
 }
 
 #[test]
@@ -133,8 +108,11 @@ fn izwi_talk_asks_the_server_and_speaks_its_answer() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), &server);
     let (audio, spans) = caller(&["What is the capital city of France?"]);
-    let (out, agent, turns) = talk(&config, "remote", &audio);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Talked {
+        stdout,
+        turns,
+        agent,
+    } = talk(&config, "remote", &audio);
     assert_eq!(turns.len(), 1, "{stdout}");
     let t = &turns[0];
     assert_eq!(t["outcome"], "answered", "{t}");
@@ -158,8 +136,11 @@ fn a_server_down_or_refusing_gets_the_fallback_and_the_call_goes_on() {
 
     // Nothing listens: each turn hears the fallback phrase; the call is
     // not failed and goes on to the next question.
-    let (out, agent, turns) = talk(&config, "down", &audio);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Talked {
+        stdout,
+        turns,
+        agent,
+    } = talk(&config, "down", &audio);
     let outcomes: Vec<_> = turns.iter().map(|t| t["outcome"].clone()).collect();
     assert_eq!(outcomes, ["fallback", "fallback"], "{stdout}");
     for (_, end) in &spans {
@@ -169,12 +150,12 @@ fn a_server_down_or_refusing_gets_the_fallback_and_the_call_goes_on() {
     assert!(stdout.contains("ended: talk_end"), "{stdout}");
 
     // The server refuses the key: a 401, the same fallback.
-    let (_, _, turns) = talk(&config, "wrong_key", &audio);
+    let turns = talk(&config, "wrong_key", &audio).turns;
     assert_eq!(turns[0]["outcome"], "fallback", "{turns:?}");
     assert!(server.requests(401) >= 1, "{}", server.log());
 
     // Down, with the local model standing in: answered all the same.
-    let (_, agent, turns) = talk(&config, "down_local", &audio);
+    let Talked { turns, agent, .. } = talk(&config, "down_local", &audio);
     let outcomes: Vec<_> = turns.iter().map(|t| t["outcome"].clone()).collect();
     assert_eq!(outcomes, ["answered", "answered"], "{turns:?}");
     let said = heard(&agent, spans[0].1, spans[0].1 + 6.0);
@@ -184,37 +165,10 @@ fn a_server_down_or_refusing_gets_the_fallback_and_the_call_goes_on() {
     );
 }
 
-/// baresip calls `number` with `caller` (16 kHz) as its microphone; returns
-/// what it received, at 16 kHz.
+/// baresip calls `number` over PCMU with `caller` (16 kHz) as its microphone.
 fn baresip_asks(izwi: &Izwi, number: &str, caller: &[f32], limit_secs: u32) -> Vec<f32> {
     let (dir, _) = baresip_dir_at("PCMU/8000", "127.0.0.1");
-    let d = dir.path();
-    let caller8 = izwi::codec::resample::resample(caller, ENGINE_RATE, 8_000).unwrap();
-    wav::write_mono(&d.join("caller.wav"), &caller8, 8_000).unwrap();
-    let out = Command::new("baresip")
-        .arg("-f")
-        .arg(d)
-        .args([
-            "-e",
-            &format!("/dial sip:{number}@127.0.0.1:{}", izwi.port),
-            "-t",
-            &limit_secs.to_string(),
-        ])
-        .output()
-        .expect("baresip must be installed (scripts/setup.sh)");
-    let console = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        console.contains("Call established"),
-        "{console}\n{}",
-        izwi.log()
-    );
-    let received = std::fs::read_dir(d.join("snd"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .expect("baresip wrote no received audio");
-    let (audio, rate) = wav::read_mono(&received).unwrap();
-    izwi::codec::resample::resample(&audio, rate, ENGINE_RATE).unwrap()
+    baresip_dials(izwi, dir.path(), number, caller, (8_000, 1), limit_secs)
 }
 
 /// Over SIP: the server's answer is heard; a caller who talks over a long
@@ -263,6 +217,7 @@ fn a_sip_call_hears_the_server_and_a_barge_in_closes_its_request() {
         barge_at + duration(&stop) + 6.0,
         &[(ask_at, &question), (barge_at, &stop)],
     );
+    let disconnect = server.watch("Disconnected from client", Duration::from_secs(60));
     let received = baresip_asks(&izwi, "100", &story_caller, 60);
     let story = heard(&received, question_end, barge_at);
     assert!(
@@ -270,9 +225,11 @@ fn a_sip_call_hears_the_server_and_a_barge_in_closes_its_request() {
         "no story heard before the barge-in: {story:?}\n{}",
         izwi.log()
     );
+    // Closed at the barge-in, not by the hang-up (which comes some 8 s later).
+    let closed = disconnect.join().unwrap();
     assert!(
-        server.wait_log("Disconnected from client", Duration::from_secs(10)),
-        "the server never saw its request closed:\n{}\nizwi:\n{}",
+        closed.is_some_and(|t| t.as_secs_f64() < barge_at + 3.0),
+        "the server did not see its request closed at the barge-in ({closed:?}, barge-in at {barge_at:.1} s):\n{}\nizwi:\n{}",
         server.log(),
         izwi.log()
     );

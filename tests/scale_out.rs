@@ -129,6 +129,8 @@ fn calls_spread_over_two_nodes_and_a_draining_node_finishes_its_calls_and_takes_
     let out = long_calls.wait_with_output().unwrap();
     check(out, long.path(), &a);
     let log = a.wait_log("drained: no calls left", Duration::from_secs(20));
+    assert!(a.wait_exit(Duration::from_secs(10)).success(), "{log}");
+    let log = a.log();
     assert!(log.contains("SIP endpoint stopped"), "{log}");
     assert_eq!(completed(&a, on_a + 2), on_a + 2, "{log}");
     assert_eq!(completed(&b, on_b + 12), on_b + 12, "{}", b.log());

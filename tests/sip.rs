@@ -338,47 +338,7 @@ fn baresip_call(account_codec: &str, rate: u32, channels: usize, expect_codec: &
         ask_at + common::duration(&question) + 14.0,
         &[(ask_at, &question)],
     );
-    // aufile wants the codec's own rate and channel count.
-    let caller = izwi::codec::resample::resample(&caller16, 16_000, rate).unwrap();
-    let spec = hound::WavSpec {
-        channels: channels as u16,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut wav = hound::WavWriter::create(d.join("caller.wav"), spec).unwrap();
-    for s in &caller {
-        for _ in 0..channels {
-            wav.write_sample((s * 32767.0) as i16).unwrap();
-        }
-    }
-    wav.finalize().unwrap();
-
-    // baresip hangs up when its microphone file ends.
-    let out = std::process::Command::new("baresip")
-        .arg("-f")
-        .arg(d)
-        .args([
-            "-e",
-            &format!("/dial sip:izwi@127.0.0.1:{}", izwi.port),
-            "-t",
-            "40",
-        ])
-        .output()
-        .expect("baresip must be installed (scripts/setup.sh)");
-    let console = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        console.contains("Call established"),
-        "{console}\n{}",
-        izwi.log()
-    );
-    let received = std::fs::read_dir(d.join("snd"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .expect("baresip wrote no received audio");
-    let (audio, rate) = izwi::codec::wav::read_mono(&received).unwrap();
-    let audio16 = izwi::codec::resample::resample(&audio, rate, 16_000).unwrap();
+    let audio16 = baresip_dials(&izwi, d, "izwi", &caller16, (rate, channels as u16), 40);
     let question_end = ask_at + common::duration(&question);
     let reply = &audio16[common::seconds(question_end).min(audio16.len())..];
     let heard = common::engine().asr.transcribe(reply, "en").unwrap();

@@ -7,31 +7,34 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::llm_server::{self, LlmServer};
 use common::*;
-use izwi::audio::ENGINE_RATE;
-use izwi::codec::wav;
 
 /// The clinic's function: answers every request with `body` after `delay`,
 /// and keeps what it was sent.
 struct Function {
     port: u16,
     seen: Arc<Mutex<Vec<String>>>,
+    /// Requests whose caller closed the connection before the answer.
+    dropped: Arc<AtomicUsize>,
 }
 
 fn function(body: &'static str, delay: Duration) -> Function {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let dropped = Arc::new(AtomicUsize::new(0));
     let keep = seen.clone();
+    let gone = dropped.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
             let keep = keep.clone();
+            let gone = gone.clone();
             std::thread::spawn(move || {
                 let mut got = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -57,7 +60,19 @@ fn function(body: &'static str, delay: Duration) -> Function {
                         return;
                     }
                 }
-                std::thread::sleep(delay);
+                // Waits, watching for the caller to hang up on it.
+                let until = std::time::Instant::now() + delay;
+                while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                    let _ = conn.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+                    match conn.read(&mut buf) {
+                        Ok(0) => {
+                            gone.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
                 let _ = conn.write_all(
                     format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -68,7 +83,11 @@ fn function(body: &'static str, delay: Duration) -> Function {
             });
         }
     });
-    Function { port, seen }
+    Function {
+        port,
+        seen,
+        dropped,
+    }
 }
 
 fn config_file(dir: &Path, port: u16, filler_after_ms: u32) -> std::path::PathBuf {
@@ -109,47 +128,15 @@ parameters = {{ type = "object", properties = {{ day = {{ type = "string", enum 
     path
 }
 
-/// `izwi talk` with the desk agent: the turns (JSON) and the agent's audio.
+/// `izwi talk` with the desk agent: the turns (JSON), the agent's audio and
+/// what it printed.
 fn talk(config: &Path, caller: &[f32], fast: bool) -> (Vec<serde_json::Value>, Vec<f32>, String) {
-    let dir = config.parent().unwrap();
-    let input = dir.join("caller.wav");
-    let output = dir.join("agent.wav");
-    wav::write_mono(&input, caller, ENGINE_RATE).unwrap();
-    let mut cmd = Command::new(izwi_bin());
-    cmd.env("IZWI_MODELS_PROFILE", config_profile())
-        .env("IZWI_RECORDS_PATH", dir.join("records.db"))
-        .arg("--config")
-        .arg(config)
-        .args(["talk", "--agent", "desk", "--json", "--in"])
-        .arg(&input)
-        .arg("--out")
-        .arg(&output);
+    let mut args = vec!["--config", config.to_str().unwrap(), "--agent", "desk"];
     if fast {
-        cmd.arg("--fast");
+        args.push("--fast");
     }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "izwi talk failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let turns = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|t| t["greeting"] == false)
-        .collect();
-    (turns, wav::read_mono(&output).unwrap().0, stdout)
-}
-
-fn config_profile() -> String {
-    config().models.profile
-}
-
-fn heard(audio: &[f32], from: f64, to: f64) -> String {
-    let a = &audio[seconds(from).min(audio.len())..seconds(to).min(audio.len())];
-    engine().asr.transcribe(a, "en").unwrap().to_lowercase()
+    let t = izwi_talk(config.parent().unwrap(), caller, &args, &[]);
+    (t.turns, t.agent, t.stdout)
 }
 
 #[test]
@@ -211,6 +198,11 @@ fn a_slow_function_gets_the_filler_and_the_caller_can_talk_over_it() {
     // The call went on: the next turn called it again and got its answer.
     assert_eq!(turns[1]["tools"][0]["outcome"], "done", "{stdout}");
     assert!(f.seen.lock().unwrap().len() >= 2);
+    assert_eq!(
+        f.dropped.load(Ordering::SeqCst),
+        1,
+        "the request talked over was not aborted"
+    );
 }
 
 /// The same through an OpenAI-compatible server (llama-cpp-python, its

@@ -816,8 +816,16 @@ impl Conversation {
             Some(Output::UserResumed) => {
                 tracing::debug!(call = %self.call_id, "caller resumed before the reply; reply dropped");
                 self.transcript.resumed();
-                if let Some(a) = self.reply.take().and_then(|r| r.action) {
-                    self.record_action(a.label(), Source::Model, None, "interrupted");
+                if let Some(mut r) = self.reply.take() {
+                    if let Some(a) = r.action.take() {
+                        self.record_action(a.label(), Source::Model, None, "interrupted");
+                    }
+                    // A tool already called (a booking made, perhaps) is kept
+                    // in the record, in a turn of its own.
+                    if !r.record.tools.is_empty() {
+                        r.record.outcome = TurnOutcome::Interrupted;
+                        self.turns.push(r.record);
+                    }
                 }
             }
             Some(Output::BargeIn { onset }) => {

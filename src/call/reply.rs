@@ -186,9 +186,9 @@ async fn run(
 
     let generate = async move {
         let mut total: Option<GenerationStats> = None;
-        // Anything said or done this turn: then a failure cannot be covered
-        // by the fallback phrase, and a slow tool needs no filler.
-        let mut begun = false;
+        // Words said (or an action taken) this turn: then a failure cannot
+        // be covered by the fallback phrase.
+        let mut spoke = false;
         let mut filler_said = false;
         // The model may call tools in this many steps in a row; on the
         // step after, it must speak.
@@ -203,33 +203,34 @@ async fn run(
             let mut calls = Vec::new();
             let mut words = String::new();
             let stats = loop {
-                let Some(event) = reply.next().await else {
-                    // The model stopped without its last event (its worker gone).
-                    return Err(EngineError::Worker(
+                // A stream that ends without its last event: the model's
+                // worker is gone; handled as its failure.
+                let event = reply.next().await.unwrap_or_else(|| {
+                    Err(EngineError::Worker(
                         "the language model stopped mid-reply".into(),
-                    ));
-                };
+                    ))
+                });
                 match event {
                     Ok(LlmEvent::Text(piece)) => {
-                        begun = true;
+                        spoke = true;
                         words.push_str(&piece);
                         piece_tx.send(Some(piece)).await.map_err(|_| Cancelled)?;
                     }
                     Ok(LlmEvent::ToolCall(call)) if agent.toolbox.has(&call.name) => {
-                        begun = true;
                         calls.push(call);
                     }
                     Ok(LlmEvent::ToolCall(call)) => {
-                        begun = true;
+                        spoke = true;
                         send(&actions, ReplyEvent::Action(call)).await?;
                     }
                     Ok(LlmEvent::Malformed(_)) => {
                         send(&actions, ReplyEvent::MalformedAction).await?
                     }
                     Ok(LlmEvent::Done(stats)) => break stats,
-                    // Nothing said yet: the caller hears the agent's fallback
-                    // phrase instead of silence, and the call goes on.
-                    Err(e) if !begun && !agent.phrases.engine_failed.frames.is_empty() => {
+                    // Nothing said yet (a filler is no answer): the caller
+                    // hears the agent's fallback phrase instead of silence,
+                    // and the call goes on.
+                    Err(e) if !spoke && !agent.phrases.engine_failed.frames.is_empty() => {
                         let fallback = &agent.phrases.engine_failed;
                         send(&actions, ReplyEvent::ModelFailed(e.to_string())).await?;
                         send(
@@ -266,15 +267,16 @@ async fn run(
                 });
             }
             for (i, call) in calls.into_iter().enumerate() {
-                let id = format!("call_{step}_{i}");
+                // Nine letters and digits: what the strictest servers accept.
+                let id = format!("call{step:02}{i:03}");
                 send(&actions, ReplyEvent::ToolStarted(call.name.clone())).await?;
                 let answer = {
                     let running = agent.toolbox.call(&call.name, &call.arguments);
                     tokio::pin!(running);
                     let filler = &agent.phrases.filler;
                     let wait = Duration::from_millis(agent.profile.filler_after_ms as u64);
-                    // The model's own words before the call stand in for it.
-                    if !words.trim().is_empty() || filler_said || filler.frames.is_empty() {
+                    // Words already said this turn stand in for it.
+                    if spoke || filler_said || filler.frames.is_empty() {
                         running.await
                     } else {
                         tokio::select! {

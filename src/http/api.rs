@@ -306,8 +306,11 @@ pub async fn warmup(
     };
     match agent.warm(engine).await {
         Ok(took) => {
-            state.ready.store(true, Ordering::SeqCst);
-            metrics().set_ready(true);
+            // A draining node stays unready.
+            if !state.draining.load(Ordering::SeqCst) {
+                state.ready.store(true, Ordering::SeqCst);
+                metrics().set_ready(true);
+            }
             tracing::info!(by = %principal.name, ms = took.as_millis() as u64, "engine warmed");
             Json(serde_json::json!({ "warmed": true, "ms": took.as_millis() as u64 }))
                 .into_response()

@@ -66,6 +66,8 @@ pub struct AppState {
     pub store: Option<Store>,
     /// Models loaded and warmed.
     pub ready: Arc<AtomicBool>,
+    /// Stopping: no new calls (SIGTERM).
+    pub draining: Arc<AtomicBool>,
     /// What the recorder had dropped at the last scrape.
     pub records_dropped_seen: AtomicU64,
     /// The recorder's failed writes at the last scrape.
@@ -119,11 +121,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// How many media streams are open, for a drain to wait on.
+    pub fn live_streams(&self) -> impl Fn() -> usize + Send + 'static {
+        let state = self.state.clone();
+        move || state.active_streams.load(Ordering::SeqCst)
+    }
+
     pub async fn bind(
         config: &Config,
         ctx: Arc<CallContext>,
         store: Option<Store>,
         ready: Arc<AtomicBool>,
+        draining: Arc<AtomicBool>,
     ) -> Result<Server, HttpError> {
         let (http, twilio, api) = (&config.http, &config.twilio, &config.api);
         let jwt_public_key_pem = if api.jwt_public_key.is_empty() {
@@ -181,6 +190,7 @@ impl Server {
             auth,
             store,
             ready,
+            draining,
             records_dropped_seen: AtomicU64::new(0),
             records_errors_seen: AtomicU64::new(0),
             metrics_allow,

@@ -41,10 +41,12 @@ pub async fn voice(
             .map_or("", |(_, v)| v.as_str())
     };
     let call_sid = get("CallSid");
-    if state
-        .active_streams
-        .load(std::sync::atomic::Ordering::SeqCst)
-        >= state.twilio.max_streams
+    // A node that is stopping takes no new calls (its streams go on).
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst)
+        || state
+            .active_streams
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= state.twilio.max_streams
     {
         if let Some(held) = REFUSED_LOG.pass() {
             tracing::warn!(call = %crate::records::cap(call_sid, 64), held, "at capacity: call rejected as busy");

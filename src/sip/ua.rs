@@ -528,7 +528,9 @@ impl UserAgent {
             Method::Ack => self.ack(&p),
             Method::Bye => self.bye(p, from, transport, now),
             Method::Cancel => self.cancel(p, from, transport, now),
-            Method::Options if self.draining => {
+            // Out of dialog only: an OPTIONS inside a call is a keep-alive
+            // of that call, which goes on.
+            Method::Options if self.draining && p.to_tag.is_none() => {
                 let extra = [
                     ("Allow", ALLOW.to_string()),
                     ("Retry-After", DRAIN_RETRY_AFTER.to_string()),

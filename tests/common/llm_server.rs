@@ -88,6 +88,26 @@ impl LlmServer {
         format!("http://127.0.0.1:{}/v1", self.port)
     }
 
+    /// When `needle` first appears in the log, watched from now on in a
+    /// thread of its own (for at most `limit`).
+    pub fn watch(
+        &self,
+        needle: &'static str,
+        limit: Duration,
+    ) -> std::thread::JoinHandle<Option<Duration>> {
+        let log = self.log.clone();
+        let t = Instant::now();
+        std::thread::spawn(move || {
+            while t.elapsed() < limit {
+                if log.lock().unwrap().contains(needle) {
+                    return Some(t.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None
+        })
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }

@@ -116,3 +116,67 @@ pub fn peak_rms(audio: &[f32], from: f64, to: f64) -> f32 {
         .map(izwi::audio::rms)
         .fold(0.0, f32::max)
 }
+
+/// What `izwi talk --json` did with a caller's audio.
+pub struct Talked {
+    pub stdout: String,
+    /// The turn records, the greeting's apart.
+    pub turns: Vec<serde_json::Value>,
+    /// The agent's side, 16 kHz.
+    pub agent: Vec<f32>,
+}
+
+/// `izwi talk --json` on `caller` (16 kHz), with `args` before `--in` (an
+/// agent, `--fast`) and `env`; files and records in `dir`. Fails the test
+/// unless it succeeds.
+pub fn izwi_talk(
+    dir: &std::path::Path,
+    caller: &[f32],
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Talked {
+    let name = args.join("-").replace(['/', ' '], "_");
+    let input = dir.join(format!("caller{name}.wav"));
+    let output = dir.join(format!("agent{name}.wav"));
+    wav::write_mono(&input, caller, ENGINE_RATE).unwrap();
+    let mut cmd = Command::new(izwi_bin());
+    cmd.env("IZWI_MODELS_PROFILE", config().models.profile)
+        .env("IZWI_RECORDS_PATH", dir.join("records.db"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .arg("talk")
+        .args(args)
+        .arg("--json")
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&output)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "izwi talk {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let turns = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|t| t["greeting"] == false)
+        .collect();
+    let (agent, _) = wav::read_mono(&output).unwrap();
+    Talked {
+        stdout,
+        turns,
+        agent,
+    }
+}
+
+/// What Whisper hears in `audio` (16 kHz) from `from` to `to` seconds, lower case.
+pub fn heard(audio: &[f32], from: f64, to: f64) -> String {
+    let a = &audio[seconds(from).min(audio.len())..seconds(to).min(audio.len())];
+    engine().asr.transcribe(a, "en").unwrap().to_lowercase()
+}

@@ -34,6 +34,58 @@ pub fn baresip_dir_at(codec: &str, address: &str) -> (tempfile::TempDir, u16) {
     (dir, ctrl)
 }
 
+/// The baresip configured in `dir` (see [`baresip_dir_at`]) dials `number` at
+/// Izwi with `caller` (16 kHz) as its microphone, written at the codec's
+/// `(rate, channels)` as its aufile wants; baresip hangs up when the file
+/// ends (or after `limit_secs`). Returns what it received, at 16 kHz.
+pub fn baresip_dials(
+    izwi: &Izwi,
+    dir: &Path,
+    number: &str,
+    caller: &[f32],
+    (rate, channels): (u32, u16),
+    limit_secs: u32,
+) -> Vec<f32> {
+    let audio = izwi::codec::resample::resample(caller, 16_000, rate).unwrap();
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(dir.join("caller.wav"), spec).unwrap();
+    for s in &audio {
+        for _ in 0..channels {
+            wav.write_sample((s * 32767.0) as i16).unwrap();
+        }
+    }
+    wav.finalize().unwrap();
+    let out = Command::new("baresip")
+        .arg("-f")
+        .arg(dir)
+        .args([
+            "-e",
+            &format!("/dial sip:{number}@127.0.0.1:{}", izwi.port),
+            "-t",
+            &limit_secs.to_string(),
+        ])
+        .output()
+        .expect("baresip must be installed (scripts/setup.sh)");
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        console.contains("Call established"),
+        "{console}\n{}",
+        izwi.log()
+    );
+    let received = std::fs::read_dir(dir.join("snd"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .expect("baresip wrote no received audio");
+    let (audio, rate) = izwi::codec::wav::read_mono(&received).unwrap();
+    izwi::codec::resample::resample(&audio, rate, 16_000).unwrap()
+}
+
 /// A quiet 8 kHz microphone of `seconds` for the baresip in `dir` (baresip
 /// hangs up when it ends).
 pub fn silent_microphone(dir: &Path, seconds: u32) {
@@ -422,6 +474,22 @@ pub fn require_sipp(izwi: &Izwi) {
 }
 
 impl Izwi {
+    /// Waits for Izwi to exit by itself; its exit status.
+    pub fn wait_exit(&self, limit: Duration) -> std::process::ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Ok(Some(exit)) = self.child.lock().unwrap().try_wait() {
+                return exit;
+            }
+            assert!(
+                t.elapsed() < limit,
+                "izwi did not exit within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops Izwi with SIGTERM, as a service manager does, and returns its log
     /// once it has exited and its last line has been read.
     pub fn terminate(&self, limit: Duration) -> String {

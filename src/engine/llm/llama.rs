@@ -452,15 +452,27 @@ fn plain(json: &str) -> String {
             }),
         }
     }
-    match serde_json::from_str::<serde_json::Value>(json) {
+    let mut text = match serde_json::from_str::<serde_json::Value>(json) {
         Ok(v) => {
             let mut out = Vec::new();
             words(&v, &mut out, None);
             out.join(", ")
         }
         Err(_) => json.to_string(),
+    };
+    // A small context: the answer must leave room for the conversation.
+    if text.len() > MAX_TOLD {
+        let mut end = MAX_TOLD;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
     }
+    text
 }
+
+/// The most of a tool's answer the local model is told (bytes).
+const MAX_TOLD: usize = 1024;
 
 /// Splits off the longest valid UTF-8 prefix; a token may end inside a character.
 fn take_utf8(bytes: &mut Vec<u8>) -> String {

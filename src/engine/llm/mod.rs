@@ -64,21 +64,47 @@ impl Llm for Fallback {
         tools: Vec<ToolSpec>,
     ) -> BoxFuture<'static, Result<Arc<dyn LlmSession>, EngineError>> {
         let primary = self.primary.session(system_prompt.clone(), tools.clone());
-        let fallback = self.fallback.session(system_prompt, tools);
+        let fallback = Arc::new(Standby {
+            llm: self.fallback.clone(),
+            system_prompt,
+            tools,
+            session: tokio::sync::OnceCell::new(),
+        });
         let name = self.name.clone();
         Box::pin(async move {
             Ok(Arc::new(FallbackSession {
                 primary: primary.await?,
-                fallback: fallback.await?,
+                fallback,
                 name,
             }) as Arc<dyn LlmSession>)
         })
     }
 }
 
+/// The fallback's session, made on the first failure (a local one holds a
+/// context of its own: not worth it for calls the server answers).
+struct Standby {
+    llm: Arc<dyn Llm>,
+    system_prompt: String,
+    tools: Vec<ToolSpec>,
+    session: tokio::sync::OnceCell<Arc<dyn LlmSession>>,
+}
+
+impl Standby {
+    async fn session(&self) -> Result<Arc<dyn LlmSession>, EngineError> {
+        self.session
+            .get_or_try_init(|| {
+                self.llm
+                    .session(self.system_prompt.clone(), self.tools.clone())
+            })
+            .await
+            .cloned()
+    }
+}
+
 struct FallbackSession {
     primary: Arc<dyn LlmSession>,
-    fallback: Arc<dyn LlmSession>,
+    fallback: Arc<Standby>,
     name: String,
 }
 
@@ -91,7 +117,10 @@ impl LlmSession for FallbackSession {
             match primary.next().await {
                 Some(Err(e)) => {
                     tracing::warn!(backend = %name, error = %e, "language model failed; the local model answers this turn");
-                    fallback.reply(history, tools)
+                    match fallback.session().await {
+                        Ok(session) => session.reply(history, tools),
+                        Err(e) => futures_util::stream::iter([Err(e)]).boxed(),
+                    }
                 }
                 first => futures_util::stream::iter(first).chain(primary).boxed(),
             }

@@ -103,18 +103,41 @@ fn request_body(
     history: &[ChatMessage],
 ) -> Value {
     let mut messages = vec![json!({"role": "system", "content": system_prompt})];
-    for m in history {
-        messages.push(match &m.speaker {
-            Speaker::User => json!({"role": "user", "content": m.text}),
-            Speaker::Assistant => json!({"role": "assistant", "content": m.text}),
-            // Content "" rather than null: some servers' schemas want a string.
-            Speaker::ToolCall { id, name } => json!({"role": "assistant", "content": "",
-                "tool_calls": [{"id": id, "type": "function",
-                                "function": {"name": name, "arguments": m.text}}]}),
-            Speaker::ToolResult { id, .. } => {
-                json!({"role": "tool", "tool_call_id": id, "content": m.text})
+    // The newest exchanges that fit the configured number of messages,
+    // starting at the caller's words (a tool's answer never loses its call).
+    let user = |m: &ChatMessage| m.speaker == Speaker::User;
+    let mut from = history.len().saturating_sub(config.max_history_messages);
+    match history[from..].iter().position(user) {
+        Some(i) => from += i,
+        // The caller's last words come before the tail: the turn goes whole.
+        None => from = history[..from].iter().rposition(user).unwrap_or(0),
+    }
+    for m in &history[from..] {
+        match &m.speaker {
+            Speaker::User => messages.push(json!({"role": "user", "content": m.text})),
+            Speaker::Assistant => messages.push(json!({"role": "assistant", "content": m.text})),
+            // One assistant message holds the words said before the calls
+            // and the calls (strict templates want roles to alternate).
+            // Content "" rather than null: some servers want a string.
+            Speaker::ToolCall { id, name } => {
+                let call = json!({"id": id, "type": "function",
+                                  "function": {"name": name, "arguments": m.text}});
+                let last = messages.last_mut().filter(|l| l["role"] == "assistant");
+                match last {
+                    Some(l) if l["tool_calls"].is_array() => {
+                        if let Some(calls) = l["tool_calls"].as_array_mut() {
+                            calls.push(call);
+                        }
+                    }
+                    Some(l) => l["tool_calls"] = json!([call]),
+                    None => messages
+                        .push(json!({"role": "assistant", "content": "", "tool_calls": [call]})),
+                }
             }
-        });
+            Speaker::ToolResult { id, .. } => {
+                messages.push(json!({"role": "tool", "tool_call_id": id, "content": m.text}))
+            }
+        }
     }
     let mut body = json!({
         "model": config.model,
@@ -427,7 +450,7 @@ impl Reading {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     /// A server that answers one request with `response` (raw HTTP), then
     /// holds the connection for `hold`; returns its base URL and the request.
@@ -439,30 +462,10 @@ mod tests {
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
             let (mut conn, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            // Headers, then the body by its length.
-            loop {
-                let n = conn.read(&mut buf).await.unwrap();
-                request.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&request).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break;
-                    }
-                }
-            }
+            let request = remote::read_request(&mut conn).await.unwrap();
             conn.write_all(response.as_bytes()).await.unwrap();
             tokio::time::sleep(hold).await;
-            String::from_utf8_lossy(&request).to_string()
+            request
         });
         (url, task)
     }
@@ -486,6 +489,7 @@ mod tests {
             connect_timeout_ms: 500,
             first_token_timeout_ms: 1000,
             idle_timeout_ms: 300,
+            max_history_messages: 24,
             fallback: Default::default(),
         }
     }
@@ -636,6 +640,56 @@ mod tests {
         assert_eq!(
             count("fcut", "malformed") + count("fjunk", "malformed"),
             2.0
+        );
+    }
+
+    #[test]
+    fn the_history_is_cut_at_a_turn_and_a_tool_call_rides_with_its_words() {
+        let m = |speaker: Speaker, text: &str| ChatMessage {
+            speaker,
+            text: text.into(),
+        };
+        let call = |id: &str| Speaker::ToolCall {
+            id: id.into(),
+            name: "hours".into(),
+        };
+        let result = |id: &str| Speaker::ToolResult {
+            id: id.into(),
+            name: "hours".into(),
+        };
+        let history = vec![
+            m(Speaker::User, "hi"),
+            m(Speaker::Assistant, "hello"),
+            m(Speaker::User, "when do you open"),
+            m(Speaker::Assistant, "Let me check."),
+            m(call("call00000"), r#"{"day":"monday"}"#),
+            m(call("call00001"), r#"{"day":"tuesday"}"#),
+            m(result("call00000"), r#"{"opens":"8"}"#),
+            m(result("call00001"), r#"{"opens":"9"}"#),
+        ];
+        let mut c = config("http://x/v1");
+        c.max_history_messages = 4;
+        let body = request_body(&c, "sys", &[], &ToolChoice::Auto, &history);
+        let msgs = body["messages"].as_array().unwrap();
+        // system; the last turn whole though longer than 4; one assistant
+        // message with its words and both calls; the two answers.
+        let roles: Vec<_> = msgs.iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert_eq!(
+            roles,
+            ["system", "user", "assistant", "tool", "tool"],
+            "{body}"
+        );
+        assert_eq!(msgs[1]["content"], "when do you open");
+        assert_eq!(msgs[2]["content"], "Let me check.");
+        assert_eq!(msgs[2]["tool_calls"].as_array().unwrap().len(), 2);
+        assert_eq!(msgs[2]["tool_calls"][1]["id"], "call00001");
+        assert_eq!(msgs[4]["tool_call_id"], "call00001");
+        c.max_history_messages = 24;
+        let all = request_body(&c, "sys", &[], &ToolChoice::Auto, &history);
+        assert_eq!(all["messages"].as_array().unwrap().len(), 7);
+        assert!(
+            all.get("tools").is_none(),
+            "no tools, no tool_choice: {all}"
         );
     }
 

@@ -17,6 +17,9 @@ pub fn client(connect_timeout: Duration) -> Result<reqwest::Client, EngineError>
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_keepalive(Duration::from_secs(30))
         .tcp_nodelay(true)
+        // A redirect would carry the key (or a tool's secret headers and
+        // arguments) to another host: refused, the 3xx is the answer.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("izwi/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| EngineError::Llm(format!("HTTP client: {e}")))
@@ -52,4 +55,34 @@ pub fn transport_failure(backend: &str, e: &reqwest::Error) -> EngineError {
         source = s.source();
     }
     failure(backend, kind, detail)
+}
+
+/// For unit tests of HTTP clients: reads one request (head, then the body by
+/// its Content-Length) from `conn`; `None` if the peer closed first.
+#[cfg(test)]
+pub(crate) async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        request.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&request).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Some(text);
+            }
+        }
+    }
 }
