@@ -34,6 +34,9 @@ model = "{model}"
 api_key_env = "{KEY_VAR}"
 temperature = 0.0
 max_tokens = 60
+# The tests share 2 cores with other tests' servers and models.
+first_token_timeout_ms = 60000
+idle_timeout_ms = 30000
 
 [llm.wrong_key]
 base_url = "{base}"
@@ -186,7 +189,8 @@ fn a_sip_call_hears_the_server_and_a_barge_in_closes_its_request() {
     text.push_str(
         "\n[agents.story]\nlanguage = \"en\"\nllm = \"long\"\ngreeting = \"Hello.\"\n\
          system_prompt = \"You are a storyteller. Tell very long stories with many details.\"\n\
-         [llm.long]\nmodel = \"smollm2\"\nmax_tokens = 2000\ntemperature = 0.0\n",
+         [llm.long]\nmodel = \"smollm2\"\nmax_tokens = 2000\ntemperature = 0.0\n\
+         first_token_timeout_ms = 60000\nidle_timeout_ms = 30000\n",
     );
     text.push_str(&format!(
         "base_url = \"{}\"\napi_key = \"{}\"\n",

@@ -215,7 +215,8 @@ fn a_server_model_calls_the_function_through_the_openai_api() {
     let f = function(r#"{"opens": "half past seven"}"#, Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();
     let backend = format!(
-        "[llm.server]\nbase_url = \"{}\"\nmodel = \"{}\"\napi_key = \"{}\"\ntemperature = 0.0\nmax_tokens = 40\n",
+        "[llm.server]\nbase_url = \"{}\"\nmodel = \"{}\"\napi_key = \"{}\"\ntemperature = 0.0\nmax_tokens = 40\n\
+         first_token_timeout_ms = 60000\nidle_timeout_ms = 30000\n",
         server.base_url(),
         llm_server::MODEL,
         llm_server::KEY

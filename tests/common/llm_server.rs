@@ -81,6 +81,14 @@ impl LlmServer {
             "the server did not start:\n{}",
             server.log()
         );
+        // One completion first (not a chat one, which tests count): the
+        // first request pays for the server's warm-up, on a busy machine
+        // for seconds.
+        let warm = ureq::post(&format!("{}/completions", server.base_url()))
+            .set("Authorization", &format!("Bearer {KEY}"))
+            .timeout(Duration::from_secs(120))
+            .send_json(serde_json::json!({"model": MODEL, "prompt": "Hello", "max_tokens": 1}));
+        assert!(warm.is_ok(), "warm-up failed: {warm:?}\n{}", server.log());
         server
     }
 
