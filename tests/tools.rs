@@ -198,9 +198,10 @@ fn a_slow_function_gets_the_filler_and_the_caller_can_talk_over_it() {
     // The call went on: the next turn called it again and got its answer.
     assert_eq!(turns[1]["tools"][0]["outcome"], "done", "{stdout}");
     assert!(f.seen.lock().unwrap().len() >= 2);
-    assert_eq!(
-        f.dropped.load(Ordering::SeqCst),
-        1,
+    // At least the request talked over was aborted (on a busy machine the
+    // caller's words can also end another reply's call).
+    assert!(
+        f.dropped.load(Ordering::SeqCst) >= 1,
         "the request talked over was not aborted"
     );
 }
