@@ -72,6 +72,17 @@ pub enum ReplyEvent {
     Done,
 }
 
+impl ReplyEvent {
+    /// One of the agent's fixed phrases, synthesised when it was prepared.
+    fn fixed(phrase: &super::Phrase) -> ReplyEvent {
+        ReplyEvent::Phrase {
+            text: phrase.text.clone(),
+            audio: phrase.frames.clone(),
+            synth: Duration::ZERO,
+        }
+    }
+}
+
 /// What the reply answers.
 pub enum ReplyInput {
     /// The caller's turn: its audio, for the end-of-turn model, and its
@@ -233,15 +244,7 @@ async fn run(
                     Err(e) if !spoke && !agent.phrases.engine_failed.frames.is_empty() => {
                         let fallback = &agent.phrases.engine_failed;
                         send(&actions, ReplyEvent::ModelFailed(e.to_string())).await?;
-                        send(
-                            &actions,
-                            ReplyEvent::Phrase {
-                                text: fallback.text.clone(),
-                                audio: fallback.frames.clone(),
-                                synth: Duration::ZERO,
-                            },
-                        )
-                        .await?;
+                        send(&actions, ReplyEvent::fixed(fallback)).await?;
                         return Ok(total.unwrap_or_default());
                     }
                     Err(e) => return Err(e),
@@ -285,11 +288,7 @@ async fn run(
                                 filler_said = true;
                                 send(
                                     &actions,
-                                    ReplyEvent::Phrase {
-                                        text: filler.text.clone(),
-                                        audio: filler.frames.clone(),
-                                        synth: Duration::ZERO,
-                                    },
+                                    ReplyEvent::fixed(filler),
                                 )
                                 .await?;
                                 running.await
