@@ -44,14 +44,17 @@ pub fn rms(samples: &[f32]) -> f32 {
 /// so the sound does not start on a click: a voice's lead-in of 20–80 ms is
 /// time the caller waits for nothing.
 pub fn quiet_lead(samples: &[f32]) -> usize {
+    sound_onset(samples).unwrap_or(0)
+}
+
+/// As [`quiet_lead`], or `None` while all of `samples` is quiet (audio
+/// that is still arriving may yet begin).
+pub fn sound_onset(samples: &[f32]) -> Option<usize> {
     // 5 ms windows; −50 dBFS is well under speech and over dither.
     const WINDOW: usize = 80;
     const QUIET: f32 = 0.003;
-    let first = samples
-        .chunks(WINDOW)
-        .position(|w| rms(w) >= QUIET)
-        .unwrap_or(0);
-    (first * WINDOW).saturating_sub(ms_to_samples(10))
+    let first = samples.chunks(WINDOW).position(|w| rms(w) >= QUIET)?;
+    Some((first * WINDOW).saturating_sub(ms_to_samples(10)))
 }
 
 #[cfg(test)]
@@ -65,6 +68,8 @@ mod tests {
         assert_eq!(quiet_lead(&a), ms_to_samples(50));
         assert_eq!(quiet_lead(&[0.3; 800]), 0, "sound at once");
         assert_eq!(quiet_lead(&[0.0; 800]), 0, "all quiet: nothing cut");
+        assert_eq!(sound_onset(&[0.0; 800]), None);
+        assert_eq!(sound_onset(&a), Some(ms_to_samples(50)));
     }
 
     #[test]

@@ -46,6 +46,12 @@ pub struct Config {
     /// Language model servers by name (`[llm.NAME]`), for agents whose `llm`
     /// names one; `local`, the embedded model, is always there.
     pub llm: BTreeMap<String, RemoteLlmConfig>,
+    /// Speech recognition servers by name (`[asr.NAME]`), for agents whose
+    /// `asr` names one.
+    pub asr: BTreeMap<String, RemoteAsrConfig>,
+    /// Speech synthesis servers by name (`[tts.NAME]`), for agents whose
+    /// `tts` names one.
+    pub tts: BTreeMap<String, RemoteTtsConfig>,
 }
 
 /// An OpenAI-compatible chat-completions server: vLLM, llama.cpp's
@@ -86,12 +92,12 @@ pub struct RemoteLlmConfig {
     /// agent's `engine_failed` phrase) or `local` (the embedded model answers
     /// that turn).
     #[serde(default)]
-    pub fallback: LlmFallback,
+    pub fallback: EngineFallback,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum LlmFallback {
+pub enum EngineFallback {
     #[default]
     Phrase,
     Local,
@@ -116,43 +122,17 @@ impl RemoteLlmConfig {
 
     /// The bearer token, if any: `api_key`, else the variable `api_key_env` names.
     pub fn key(&self) -> Result<Option<String>, String> {
-        if !self.api_key.is_empty() {
-            return Ok(Some(self.api_key.clone()));
-        }
-        if self.api_key_env.is_empty() {
-            return Ok(None);
-        }
-        match std::env::var(&self.api_key_env) {
-            Ok(k) if !k.trim().is_empty() => Ok(Some(k.trim().to_string())),
-            _ => Err(format!(
-                "the environment variable `{}` is not set",
-                self.api_key_env
-            )),
-        }
+        bearer(&self.api_key, &self.api_key_env)
     }
 
     fn check(&self) -> Result<(), (String, String)> {
         let bad = |field: &str, msg: String| Err((field.to_string(), msg));
-        let url = self.base_url.trim();
-        let host = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"))
-            .unwrap_or("");
-        if host.trim_matches('/').is_empty() {
-            return bad(
-                "base_url",
-                format!("`{url}` is not an http:// or https:// URL with a host"),
-            );
-        }
-        if self.model.trim().is_empty() {
-            return bad("model", "must not be empty".into());
-        }
-        if !self.api_key.is_empty() && !self.api_key_env.is_empty() {
-            return bad(
-                "api_key_env",
-                "set `api_key` or `api_key_env`, not both".into(),
-            );
-        }
+        check_server(
+            &self.base_url,
+            &self.model,
+            &self.api_key,
+            &self.api_key_env,
+        )?;
         if !(2..=1000).contains(&self.max_history_messages) {
             return bad("max_history_messages", "must be 2 to 1000".into());
         }
@@ -164,16 +144,190 @@ impl RemoteLlmConfig {
         {
             return bad("temperature", "must be 0 to 2".into());
         }
-        for (field, v) in [
+        check_timeouts(&[
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("first_token_timeout_ms", self.first_token_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
-        ] {
-            if !(100..=120_000).contains(&v) {
-                return bad(field, "must be 100 to 120000 ms".into());
-            }
+        ])
+    }
+}
+
+/// A bearer token: `api_key`, else the variable `api_key_env` names, else none.
+fn bearer(api_key: &str, api_key_env: &str) -> Result<Option<String>, String> {
+    if !api_key.is_empty() {
+        return Ok(Some(api_key.to_string()));
+    }
+    if api_key_env.is_empty() {
+        return Ok(None);
+    }
+    match std::env::var(api_key_env) {
+        Ok(k) if !k.trim().is_empty() => Ok(Some(k.trim().to_string())),
+        _ => Err(format!(
+            "the environment variable `{api_key_env}` is not set"
+        )),
+    }
+}
+
+/// What every server's table must have right: an http(s) base URL with a
+/// host, a model name, one way to give the key.
+fn check_server(
+    base_url: &str,
+    model: &str,
+    api_key: &str,
+    api_key_env: &str,
+) -> Result<(), (String, String)> {
+    let bad = |field: &str, msg: String| Err((field.to_string(), msg));
+    let url = base_url.trim();
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or("");
+    if host.trim_matches('/').is_empty() {
+        return bad(
+            "base_url",
+            format!("`{url}` is not an http:// or https:// URL with a host"),
+        );
+    }
+    if model.trim().is_empty() {
+        return bad("model", "must not be empty".into());
+    }
+    if !api_key.is_empty() && !api_key_env.is_empty() {
+        return bad(
+            "api_key_env",
+            "set `api_key` or `api_key_env`, not both".into(),
+        );
+    }
+    Ok(())
+}
+
+fn check_timeouts(timeouts: &[(&str, u64)]) -> Result<(), (String, String)> {
+    for (field, v) in timeouts {
+        if !(100..=120_000).contains(v) {
+            return Err((field.to_string(), "must be 100 to 120000 ms".into()));
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+/// An OpenAI-compatible speech recognition server (`{base_url}/audio/transcriptions`,
+/// a WAV upload): faster-whisper servers, vLLM serving Whisper, OpenAI.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteAsrConfig {
+    pub base_url: String,
+    pub model: String,
+    #[serde(default)]
+    pub api_key: String,
+    #[serde(default)]
+    pub api_key_env: String,
+    #[serde(default = "RemoteLlmConfig::default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// From the upload to the transcript.
+    #[serde(default = "RemoteAsrConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// When the server fails: `phrase` (the agent's `engine_failed` phrase
+    /// answers the turn) or `local` (the embedded model transcribes it).
+    #[serde(default)]
+    pub fallback: EngineFallback,
+}
+
+impl RemoteAsrConfig {
+    fn default_timeout_ms() -> u64 {
+        10_000
+    }
+
+    pub fn key(&self) -> Result<Option<String>, String> {
+        bearer(&self.api_key, &self.api_key_env)
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        check_server(
+            &self.base_url,
+            &self.model,
+            &self.api_key,
+            &self.api_key_env,
+        )?;
+        check_timeouts(&[
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("timeout_ms", self.timeout_ms),
+        ])
+    }
+}
+
+/// An OpenAI-compatible speech synthesis server (`{base_url}/audio/speech`);
+/// its audio is played as it arrives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteTtsConfig {
+    pub base_url: String,
+    pub model: String,
+    /// The server's voice name.
+    #[serde(default = "RemoteTtsConfig::default_voice")]
+    pub voice: String,
+    #[serde(default)]
+    pub api_key: String,
+    #[serde(default)]
+    pub api_key_env: String,
+    /// `pcm` (raw 16-bit little-endian mono at `sample_rate`) or `wav`.
+    #[serde(default)]
+    pub response_format: TtsFormat,
+    /// The rate of `pcm` audio: OpenAI's is 24000. A server that names its
+    /// rate in an `X-Sample-Rate` header is believed instead.
+    #[serde(default = "RemoteTtsConfig::default_sample_rate")]
+    pub sample_rate: u32,
+    #[serde(default = "RemoteLlmConfig::default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// From the request to the first audio.
+    #[serde(default = "RemoteLlmConfig::default_first_token_timeout_ms")]
+    pub first_audio_timeout_ms: u64,
+    /// The longest wait between two pieces of audio.
+    #[serde(default = "RemoteLlmConfig::default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// When the server fails before a phrase's first audio: `phrase` (the
+    /// agent's `engine_failed` phrase, if nothing was said yet) or `local`
+    /// (the embedded voice says the phrase).
+    #[serde(default)]
+    pub fallback: EngineFallback,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TtsFormat {
+    #[default]
+    Pcm,
+    Wav,
+}
+
+impl RemoteTtsConfig {
+    fn default_voice() -> String {
+        "alloy".into()
+    }
+    fn default_sample_rate() -> u32 {
+        24_000
+    }
+
+    pub fn key(&self) -> Result<Option<String>, String> {
+        bearer(&self.api_key, &self.api_key_env)
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        check_server(
+            &self.base_url,
+            &self.model,
+            &self.api_key,
+            &self.api_key_env,
+        )?;
+        if self.voice.trim().is_empty() {
+            return Err(("voice".into(), "must not be empty".into()));
+        }
+        if !(8_000..=48_000).contains(&self.sample_rate) {
+            return Err(("sample_rate".into(), "must be 8000 to 48000 Hz".into()));
+        }
+        check_timeouts(&[
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("first_audio_timeout_ms", self.first_audio_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ])
     }
 }
 
@@ -605,6 +759,18 @@ pub struct AgentProfile {
     /// of an `[llm.NAME]` server.
     #[serde(default = "AgentProfile::default_llm")]
     pub llm: String,
+    /// The speech recognition backend: `local` (the embedded Whisper) or the
+    /// name of an `[asr.NAME]` server.
+    #[serde(default = "AgentProfile::default_llm")]
+    pub asr: String,
+    /// Words the caller is likely to say (the clinic's name, places): the
+    /// recogniser's initial prompt, to bias it towards them.
+    #[serde(default)]
+    pub asr_prompt: String,
+    /// The speech synthesis backend: `local` (the embedded Piper voice) or
+    /// the name of a `[tts.NAME]` server.
+    #[serde(default = "AgentProfile::default_llm")]
+    pub tts: String,
     /// Said when the language model fails (a server down, a timeout) and no
     /// other backend answers; the call goes on.
     #[serde(default = "AgentProfile::default_engine_failed")]
@@ -783,7 +949,7 @@ impl Default for CollectDigits {
 }
 
 /// The name of the embedded language model as a backend.
-pub const LOCAL_LLM: &str = "local";
+pub const LOCAL_BACKEND: &str = "local";
 
 /// What a key or the model may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -818,7 +984,7 @@ impl AgentProfile {
         "Please hold while I transfer your call.".into()
     }
     pub fn default_llm() -> String {
-        LOCAL_LLM.into()
+        LOCAL_BACKEND.into()
     }
     fn default_tool_choice() -> String {
         "auto".into()
@@ -857,6 +1023,9 @@ impl AgentProfile {
             keys: BTreeMap::new(),
             collect: None,
             llm: Self::default_llm(),
+            asr: Self::default_llm(),
+            asr_prompt: String::new(),
+            tts: Self::default_llm(),
             engine_failed: Self::default_engine_failed(),
             tools: Vec::new(),
             tool_choice: Self::default_tool_choice(),
@@ -888,6 +1057,10 @@ impl AgentProfile {
         }
         if self.system_prompt.trim().is_empty() {
             return bad("system_prompt", "must not be empty".into());
+        }
+        // Whisper reads at most 224 tokens of prompt.
+        if self.asr_prompt.chars().count() > 800 {
+            return bad("asr_prompt", "must be at most 800 characters".into());
         }
         for (name, target) in &self.transfer {
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
@@ -964,7 +1137,7 @@ impl AgentProfile {
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, tool) in self.tools.iter().enumerate() {
-            if let Err((field, msg)) = tool.check(self.llm == LOCAL_LLM) {
+            if let Err((field, msg)) = tool.check(self.llm == LOCAL_BACKEND) {
                 return bad(&format!("tools[{i}].{field}"), msg);
             }
             if !names.insert(tool.name.as_str()) {
@@ -1055,6 +1228,8 @@ impl Default for Config {
             agents,
             log: LogConfig::default(),
             llm: BTreeMap::new(),
+            asr: BTreeMap::new(),
+            tts: BTreeMap::new(),
         }
     }
 }
@@ -1461,7 +1636,7 @@ impl Config {
             ));
         }
         for (name, remote) in &self.llm {
-            if name == LOCAL_LLM || name.is_empty() {
+            if name == LOCAL_BACKEND || name.is_empty() {
                 return Err(invalid(
                     &format!("llm.{name}"),
                     "`local` is the embedded model's name; choose another",
@@ -1471,25 +1646,54 @@ impl Config {
                 return Err(invalid(&format!("llm.{name}.{field}"), &msg));
             }
         }
+        let servers = [
+            ("asr", self.asr.keys().collect::<Vec<_>>()),
+            ("tts", self.tts.keys().collect::<Vec<_>>()),
+        ];
+        for (kind, names) in &servers {
+            if names.iter().any(|n| *n == LOCAL_BACKEND || n.is_empty()) {
+                return Err(invalid(
+                    &format!("{kind}.{LOCAL_BACKEND}"),
+                    "`local` is the embedded model's name; choose another",
+                ));
+            }
+        }
+        for (name, remote) in &self.asr {
+            if let Err((field, msg)) = remote.check() {
+                return Err(invalid(&format!("asr.{name}.{field}"), &msg));
+            }
+        }
+        for (name, remote) in &self.tts {
+            if let Err((field, msg)) = remote.check() {
+                return Err(invalid(&format!("tts.{name}.{field}"), &msg));
+            }
+        }
         for (name, agent) in &self.agents {
             if let Err((field, msg)) = agent.check() {
                 return Err(invalid(&format!("agents.{name}.{field}"), &msg));
             }
-            if agent.llm != LOCAL_LLM && !self.llm.contains_key(&agent.llm) {
-                return Err(invalid(
-                    &format!("agents.{name}.llm"),
-                    format!(
-                        "no backend named `{}` (`local` or an [llm.NAME] table: {})",
-                        agent.llm,
-                        self.llm.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
+            let llms = self.llm.keys().collect::<Vec<_>>();
+            for (kind, chosen, names) in [
+                ("llm", &agent.llm, &llms),
+                ("asr", &agent.asr, &servers[0].1),
+                ("tts", &agent.tts, &servers[1].1),
+            ] {
+                if chosen != LOCAL_BACKEND && !names.contains(&chosen) {
+                    let names = names.iter().map(|n| n.as_str()).collect::<Vec<_>>();
+                    return Err(invalid(
+                        &format!("agents.{name}.{kind}"),
+                        format!(
+                            "no backend named `{chosen}` (`local` or an [{kind}.NAME] table: {})",
+                            names.join(", ")
+                        ),
+                    ));
+                }
             }
             // The local model may answer this agent's turns too.
             if self
                 .llm
                 .get(&agent.llm)
-                .is_some_and(|b| b.fallback == LlmFallback::Local)
+                .is_some_and(|b| b.fallback == EngineFallback::Local)
             {
                 for (i, tool) in agent.tools.iter().enumerate() {
                     if let Err((field, msg)) = tool.check(true) {

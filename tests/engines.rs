@@ -58,7 +58,7 @@ fn whisper_told_to_stop_stops_and_the_next_transcription_works() {
     let speech = espeak("My name is John and I need to see a doctor today.");
     let stop = Abandoned::default();
     stop.abandon();
-    match engine.asr.transcribe_unless(&speech, "en", &stop) {
+    match engine.asr.transcribe_unless(&speech, "en", "", &stop) {
         Err(EngineError::Asr(_)) => {}
         other => panic!("a transcription told to stop gave {other:?}"),
     }

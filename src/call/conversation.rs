@@ -20,7 +20,7 @@ use super::{Agent, Phrase};
 use crate::audio::{ENGINE_RATE, FRAME, Frame, ms_to_samples};
 use crate::config::TransferFallback;
 use crate::config::TurnConfig;
-use crate::engine::{ChatMessage, Engine, EngineError, LlmSession, Speaker, VadStream};
+use crate::engine::{ChatMessage, Engine, EngineError, Hearing, LlmSession, Speaker, VadStream};
 use crate::records::ActionRow;
 use crate::tools::ToolOutcome;
 
@@ -136,6 +136,8 @@ struct Playing {
     text: String,
     frames: VecDeque<Frame>,
     total: usize,
+    /// All its audio is here (a streamed phrase's may still be arriving).
+    complete: bool,
 }
 
 struct ActiveReply {
@@ -370,6 +372,7 @@ impl Conversation {
             text: self.agent.profile.greeting.clone(),
             total: frames.len(),
             frames,
+            complete: true,
         };
         self.reply = Some(ActiveReply::new(None, VecDeque::from([greeting]), record));
     }
@@ -514,6 +517,7 @@ impl Conversation {
                 total: p.frames.len(),
                 frames: p.frames.into(),
                 text: p.text,
+                complete: true,
             });
         }
         if then.is_some() {
@@ -793,7 +797,7 @@ impl Conversation {
                 if let Some(capture) = self.capture.as_deref() {
                     self.transcript.paused(
                         &self.engine,
-                        &self.agent.profile.language,
+                        &Hearing::of(&self.agent.profile),
                         capture,
                         last_speech,
                     );
@@ -891,7 +895,11 @@ impl Conversation {
         self.policies(at);
         loop {
             let reply = self.reply.as_mut()?;
-            while reply.phrases.front().is_some_and(|p| p.frames.is_empty()) {
+            while reply
+                .phrases
+                .front()
+                .is_some_and(|p| p.frames.is_empty() && p.complete)
+            {
                 if let Some(p) = reply.phrases.pop_front() {
                     if let Some(playback) = self.playback.as_mut() {
                         playback.ended.push(p.seq);
@@ -979,7 +987,12 @@ impl Conversation {
                 rec.words_heard = text.split_whitespace().count();
                 reply.heard = Some(text);
             }
-            ReplyEvent::Phrase { text, audio, synth } => {
+            ReplyEvent::Phrase {
+                text,
+                audio,
+                synth,
+                complete,
+            } => {
                 if rec.tts_first_audio_ms.is_none() {
                     rec.tts_first_audio_ms = Some(ms(synth));
                     rec.compute_ms = Some(ms(reply.requested.elapsed()));
@@ -994,7 +1007,23 @@ impl Conversation {
                     text,
                     total: audio.len(),
                     frames: audio.into(),
+                    complete,
                 });
+            }
+            ReplyEvent::PhraseAudio {
+                audio,
+                synth,
+                complete,
+            } => {
+                reply.synth += synth;
+                reply.synth_audio += FRAME * audio.len() as u32;
+                rec.tts_rtf =
+                    Some(reply.synth.as_secs_f64() / reply.synth_audio.as_secs_f64().max(1e-3));
+                if let Some(p) = reply.phrases.back_mut().filter(|p| !p.complete) {
+                    p.total += audio.len();
+                    p.frames.extend(audio);
+                    p.complete = complete;
+                }
             }
             ReplyEvent::Generated(stats) => {
                 rec.llm_first_token_ms = stats.first_token.map(ms);
@@ -1062,8 +1091,8 @@ impl Conversation {
                     t.outcome = outcome.as_str();
                 }
             }
-            ReplyEvent::ModelFailed(error) => {
-                tracing::warn!(call = %self.call_id, turn = rec.index, %error, "language model failed; the fallback phrase answers");
+            ReplyEvent::EngineFailed(error) => {
+                tracing::warn!(call = %self.call_id, turn = rec.index, %error, "an engine failed; the fallback phrase answers");
                 rec.outcome = TurnOutcome::Fallback;
             }
             ReplyEvent::Failed(error) => {
@@ -1158,6 +1187,7 @@ mod tests {
                 text: text.into(),
                 frames: std::iter::repeat_n(SILENCE, left).collect(),
                 total,
+                complete: true,
             });
         }
         let mut r = ActiveReply::new(None, phrases, TurnRecord::new(1, false));

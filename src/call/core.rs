@@ -645,6 +645,93 @@ mod conversation_tests {
         assert_eq!(outcomes, [TurnOutcome::Fallback, TurnOutcome::Answered]);
     }
 
+    /// The loud ticks of the agent's next answer.
+    async fn answer_ticks(c: &mut CallCore, out: &mut Tick) -> usize {
+        let mut loud = 0;
+        for _ in 0..400 {
+            if step(c, out, Some(&silence())).await.loud {
+                loud += 1;
+            } else if loud > 0 {
+                break;
+            }
+        }
+        loud
+    }
+
+    fn outcomes(turns: &[crate::call::conversation::TurnRecord]) -> Vec<TurnOutcome> {
+        turns
+            .iter()
+            .filter(|t| !t.greeting)
+            .map(|t| t.outcome)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_failed_recogniser_or_voice_is_answered_by_the_fallback_phrase() {
+        let words = AgentProfile::new("en", "x", "")
+            .engine_failed
+            .split_whitespace()
+            .count();
+        for (asr, tts) in [("down", "local"), ("local", "down")] {
+            let script = Script {
+                replies: vec![vec![Step::Say("Fine, thank you.")]],
+                ..Default::default()
+            };
+            let mut profile = quiet_profile();
+            profile.asr = asr.into();
+            profile.tts = tts.into();
+            // The voice server being down, the fixed phrases are made by
+            // the embedded voice: the agent still starts.
+            let mut c = engine_core(script, profile, false).await;
+            let mut out = Tick::default();
+            for _ in 0..2 {
+                ask(&mut c, &mut out, 50).await;
+                // `ask` saw its first tick.
+                let loud = 1 + answer_ticks(&mut c, &mut out).await;
+                assert!(
+                    (words * 10..=words * 10 + 1).contains(&loud),
+                    "asr {asr}, tts {tts}: {loud} ticks for the {words} words of the fallback"
+                );
+            }
+            let turns = c.end(Ending::CallerBye);
+            assert_eq!(
+                outcomes(&turns),
+                [TurnOutcome::Fallback, TurnOutcome::Fallback],
+                "asr {asr}, tts {tts}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_voice_that_streams_is_played_whole_as_it_comes() {
+        const ANSWER: &str = "We open at eight. We close at five.";
+        let script = Script {
+            replies: vec![vec![Step::Say(ANSWER)]],
+            ..Default::default()
+        };
+        let mut profile = quiet_profile();
+        profile.tts = "trickle".into();
+        let mut c = engine_core(script, profile, false).await;
+        let mut out = Tick::default();
+        ask(&mut c, &mut out, 50).await;
+        let mut loud = 1;
+        for _ in 0..600 {
+            if step(&mut c, &mut out, Some(&silence())).await.loud {
+                loud += 1;
+            }
+        }
+        // Each sentence is 4 words of 200 ms: every frame of both played.
+        let words = ANSWER.split_whitespace().count();
+        assert!(
+            (words * 10..=words * 10 + 2).contains(&loud),
+            "{loud} loud ticks for {words} words"
+        );
+        let turns = c.end(Ending::CallerBye);
+        assert_eq!(outcomes(&turns), [TurnOutcome::Answered]);
+        let answer = turns.iter().find(|t| !t.greeting).unwrap();
+        assert_eq!(answer.words_spoken, words);
+    }
+
     #[tokio::test]
     async fn a_transfer_comes_after_its_words_and_a_refusal_lets_the_call_go_on() {
         let mut profile = quiet_profile();

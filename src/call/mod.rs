@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::audio::{Frame, frames};
-use crate::config::AgentProfile;
-use crate::engine::{Engine, EngineError, ToolSpec};
+use crate::config::{AgentProfile, LOCAL_BACKEND};
+use crate::engine::{Engine, EngineError, Hearing, ToolSpec};
 use crate::tools::Toolbox;
 
 /// An agent profile made ready for calls: its fixed phrases synthesized once
@@ -53,6 +53,9 @@ pub struct Phrases {
     pub filler: Phrase,
 }
 
+/// A fixed phrase in the agent's voice, kept for every call; in the
+/// embedded voice when the agent's server cannot say it now, so that the
+/// agent starts (and its fallback phrase works when that server is down).
 async fn synthesize(
     engine: &Arc<Engine>,
     text: &str,
@@ -62,9 +65,18 @@ async fn synthesize(
     if text.is_empty() {
         return Ok(Phrase::default());
     }
-    let audio = engine
-        .speak(text.clone(), profile.espeak_voice.clone())
-        .await?;
+    let voice = profile.espeak_voice.clone();
+    let audio = match engine
+        .speak_with(&profile.tts, text.clone(), voice.clone())
+        .await
+    {
+        Ok(audio) => audio,
+        Err(e) if profile.tts != LOCAL_BACKEND => {
+            tracing::warn!(backend = %profile.tts, error = %e, "a fixed phrase is said in the embedded voice");
+            engine.speak(text.clone(), voice).await?
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Phrase {
         text,
         frames: frames(&audio),
@@ -125,10 +137,14 @@ impl Agent {
         let t = Instant::now();
         let silence = vec![0.0; crate::audio::ENGINE_RATE as usize / 2];
         engine
-            .transcribe(silence, self.profile.language.clone())
+            .transcribe(silence, &Hearing::of(&self.profile))
             .await?;
         engine
-            .speak("Hello.".into(), self.profile.espeak_voice.clone())
+            .speak_with(
+                &self.profile.tts,
+                "Hello.".into(),
+                self.profile.espeak_voice.clone(),
+            )
             .await?;
         engine
             .llm_session(&self.name, &self.profile, self.tools.clone())

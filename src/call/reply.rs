@@ -13,16 +13,20 @@ use tokio::task::JoinHandle;
 
 use super::Agent;
 use super::transcript::{self, Words};
-use crate::audio::{ENGINE_RATE, Frame, frames};
+use crate::audio::{ENGINE_RATE, FRAME_SAMPLES, Frame, frames};
 use crate::engine::phrase::PhraseCutter;
 use crate::engine::{
-    ChatMessage, Engine, EngineError, GenerationStats, LlmEvent, LlmSession, Speaker, ToolCall,
-    ToolChoice,
+    ChatMessage, Engine, EngineError, GenerationStats, Hearing, LlmEvent, LlmSession, Speaker,
+    ToolCall, ToolChoice,
 };
 use crate::tools::ToolOutcome;
 
 /// Bound of every queue between stages.
 pub const QUEUE: usize = 8;
+
+/// A phrase's audio held back while it is all quiet, to cut its lead-in,
+/// at most: 300 ms.
+const LEAD_IN_LIMIT: usize = 300 * ENGINE_RATE as usize / 1000;
 
 /// The end-of-turn model hears the last 8 s of a turn.
 pub const JUDGED_SAMPLES: usize = 8 * ENGINE_RATE as usize;
@@ -40,11 +44,21 @@ pub enum ReplyEvent {
         asr: Duration,
         audio: Duration,
     },
-    /// A phrase ready to play.
+    /// A phrase begins: its text and its first audio; all of it when
+    /// `complete`, else the rest follows as [`ReplyEvent::PhraseAudio`].
     Phrase {
         text: String,
         audio: Vec<Frame>,
+        /// From the phrase's request to its first audio.
         synth: Duration,
+        complete: bool,
+    },
+    /// More of the phrase begun last, as it is made.
+    PhraseAudio {
+        audio: Vec<Frame>,
+        /// Since the piece before.
+        synth: Duration,
+        complete: bool,
     },
     /// The LLM finished (or was stopped).
     Generated(GenerationStats),
@@ -53,9 +67,10 @@ pub enum ReplyEvent {
         asr: Duration,
     },
     Failed(String),
-    /// The language model failed before its first word; the agent's
-    /// fallback phrase follows (the error names the backend and the kind).
-    ModelFailed(String),
+    /// An engine (recogniser, model, voice) failed before the reply's first
+    /// word; the agent's fallback phrase follows (the error names the
+    /// backend and the kind).
+    EngineFailed(String),
     /// The model asked for an action (not yet checked).
     Action(ToolCall),
     /// One of the agent's tools is being called.
@@ -79,6 +94,7 @@ impl ReplyEvent {
             text: phrase.text.clone(),
             audio: phrase.frames.clone(),
             synth: Duration::ZERO,
+            complete: true,
         }
     }
 }
@@ -148,7 +164,7 @@ async fn run(
         mut history,
         judge,
     } = req;
-    let language = agent.profile.language.clone();
+    let hearing = Hearing::of(&agent.profile);
     let voice = agent.profile.espeak_voice.clone();
     let text = match input {
         ReplyInput::Text(text) => text,
@@ -167,7 +183,17 @@ async fn run(
                     Err(e) => tracing::warn!(error = %e, "end-of-turn model failed"),
                 }
             }
-            let heard = transcript::gather(engine, words, &language).await?;
+            let heard = match transcript::gather(engine, words, &hearing).await {
+                Ok(heard) => heard,
+                // The caller is told, and the call goes on.
+                Err(e) if !agent.phrases.engine_failed.frames.is_empty() => {
+                    send(tx, ReplyEvent::EngineFailed(e.to_string())).await?;
+                    send(tx, ReplyEvent::fixed(&agent.phrases.engine_failed)).await?;
+                    send(tx, ReplyEvent::Done).await?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
             if heard.text.is_empty() {
                 send(tx, ReplyEvent::NothingHeard { asr: heard.asr }).await?;
                 return Ok(());
@@ -194,6 +220,11 @@ async fn run(
     // Actions go straight to the call, beside the phrases: they are few.
     let actions = tx.clone();
     let (phrase_tx, mut phrases) = mpsc::channel::<String>(QUEUE);
+
+    // The voice's stage owns its receiver: when it stops early, the stages
+    // before it see their queue closed and stop too.
+    let voice_backend = agent.profile.tts.clone();
+    let engine_failed = agent.phrases.engine_failed.clone();
 
     let generate = async move {
         let mut total: Option<GenerationStats> = None;
@@ -243,7 +274,7 @@ async fn run(
                     // and the call goes on.
                     Err(e) if !spoke && !agent.phrases.engine_failed.frames.is_empty() => {
                         let fallback = &agent.phrases.engine_failed;
-                        send(&actions, ReplyEvent::ModelFailed(e.to_string())).await?;
+                        send(&actions, ReplyEvent::EngineFailed(e.to_string())).await?;
                         send(&actions, ReplyEvent::fixed(fallback)).await?;
                         return Ok(total.unwrap_or_default());
                     }
@@ -342,34 +373,96 @@ async fn run(
         }
     };
 
-    let speak = async {
+    let speak = async move {
+        // The reply's first sound is what the caller waits for: its quiet
+        // lead-in is cut (later phrases keep theirs, the pause between
+        // sentences).
         let mut first = true;
         while let Some(phrase) = phrases.recv().await {
-            let t = Instant::now();
-            let mut audio = engine.speak(phrase.clone(), voice.clone()).await?;
-            if audio.is_empty() {
-                continue;
+            let started = Instant::now();
+            let mut last = started;
+            let mut speech = engine.speech(&voice_backend, phrase.clone(), voice.clone());
+            let mut held: Vec<f32> = Vec::new();
+            let mut trimming = first;
+            let mut begun = false;
+            loop {
+                let (audio, complete) = match speech.next().await {
+                    Some(Ok(audio)) => (audio, false),
+                    None => (Vec::new(), true),
+                    // Nothing said yet: the fallback phrase instead of
+                    // silence, and the reply ends there.
+                    Some(Err(e)) if first && !engine_failed.frames.is_empty() => {
+                        send(tx, ReplyEvent::EngineFailed(e.to_string())).await?;
+                        send(tx, ReplyEvent::fixed(&engine_failed)).await?;
+                        return Ok(true);
+                    }
+                    Some(Err(e)) => return Err(e),
+                };
+                held.extend_from_slice(&audio);
+                if trimming {
+                    match crate::audio::sound_onset(&held) {
+                        Some(at) => {
+                            held.drain(..at);
+                            trimming = false;
+                        }
+                        None if complete || held.len() >= LEAD_IN_LIMIT => trimming = false,
+                        None => continue,
+                    }
+                }
+                // Whole frames as they come; the last one padded.
+                let n = if complete {
+                    held.len()
+                } else {
+                    held.len() / FRAME_SAMPLES * FRAME_SAMPLES
+                };
+                let audio = frames(&held[..n]);
+                held.drain(..n);
+                if !begun {
+                    if audio.is_empty() {
+                        if complete {
+                            break;
+                        }
+                        continue;
+                    }
+                    begun = true;
+                    first = false;
+                    send(
+                        tx,
+                        ReplyEvent::Phrase {
+                            text: phrase.clone(),
+                            audio,
+                            synth: started.elapsed(),
+                            complete,
+                        },
+                    )
+                    .await?;
+                } else if !audio.is_empty() || complete {
+                    send(
+                        tx,
+                        ReplyEvent::PhraseAudio {
+                            audio,
+                            synth: last.elapsed(),
+                            complete,
+                        },
+                    )
+                    .await?;
+                }
+                last = Instant::now();
+                if complete {
+                    break;
+                }
             }
-            // The caller waits for the first sound; later phrases keep their
-            // lead-in, the pause between sentences.
-            if std::mem::take(&mut first) {
-                audio.drain(..crate::audio::quiet_lead(&audio));
-            }
-            send(
-                tx,
-                ReplyEvent::Phrase {
-                    text: phrase,
-                    audio: frames(&audio),
-                    synth: t.elapsed(),
-                },
-            )
-            .await?;
         }
-        Ok::<(), EngineError>(())
+        Ok::<bool, EngineError>(false)
     };
 
     let (generated, (), spoken) = tokio::join!(generate, cut, speak);
-    spoken?;
+    // The voice failed and the fallback phrase answered: the model, cut
+    // off, has nothing more to say.
+    if spoken? {
+        send(tx, ReplyEvent::Done).await?;
+        return Ok(());
+    }
     let stats = generated?;
     send(tx, ReplyEvent::Generated(stats)).await?;
     send(tx, ReplyEvent::Done).await?;

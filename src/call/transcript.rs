@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::audio::ENGINE_RATE;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, Hearing};
 
 /// One stretch of the turn, recognised.
 #[derive(Debug, Clone)]
@@ -47,10 +47,10 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn start(engine: Arc<Engine>, audio: Vec<f32>, language: String) -> Pending {
+    pub fn start(engine: Arc<Engine>, audio: Vec<f32>, hearing: Hearing) -> Pending {
         let (tx, result) = watch::channel(None);
         let task = tokio::spawn(async move {
-            let outcome = recognise(&engine, audio, language).await;
+            let outcome = recognise(&engine, audio, &hearing).await;
             let _ = tx.send(Some(outcome.map_err(|e| e.to_string())));
         });
         Pending {
@@ -117,7 +117,7 @@ impl Transcript {
     pub fn paused(
         &mut self,
         engine: &Arc<Engine>,
-        language: &str,
+        hearing: &Hearing,
         capture: &[f32],
         last_speech: Duration,
     ) {
@@ -127,7 +127,7 @@ impl Transcript {
         self.pause = Some(Pause {
             last_speech,
             to: capture.len(),
-            pending: Pending::start(engine.clone(), audio, language.to_string()),
+            pending: Pending::start(engine.clone(), audio, hearing.clone()),
             long: false,
         });
     }
@@ -176,11 +176,11 @@ impl Transcript {
 async fn recognise(
     engine: &Engine,
     audio: Vec<f32>,
-    language: String,
+    hearing: &Hearing,
 ) -> Result<Heard, EngineError> {
     let t = Instant::now();
     let len = Duration::from_secs_f64(audio.len() as f64 / ENGINE_RATE as f64);
-    let text = engine.transcribe(audio, language).await?;
+    let text = engine.transcribe(audio, hearing).await?;
     Ok(Heard {
         text,
         asr: t.elapsed(),
@@ -189,14 +189,18 @@ async fn recognise(
 }
 
 /// The words of `words`, in order, waiting for each; the timings are the tail's.
-pub async fn gather(engine: &Engine, words: Words, language: &str) -> Result<Heard, EngineError> {
+pub async fn gather(
+    engine: &Engine,
+    words: Words,
+    hearing: &Hearing,
+) -> Result<Heard, EngineError> {
     let mut parts = Vec::with_capacity(words.kept.len() + 1);
     for p in &words.kept {
         parts.push(p.heard().await?.text);
     }
     let tail = match words.tail {
         Tail::Pending(p) => p.heard().await?,
-        Tail::Audio(audio) => recognise(engine, audio, language.to_string()).await?,
+        Tail::Audio(audio) => recognise(engine, audio, hearing).await?,
     };
     parts.push(tail.text);
     let text = parts

@@ -54,6 +54,7 @@ impl Asr for SetAsr {
         &self,
         audio: &[f32],
         _: &str,
+        _: &str,
         _: &crate::engine::Abandoned,
     ) -> Result<String, EngineError> {
         Ok(if audio.is_empty() {
@@ -132,6 +133,53 @@ impl Tts for ToneTts {
     }
 }
 
+/// A server that is down: every request fails.
+struct Down;
+
+fn down() -> EngineError {
+    EngineError::Remote(super::RemoteError {
+        backend: "down".into(),
+        kind: super::RemoteFailure::Connect,
+        detail: "connection refused".into(),
+    })
+}
+
+impl super::AsrBackend for Down {
+    fn transcribe(
+        &self,
+        _: Vec<f32>,
+        _: &super::Hearing,
+    ) -> futures_util::future::BoxFuture<'static, Result<String, EngineError>> {
+        Box::pin(async { Err(down()) })
+    }
+}
+
+impl super::TtsBackend for Down {
+    fn speak(&self, _: String, _: Option<String>) -> super::Speech {
+        futures_util::StreamExt::boxed(futures_util::stream::iter([Err(down())]))
+    }
+}
+
+/// A streaming voice server: ToneTts's audio in pieces of 30 ms (not a
+/// whole number of frames), 5 ms apart.
+struct Trickle;
+
+impl super::TtsBackend for Trickle {
+    fn speak(&self, text: String, voice: Option<String>) -> super::Speech {
+        use futures_util::StreamExt;
+        let audio = ToneTts
+            .synthesize(&text, voice.as_deref())
+            .unwrap_or_default();
+        let pieces: Vec<Vec<f32>> = audio.chunks(480).map(<[f32]>::to_vec).collect();
+        futures_util::stream::iter(pieces)
+            .then(|p| async move {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                Ok(p)
+            })
+            .boxed()
+    }
+}
+
 /// An end-of-turn detector that answers the same probability for any audio.
 pub struct FixedTurn(pub f32);
 
@@ -150,11 +198,45 @@ pub fn engine(script: Script) -> Arc<Engine> {
 pub fn engine_judged(script: Script, complete: f32) -> Arc<Engine> {
     let pool = EnginePool::new(2);
     let local: Arc<dyn super::Llm> = Arc::new(OnPool::new(ScriptedLlm(script), pool.clone(), 1));
+    let asr: Arc<dyn super::Asr> = Arc::new(SetAsr);
+    let tts: Arc<dyn Tts> = Arc::new(ToneTts);
+    let local_asr: Arc<dyn super::AsrBackend> = Arc::new(super::asr::local::OnPool {
+        asr: asr.clone(),
+        pool: pool.clone(),
+        threads: 1,
+    });
+    let local_tts: Arc<dyn super::TtsBackend> = Arc::new(super::tts::local::OnPool {
+        tts: tts.clone(),
+        pool: pool.clone(),
+        threads: 1,
+    });
+    let local_name = crate::config::LOCAL_BACKEND.to_string();
     Arc::new(Engine {
         vad: Arc::new(LoudVad),
-        asr: Arc::new(SetAsr),
-        llms: [(crate::config::LOCAL_LLM.to_string(), local)].into(),
-        tts: Arc::new(ToneTts),
+        asr,
+        llms: [(local_name.clone(), local)].into(),
+        tts,
+        // Beside the embedded ones: servers named `down` and `trickle`.
+        asr_backends: [
+            (local_name.clone(), local_asr),
+            (
+                "down".to_string(),
+                Arc::new(Down) as Arc<dyn super::AsrBackend>,
+            ),
+        ]
+        .into(),
+        tts_backends: [
+            (local_name, local_tts),
+            (
+                "down".to_string(),
+                Arc::new(Down) as Arc<dyn super::TtsBackend>,
+            ),
+            (
+                "trickle".to_string(),
+                Arc::new(Trickle) as Arc<dyn super::TtsBackend>,
+            ),
+        ]
+        .into(),
         turn: Some(Arc::new(FixedTurn(complete))),
         pool,
         settings: EngineConfig::default(),

@@ -17,10 +17,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
-use crate::config::{AgentProfile, Config, EngineConfig};
+use crate::config::{AgentProfile, Config, EngineConfig, LOCAL_BACKEND};
 use crate::models::{ModelError, ModelStore, Role};
 
 pub use pool::{Abandoned, EnginePool};
@@ -46,9 +47,10 @@ pub enum EngineError {
     Worker(String),
     #[error(transparent)]
     Remote(#[from] RemoteError),
-    #[error("agent `{agent}`: no language model backend named `{backend}` (backends: {known})")]
+    #[error("agent `{agent}`: no {stage} backend named `{backend}` (backends: {known})")]
     UnknownBackend {
         agent: String,
+        stage: &'static str,
         backend: String,
         known: String,
     },
@@ -100,19 +102,55 @@ pub trait Vad: Send + Sync {
     fn stream(&self) -> Result<Box<dyn VadStream>, EngineError>;
 }
 
+/// The embedded speech recogniser (blocking; run on the pool).
 pub trait Asr: Send + Sync {
     /// Transcribes one utterance of 16 kHz audio; `language` is a Whisper code
-    /// or `auto`. Stops early, with an error, once `abandoned` is set.
+    /// or `auto`, `prompt` words to expect (may be empty). Stops early, with
+    /// an error, once `abandoned` is set.
     fn transcribe_unless(
         &self,
         audio: &[f32],
         language: &str,
+        prompt: &str,
         abandoned: &Abandoned,
     ) -> Result<String, EngineError>;
 
     fn transcribe(&self, audio: &[f32], language: &str) -> Result<String, EngineError> {
-        self.transcribe_unless(audio, language, &Abandoned::default())
+        self.transcribe_unless(audio, language, "", &Abandoned::default())
     }
+}
+
+/// How an agent hears its callers: which recogniser, in which language,
+/// expecting which words.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hearing {
+    /// `local` or an `[asr.NAME]` server.
+    pub backend: String,
+    /// A Whisper code or `auto`.
+    pub language: String,
+    /// The recogniser's initial prompt (may be empty).
+    pub prompt: String,
+}
+
+impl Hearing {
+    pub fn of(profile: &AgentProfile) -> Hearing {
+        Hearing {
+            backend: profile.asr.clone(),
+            language: profile.language.clone(),
+            prompt: profile.asr_prompt.trim().to_string(),
+        }
+    }
+}
+
+/// A speech recognition backend: the embedded Whisper on the pool, or a
+/// server. Dropping the future abandons the work (a server's request is
+/// closed).
+pub trait AsrBackend: Send + Sync {
+    fn transcribe(
+        &self,
+        audio: Vec<f32>,
+        hearing: &Hearing,
+    ) -> BoxFuture<'static, Result<String, EngineError>>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,10 +276,22 @@ pub trait Llm: Send + Sync {
     ) -> BoxFuture<'static, Result<Arc<dyn LlmSession>, EngineError>>;
 }
 
+/// The embedded voice (blocking; run on the pool).
 pub trait Tts: Send + Sync {
     fn sample_rate(&self) -> u32;
     /// Synthesizes one phrase; `voice` overrides the phonemizer voice.
     fn synthesize(&self, text: &str, voice: Option<&str>) -> Result<Vec<f32>, EngineError>;
+}
+
+/// One phrase's audio at the engine's 16 kHz, in pieces as it is made.
+/// Dropping it stops the synthesis (a server's request is closed).
+pub type Speech = BoxStream<'static, Result<Vec<f32>, EngineError>>;
+
+/// A speech synthesis backend: the embedded voice on the pool, or a server.
+pub trait TtsBackend: Send + Sync {
+    /// `voice` is the embedded voice's phonemizer voice; a server speaks
+    /// with the voice its table names.
+    fn speak(&self, text: String, voice: Option<String>) -> Speech;
 }
 
 /// The loaded models and the pool their work runs on.
@@ -251,6 +301,10 @@ pub struct Engine {
     /// Language model backends by name; `local` is the embedded model.
     pub llms: BTreeMap<String, Arc<dyn Llm>>,
     pub tts: Arc<dyn Tts>,
+    /// Speech recognition backends by name; `local` is the embedded Whisper.
+    pub asr_backends: BTreeMap<String, Arc<dyn AsrBackend>>,
+    /// Speech synthesis backends by name; `local` is the embedded voice.
+    pub tts_backends: BTreeMap<String, Arc<dyn TtsBackend>>,
     /// None when `turn.detector` is off: pauses are then judged by silence alone.
     pub turn: Option<Arc<dyn TurnDetector>>,
     pub pool: EnginePool,
@@ -258,18 +312,22 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Speech recognition of one utterance on the pool.
+    /// Speech recognition of one utterance, as `hearing` says.
     pub async fn transcribe(
         &self,
         audio: Vec<f32>,
-        language: String,
+        hearing: &Hearing,
     ) -> Result<String, EngineError> {
-        let asr = self.asr.clone();
-        self.pool
-            .run_abandonable(self.settings.asr_threads, move |abandoned| {
-                asr.transcribe_unless(&audio, &language, abandoned)
-            })
-            .await?
+        let backend =
+            self.asr_backends
+                .get(&hearing.backend)
+                .ok_or_else(|| EngineError::UnknownBackend {
+                    agent: String::new(),
+                    stage: "speech recognition",
+                    backend: hearing.backend.clone(),
+                    known: names(&self.asr_backends),
+                })?;
+        backend.transcribe(audio, hearing).await
     }
 
     /// The probability that the caller's turn is complete, judged on the pool
@@ -283,20 +341,44 @@ impl Engine {
             .await?
     }
 
-    /// One phrase synthesized on the pool, at the engine's 16 kHz.
+    /// One phrase by the embedded voice, whole, at the engine's 16 kHz.
     pub async fn speak(
         &self,
         text: String,
         voice: Option<String>,
     ) -> Result<Vec<f32>, EngineError> {
-        let tts = self.tts.clone();
-        self.pool
-            .run(self.settings.tts_threads, move || {
-                let raw = tts.synthesize(&text, voice.as_deref())?;
-                crate::codec::resample::resample(&raw, tts.sample_rate(), crate::audio::ENGINE_RATE)
-                    .map_err(|e| EngineError::Tts(e.to_string()))
-            })
-            .await?
+        self.speak_with(LOCAL_BACKEND, text, voice).await
+    }
+
+    /// One phrase by the backend named `backend`, as it is made.
+    pub fn speech(&self, backend: &str, text: String, voice: Option<String>) -> Speech {
+        match self.tts_backends.get(backend) {
+            Some(b) => b.speak(text, voice),
+            None => {
+                let e = EngineError::UnknownBackend {
+                    agent: String::new(),
+                    stage: "speech synthesis",
+                    backend: backend.to_string(),
+                    known: names(&self.tts_backends),
+                };
+                futures_util::stream::iter([Err(e)]).boxed()
+            }
+        }
+    }
+
+    /// One phrase by the backend named `backend`, whole.
+    pub async fn speak_with(
+        &self,
+        backend: &str,
+        text: String,
+        voice: Option<String>,
+    ) -> Result<Vec<f32>, EngineError> {
+        let mut speech = self.speech(backend, text, voice);
+        let mut audio = Vec::new();
+        while let Some(piece) = speech.next().await {
+            audio.extend(piece?);
+        }
+        Ok(audio)
     }
 
     /// A conversation with `agent`'s language model backend.
@@ -311,11 +393,16 @@ impl Engine {
             .get(&profile.llm)
             .ok_or_else(|| EngineError::UnknownBackend {
                 agent: agent.to_string(),
+                stage: "language model",
                 backend: profile.llm.clone(),
-                known: self.llms.keys().cloned().collect::<Vec<_>>().join(", "),
+                known: names(&self.llms),
             })?;
         llm.session(profile.system_prompt.clone(), tools).await
     }
+}
+
+fn names<T>(backends: &BTreeMap<String, T>) -> String {
+    backends.keys().cloned().collect::<Vec<_>>().join(", ")
 }
 
 /// How long each model took to load, for the start-up log.
@@ -350,6 +437,15 @@ impl Engine {
         times.asr = t.elapsed();
 
         let pool = EnginePool::new(e.cpu_threads);
+        let asr: Arc<dyn Asr> = Arc::new(asr);
+        let asr_backends = asr::backends(
+            Arc::new(asr::local::OnPool {
+                asr: asr.clone(),
+                pool: pool.clone(),
+                threads: e.asr_threads,
+            }),
+            &config.asr,
+        )?;
         let t = Instant::now();
         let local = llm::llama::LlamaLlm::load(&store.require(Role::Llm)?, e)?;
         let llms = llm::backends(
@@ -370,6 +466,15 @@ impl Engine {
             e.tts_threads.min(e.cpu_threads),
             e.espeak.clone(),
         )?;
+        let tts: Arc<dyn Tts> = Arc::new(tts);
+        let tts_backends = tts::backends(
+            Arc::new(tts::local::OnPool {
+                tts: tts.clone(),
+                pool: pool.clone(),
+                threads: e.tts_threads,
+            }),
+            &config.tts,
+        )?;
         times.tts = t.elapsed();
 
         let t = Instant::now();
@@ -388,9 +493,11 @@ impl Engine {
         Ok((
             Engine {
                 vad: Arc::new(vad),
-                asr: Arc::new(asr),
+                asr,
                 llms,
-                tts: Arc::new(tts),
+                tts,
+                asr_backends,
+                tts_backends,
                 turn,
                 pool,
                 settings: e.clone(),

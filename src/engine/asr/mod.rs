@@ -1,6 +1,70 @@
-//! Speech recognition backends and the clean-up of what they return.
+//! Speech recognition backends (the embedded Whisper, OpenAI-compatible
+//! servers), chosen per agent by name, and the clean-up of what they return.
 
+pub mod local;
+pub mod openai;
 pub mod whisper;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::config::{EngineFallback, LOCAL_BACKEND, RemoteAsrConfig};
+use crate::engine::{AsrBackend, EngineError, Hearing};
+
+/// Every configured backend by name, `local` among them.
+pub fn backends(
+    local: Arc<dyn AsrBackend>,
+    remotes: &BTreeMap<String, RemoteAsrConfig>,
+) -> Result<BTreeMap<String, Arc<dyn AsrBackend>>, EngineError> {
+    let mut all: BTreeMap<String, Arc<dyn AsrBackend>> = BTreeMap::new();
+    for (name, config) in remotes {
+        let remote: Arc<dyn AsrBackend> = Arc::new(openai::OpenAiAsr::new(name, config)?);
+        let backend = match config.fallback {
+            EngineFallback::Phrase => remote,
+            EngineFallback::Local => Arc::new(Fallback {
+                primary: remote,
+                fallback: local.clone(),
+                name: name.clone(),
+            }),
+        };
+        all.insert(name.clone(), backend);
+    }
+    all.insert(LOCAL_BACKEND.to_string(), local);
+    Ok(all)
+}
+
+/// A server whose failures the embedded recogniser makes up for: the same
+/// audio is transcribed here instead.
+pub struct Fallback {
+    pub primary: Arc<dyn AsrBackend>,
+    pub fallback: Arc<dyn AsrBackend>,
+    /// The primary's name, for the log.
+    pub name: String,
+}
+
+impl AsrBackend for Fallback {
+    fn transcribe(
+        &self,
+        audio: Vec<f32>,
+        hearing: &Hearing,
+    ) -> BoxFuture<'static, Result<String, EngineError>> {
+        let primary = self.primary.transcribe(audio.clone(), hearing);
+        let fallback = self.fallback.clone();
+        let name = self.name.clone();
+        let hearing = hearing.clone();
+        Box::pin(async move {
+            match primary.await {
+                Ok(text) => Ok(text),
+                Err(e) => {
+                    tracing::warn!(backend = %name, error = %e, "speech recognition failed; the embedded model transcribes this turn");
+                    fallback.transcribe(audio, &hearing).await
+                }
+            }
+        })
+    }
+}
 
 /// Drops what Whisper writes for non-speech ("[BLANK_AUDIO]", "(coughs)", "*music*")
 /// and collapses whitespace; an utterance with no words left is empty.

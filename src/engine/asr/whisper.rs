@@ -122,6 +122,7 @@ impl Asr for WhisperAsr {
         &self,
         audio: &[f32],
         language: &str,
+        prompt: &str,
         abandoned: &Abandoned,
     ) -> Result<String, EngineError> {
         let mut padded;
@@ -155,6 +156,9 @@ impl Asr for WhisperAsr {
         };
         params.set_language(lang);
         params.set_detect_language(self.multilingual && language == "auto");
+        if !prompt.is_empty() {
+            params.set_initial_prompt(prompt);
+        }
         if self.fit_audio_context {
             // The encoder cost grows with its window; a phone utterance rarely needs 30 s.
             let frames = (input.len().div_ceil(320) + 64).max(MIN_FITTED_AUDIO_CTX);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Once};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 
-use crate::config::{LOCAL_LLM, LlmFallback, RemoteLlmConfig};
+use crate::config::{EngineFallback, LOCAL_BACKEND, RemoteLlmConfig};
 use crate::engine::{ChatMessage, EngineError, Llm, LlmReply, LlmSession, ToolChoice, ToolSpec};
 
 /// whisper.cpp and llama.cpp share one ggml; route its logs (and llama's) to tracing
@@ -34,8 +34,8 @@ pub fn backends(
     for (name, config) in remotes {
         let remote: Arc<dyn Llm> = Arc::new(openai::OpenAiLlm::new(name, config)?);
         let backend = match config.fallback {
-            LlmFallback::Phrase => remote,
-            LlmFallback::Local => Arc::new(Fallback {
+            EngineFallback::Phrase => remote,
+            EngineFallback::Local => Arc::new(Fallback {
                 primary: remote,
                 fallback: local.clone(),
                 name: name.clone(),
@@ -43,7 +43,7 @@ pub fn backends(
         };
         all.insert(name.clone(), backend);
     }
-    all.insert(LOCAL_LLM.to_string(), local);
+    all.insert(LOCAL_BACKEND.to_string(), local);
     Ok(all)
 }
 

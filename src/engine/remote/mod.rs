@@ -22,7 +22,7 @@ pub fn client(connect_timeout: Duration) -> Result<reqwest::Client, EngineError>
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("izwi/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| EngineError::Llm(format!("HTTP client: {e}")))
+        .map_err(|e| EngineError::Worker(format!("HTTP client: {e}")))
 }
 
 /// A failure of `backend`, counted in `izwi_engine_failures_total`.
@@ -70,18 +70,18 @@ pub(crate) async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<Str
             return None;
         }
         request.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&request).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+        // Counted in bytes: a body may be binary (a WAV upload).
+        if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
             let len = head
                 .lines()
                 .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
+                    l.strip_prefix("content-length:")
                         .and_then(|v| v.trim().parse::<usize>().ok())
                 })
                 .unwrap_or(0);
-            if body.len() >= len {
-                return Some(text);
+            if request.len() - end - 4 >= len {
+                return Some(String::from_utf8_lossy(&request).to_string());
             }
         }
     }

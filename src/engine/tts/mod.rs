@@ -1,4 +1,66 @@
-//! Speech synthesis backends.
+//! Speech synthesis backends (the embedded Piper voice, OpenAI-compatible
+//! servers), chosen per agent by name.
 
 pub mod espeak;
+pub mod local;
+pub mod openai;
+pub mod pcm;
 pub mod piper;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use crate::config::{EngineFallback, LOCAL_BACKEND, RemoteTtsConfig};
+use crate::engine::{EngineError, Speech, TtsBackend};
+
+/// Every configured backend by name, `local` among them.
+pub fn backends(
+    local: Arc<dyn TtsBackend>,
+    remotes: &BTreeMap<String, RemoteTtsConfig>,
+) -> Result<BTreeMap<String, Arc<dyn TtsBackend>>, EngineError> {
+    let mut all: BTreeMap<String, Arc<dyn TtsBackend>> = BTreeMap::new();
+    for (name, config) in remotes {
+        let remote: Arc<dyn TtsBackend> = Arc::new(openai::OpenAiTts::new(name, config)?);
+        let backend = match config.fallback {
+            EngineFallback::Phrase => remote,
+            EngineFallback::Local => Arc::new(Fallback {
+                primary: remote,
+                fallback: local.clone(),
+                name: name.clone(),
+            }),
+        };
+        all.insert(name.clone(), backend);
+    }
+    all.insert(LOCAL_BACKEND.to_string(), local);
+    Ok(all)
+}
+
+/// A server whose failure before a phrase's first audio the embedded voice
+/// makes up for; once audio has come, a failure ends the phrase (what was
+/// heard cannot be said again in another voice).
+pub struct Fallback {
+    pub primary: Arc<dyn TtsBackend>,
+    pub fallback: Arc<dyn TtsBackend>,
+    /// The primary's name, for the log.
+    pub name: String,
+}
+
+impl TtsBackend for Fallback {
+    fn speak(&self, text: String, voice: Option<String>) -> Speech {
+        let mut primary = self.primary.speak(text.clone(), voice.clone());
+        let fallback = self.fallback.clone();
+        let name = self.name.clone();
+        let first = async move {
+            match primary.next().await {
+                Some(Err(e)) => {
+                    tracing::warn!(backend = %name, error = %e, "speech synthesis failed; the embedded voice says this phrase");
+                    fallback.speak(text, voice)
+                }
+                first => futures_util::stream::iter(first).chain(primary).boxed(),
+            }
+        };
+        futures_util::stream::once(first).flatten().boxed()
+    }
+}
