@@ -27,11 +27,13 @@ models-test: build
 	$(IZWI) models fetch --profile small
 
 # The tests' Python clients, pinned, in a venv of their own (PyPI only), and
-# an OpenAI-compatible server (llama-cpp-python, compiled once into a per-user
-# cache by scripts/llm-server.sh).
+# OpenAI-compatible servers in per-user caches: llama-cpp-python (compiled
+# once, scripts/llm-server.sh) and speech servers (wheels only,
+# scripts/speech-servers.sh).
 PYTOOLS := target/pytools
 test-tools: $(PYTOOLS)/.installed
 	@scripts/llm-server.sh >/dev/null
+	@scripts/speech-servers.sh install >/dev/null
 $(PYTOOLS)/.installed: tests/python/requirements.txt
 	python3 -m venv $(PYTOOLS)
 	$(PYTOOLS)/bin/pip install --quiet --disable-pip-version-check --only-binary :all: -r tests/python/requirements.txt

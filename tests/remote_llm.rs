@@ -168,12 +168,6 @@ fn a_server_down_or_refusing_gets_the_fallback_and_the_call_goes_on() {
     );
 }
 
-/// baresip calls `number` over PCMU with `caller` (16 kHz) as its microphone.
-fn baresip_asks(izwi: &Izwi, number: &str, caller: &[f32], limit_secs: u32) -> Vec<f32> {
-    let (dir, _) = baresip_dir_at("PCMU/8000", "127.0.0.1");
-    baresip_dials(izwi, dir.path(), number, caller, (8_000, 1), limit_secs)
-}
-
 /// Over SIP: the server's answer is heard; a caller who talks over a long
 /// answer makes Izwi drop the reply, and the server sees its request's
 /// connection closed. A second call, to an agent whose server is down, hears

@@ -2,12 +2,11 @@
 //! `scripts/llm-server.sh` into a per-user cache (`make test` does it), and
 //! started here on the small profile's SmolLM2 file, on 127.0.0.1 only.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use super::served::Served;
 use super::sip_peer::free_tcp_port;
 
 /// The bearer token the server demands.
@@ -16,26 +15,14 @@ pub const KEY: &str = "izwi-test-key";
 pub const MODEL: &str = "smollm2";
 
 pub struct LlmServer {
-    child: Child,
-    pub port: u16,
-    log: Arc<Mutex<String>>,
+    served: Served,
 }
 
-impl Drop for LlmServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for LlmServer {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.served
     }
-}
-
-fn keep(stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
 }
 
 impl LlmServer {
@@ -59,23 +46,17 @@ impl LlmServer {
             panic!("{e} (run `make test`, or `izwi models fetch --profile small`)")
         });
         let port = free_tcp_port();
-        let mut child = Command::new(&python)
+        let mut command = Command::new(&python);
+        command
             .args(["-m", "llama_cpp.server", "--model"])
             .arg(&gguf)
             .args(["--model_alias", MODEL, "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(["--n_ctx", "2048", "--n_threads", "1", "--api_key", KEY])
-            .args(options)
-            // Its "disconnected" is a print(): unbuffered, or it comes late.
-            .env("PYTHONUNBUFFERED", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{python}: {e}"));
-        let log = Arc::new(Mutex::new(String::new()));
-        keep(child.stdout.take().unwrap(), log.clone());
-        keep(child.stderr.take().unwrap(), log.clone());
-        let server = LlmServer { child, port, log };
+            .args(options);
+        let server = LlmServer {
+            served: Served::spawn(command, port),
+        };
         assert!(
             server.wait_log("Uvicorn running", Duration::from_secs(120)),
             "the server did not start:\n{}",
@@ -92,52 +73,8 @@ impl LlmServer {
         server
     }
 
-    pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/v1", self.port)
-    }
-
-    /// When `needle` first appears in the log, watched from now on in a
-    /// thread of its own (for at most `limit`).
-    pub fn watch(
-        &self,
-        needle: &'static str,
-        limit: Duration,
-    ) -> std::thread::JoinHandle<Option<Duration>> {
-        let log = self.log.clone();
-        let t = Instant::now();
-        std::thread::spawn(move || {
-            while t.elapsed() < limit {
-                if log.lock().unwrap().contains(needle) {
-                    return Some(t.elapsed());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            None
-        })
-    }
-
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-
     /// Chat-completion requests it answered with `status`.
     pub fn requests(&self, status: u16) -> usize {
-        self.log()
-            .lines()
-            .filter(|l| {
-                l.contains("POST /v1/chat/completions") && l.contains(&format!(" {status} "))
-            })
-            .count()
+        self.answered("/v1/chat/completions", status)
     }
 }

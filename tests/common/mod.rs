@@ -5,7 +5,9 @@
 
 pub mod attack;
 pub mod llm_server;
+pub mod served;
 pub mod sip_peer;
+pub mod speech_server;
 pub mod twilio;
 
 use std::path::PathBuf;

@@ -34,6 +34,13 @@ pub fn baresip_dir_at(codec: &str, address: &str) -> (tempfile::TempDir, u16) {
     (dir, ctrl)
 }
 
+/// baresip calls `number` over PCMU with `caller` (16 kHz) as its
+/// microphone; what it heard, at 16 kHz.
+pub fn baresip_asks(izwi: &Izwi, number: &str, caller: &[f32], limit_secs: u32) -> Vec<f32> {
+    let (dir, _) = baresip_dir_at("PCMU/8000", "127.0.0.1");
+    baresip_dials(izwi, dir.path(), number, caller, (8_000, 1), limit_secs)
+}
+
 /// The baresip configured in `dir` (see [`baresip_dir_at`]) dials `number` at
 /// Izwi with `caller` (16 kHz) as its microphone, written at the codec's
 /// `(rate, channels)` as its aufile wants; baresip hangs up when the file
