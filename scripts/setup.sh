@@ -8,8 +8,9 @@ set -euo pipefail
 # never linked: it is GPL-3.0). libopus for the Opus codec.
 # Tests: sipp (Debian package sip-tester), kamailio and baresip are the independent SIP peers;
 # python3-venv holds the Python clients (streamdouble, a Twilio Media Streams simulator);
-# iproute2 and util-linux (ip, unshare) give the attack tests network and mount namespaces.
-packages=(build-essential cmake clang libclang-dev pkg-config ca-certificates espeak-ng libopus-dev sip-tester kamailio baresip-core python3 python3-venv iproute2 util-linux)
+# iproute2 and util-linux (ip, unshare) give the attack tests network and mount namespaces;
+# postgresql is the shared records database of the scale-out test (a temporary cluster).
+packages=(build-essential cmake clang libclang-dev pkg-config ca-certificates espeak-ng libopus-dev sip-tester kamailio baresip-core python3 python3-venv iproute2 util-linux postgresql)
 
 missing=()
 for p in "${packages[@]}"; do

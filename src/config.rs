@@ -379,6 +379,9 @@ pub struct RecordsConfig {
     pub enabled: bool,
     /// The SQLite file (created with its folder when missing).
     pub path: PathBuf,
+    /// A PostgreSQL database instead (`postgres://user:password@host:5432/izwi`),
+    /// which several nodes share; `path` is then unused. Empty: SQLite.
+    pub url: String,
     /// Key of the HMAC that stands in for callers' numbers. Empty: a random
     /// key kept in a file beside the database (`<path>.key`), made on first use.
     pub caller_key: String,
@@ -391,6 +394,7 @@ impl Default for RecordsConfig {
         RecordsConfig {
             enabled: true,
             path: PathBuf::from("data/izwi.db"),
+            url: String::new(),
             caller_key: String::new(),
             queue: 1024,
         }
@@ -1603,6 +1607,23 @@ impl Config {
         }
         if self.records.queue == 0 {
             return Err(invalid("records.queue", "must be at least 1"));
+        }
+        let url = self.records.url.trim();
+        if !url.is_empty() {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "records.url",
+                    "must be a postgres:// URL (empty: the SQLite file at records.path)",
+                ));
+            }
+            // The nodes of a fleet must hash callers alike.
+            if self.records.caller_key.is_empty() {
+                return Err(invalid(
+                    "records.caller_key",
+                    "must be set when records.url names a shared database (every node \
+                     must hash callers' numbers with the same key)",
+                ));
+            }
         }
         if tw.max_streams == 0 {
             return Err(invalid("twilio.max_streams", "must be at least 1"));

@@ -635,12 +635,22 @@ async fn open_records(
     if !config.records.enabled {
         return Ok((None, Recorder::disabled(), None));
     }
-    let path = &config.records.path;
     let key = caller_key(config)?;
-    let store = Store::open(path, &key)
-        .await
-        .with_context(|| format!("opening the call records ({})", path.display()))?;
-    let closed = store.close_interrupted(now_ms()).await?;
+    let store = open_store(config, &key).await?;
+    // A shared database holds the other nodes' live calls too: only calls
+    // older than the longest a call may last are this node's to close.
+    let longest_secs = config
+        .agents
+        .values()
+        .map(|a| a.max_call_secs)
+        .chain([config.sip.max_call_secs])
+        .max()
+        .unwrap_or(0);
+    let started_before = match store.backend() {
+        izwi::records::Backend::Sqlite => None,
+        izwi::records::Backend::Postgres => Some(now_ms() - (i64::from(longest_secs) + 60) * 1000),
+    };
+    let closed = store.close_interrupted(now_ms(), started_before).await?;
     if closed > 0 {
         tracing::warn!(
             calls = closed,
@@ -668,6 +678,24 @@ async fn close_records(
 
 /// The caller-number HMAC key: configured, or kept in a file beside the
 /// database (made on first use, readable by its owner only).
+/// The records database the configuration names: the SQLite file, or a
+/// shared PostgreSQL database.
+async fn open_store(config: &Config, key: &str) -> Result<Store> {
+    let r = &config.records;
+    if r.url.is_empty() {
+        Store::open(&r.path, key)
+            .await
+            .with_context(|| format!("opening the call records ({})", r.path.display()))
+    } else {
+        Store::open_url(&r.url, key).await.with_context(|| {
+            format!(
+                "opening the call records ({}, records.url)",
+                izwi::records::shown_url(&r.url)
+            )
+        })
+    }
+}
+
 fn caller_key(config: &Config) -> Result<String> {
     if !config.records.caller_key.is_empty() {
         return Ok(config.records.caller_key.clone());
@@ -703,13 +731,11 @@ async fn calls_cmd(config: Config, action: CallsAction) -> Result<()> {
         bail!("call records are off (records.enabled = false)");
     }
     let path = &config.records.path;
-    if !path.exists() {
+    if config.records.url.is_empty() && !path.exists() {
         bail!("no call records at {} (records.path)", path.display());
     }
     // The same key as the writer's, so that opening never warns about it.
-    let store = Store::open(path, &caller_key(&config)?)
-        .await
-        .with_context(|| format!("opening the call records ({})", path.display()))?;
+    let store = open_store(&config, &caller_key(&config)?).await?;
     match action {
         CallsAction::List(a) => {
             let outcome = match a.outcome.as_deref() {

@@ -2,15 +2,22 @@
 //! `sip/kamailio/dispatcher.cfg`), sipp as the callers: calls are spread over
 //! the nodes; a node told to stop (SIGTERM) drains — its calls go on, its
 //! OPTIONS answers turn 503 so the dispatcher takes it out, new calls get 503
-//! and go to the other node — and exits when its last call has ended.
+//! and go to the other node — and exits when its last call has ended. Both
+//! nodes write their call records to one PostgreSQL (Debian's, a temporary
+//! cluster), which `izwi calls list` reads whole.
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::attack::{metric, metrics};
 use common::izwi_bin;
+use common::postgres::Postgres;
 use common::sip_peer::*;
+
+/// The key every node hashes callers' numbers with.
+const CALLER_KEY: &str = "fleet-caller-key-0123456789";
 
 /// sipp through the proxy: `calls` calls of `hold_ms` each, `limit` at once.
 fn calls(proxy: u16, dir: &std::path::Path, calls: usize, limit: usize, hold_ms: u64) -> Command {
@@ -43,14 +50,15 @@ fn caller_dir() -> tempfile::TempDir {
     dir
 }
 
-/// The calls a node has recorded as completed, once `expected` are there
-/// (the records writer runs behind the calls).
-fn completed(node: &Izwi, expected: usize) -> usize {
+/// The calls in the shared records, once `expected` are there and none is
+/// open (the records writers run behind the calls): every one completed.
+fn completed(pg: &Postgres, expected: usize) -> usize {
     let t = Instant::now();
     loop {
         let out = Command::new(izwi_bin())
-            .env("IZWI_RECORDS_PATH", node.dir.path().join("records.db"))
-            .args(["calls", "list", "--json", "--limit", "1000"])
+            .env("IZWI_RECORDS_URL", pg.url())
+            .env("IZWI_RECORDS_CALLER_KEY", CALLER_KEY)
+            .args(["calls", "list", "--json", "--limit", "500"])
             .output()
             .unwrap();
         let list: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -74,10 +82,38 @@ fn completed(node: &Izwi, expected: usize) -> usize {
     }
 }
 
+/// The calls each of `nodes` has ended as completed, by its metrics, once
+/// they add up to `total` (a node counts a call just after its BYE).
+fn ended_on(nodes: &[&Izwi], total: usize) -> Vec<usize> {
+    let t = Instant::now();
+    loop {
+        let counts: Vec<usize> = nodes
+            .iter()
+            .map(|n| {
+                metric(
+                    &metrics(n),
+                    "izwi_calls_total",
+                    &[("transport", "sip"), ("outcome", "completed")],
+                ) as usize
+            })
+            .collect();
+        if counts.iter().sum::<usize>() >= total || t.elapsed() > Duration::from_secs(10) {
+            return counts;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn calls_spread_over_two_nodes_and_a_draining_node_finishes_its_calls_and_takes_no_new_ones() {
-    let a = Izwi::start(&[("IZWI_SIP_DRAIN_SECS", "60")]);
-    let b = Izwi::start(&[]);
+    let pg = Postgres::start();
+    let url = pg.url();
+    let shared = [
+        ("IZWI_RECORDS_URL", url.as_str()),
+        ("IZWI_RECORDS_CALLER_KEY", CALLER_KEY),
+    ];
+    let a = Izwi::start(&[shared[0], shared[1], ("IZWI_SIP_DRAIN_SECS", "60")]);
+    let b = Izwi::start(&shared);
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("dispatcher.list");
     std::fs::write(
@@ -101,7 +137,12 @@ fn calls_spread_over_two_nodes_and_a_draining_node_finishes_its_calls_and_takes_
         .output()
         .unwrap();
     check(out, callers.path(), &b);
-    let (on_a, on_b) = (completed(&a, 1), completed(&b, 1));
+    // One set of records holds all twenty.
+    assert_eq!(completed(&pg, 20), 20, "{}", pg.log());
+    let (on_a, on_b) = match ended_on(&[&a, &b], 20)[..] {
+        [a, b] => (a, b),
+        _ => unreachable!(),
+    };
     assert_eq!(on_a + on_b, 20, "a: {on_a}, b: {on_b}");
     assert!(on_a >= 5 && on_b >= 5, "not spread: a {on_a}, b {on_b}");
 
@@ -132,12 +173,13 @@ fn calls_spread_over_two_nodes_and_a_draining_node_finishes_its_calls_and_takes_
     assert!(a.wait_exit(Duration::from_secs(10)).success(), "{log}");
     let log = a.log();
     assert!(log.contains("SIP endpoint stopped"), "{log}");
-    assert_eq!(completed(&a, on_a + 2), on_a + 2, "{log}");
-    assert_eq!(completed(&b, on_b + 12), on_b + 12, "{}", b.log());
+    assert_eq!(completed(&pg, 34), 34, "{log}");
+    assert_eq!(ended_on(&[&b], on_b + 12), [on_b + 12], "{}", b.log());
 
     // a is gone: the next calls all reach b.
     let last = caller_dir();
     let out = calls(proxy_port, last.path(), 5, 5, 300).output().unwrap();
     check(out, last.path(), &b);
-    assert_eq!(completed(&b, on_b + 17), on_b + 17, "{}", b.log());
+    assert_eq!(ended_on(&[&b], on_b + 17), [on_b + 17], "{}", b.log());
+    assert_eq!(completed(&pg, 39), 39, "{}", b.log());
 }

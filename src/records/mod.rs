@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-pub use store::Store;
+pub use store::{Backend, Store, shown_url};
 pub use table::{actions_table, table, tools_table, turns_table};
 
 /// How the call reached us.
@@ -318,11 +318,11 @@ pub enum RecordError {
         source: std::io::Error,
     },
     #[error(
-        "call records: cannot open SQLite database {path}: {source} (check the path and its permissions)"
+        "call records: cannot open the database {path}: {source} (check the path or URL, its permissions, and that the server is up)"
     )]
     Open { path: String, source: sqlx::Error },
     #[error(
-        "call records: cannot migrate SQLite database {path}: {source} (was it written by a newer izwi?)"
+        "call records: cannot migrate the database {path}: {source} (was it written by a newer izwi?)"
     )]
     Migrate {
         path: String,

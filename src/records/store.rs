@@ -1,4 +1,7 @@
-//! The SQLite side: open + migrate, the writer task, and the queries.
+//! The database side: open + migrate, the writer task, and the queries, on
+//! SQLite (one node, the default) or PostgreSQL (a fleet writing one set of
+//! records). One text per query serves both: `$N` parameters, no function
+//! only one of them has.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -9,11 +12,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Row};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -23,7 +24,29 @@ use super::{
 };
 use crate::limits::LogGate;
 
-pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Per SQLite connection: WAL (readers do not block the writer), a 5 s busy
+/// timeout, foreign keys on.
+const SQLITE_PRAGMAS: [&str; 4] = [
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA foreign_keys = ON",
+];
+
+/// `a - b`, or 0 when negative (SQLite's MAX and PostgreSQL's GREATEST are
+/// not each other's).
+fn not_below_zero(a: &str, b: &str) -> String {
+    format!("CASE WHEN {a} - {b} < 0 THEN 0 ELSE {a} - {b} END")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
 
 /// Records kept in memory while writes fail (a full disk); beyond, the
 /// oldest are dropped and counted.
@@ -45,11 +68,26 @@ const TURN_COLUMNS: &str = "idx, greeting, outcome, response_ms, asr_ms, llm_fir
 /// The call records database. Cheap to clone (wraps the pool).
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
     /// For the writer's own connection.
-    options: SqliteConnectOptions,
+    options: AnyConnectOptions,
+    backend: Backend,
+    /// The file, or the database's URL without its password: for messages.
     path: Arc<Path>,
     caller_key: Arc<str>,
+}
+
+/// A database URL as it may be shown: without its password.
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(an unreadable URL)".into(),
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -65,56 +103,88 @@ impl Store {
     /// keys on, and runs the migrations. `caller_key` keys the caller hash;
     /// when it is empty callers are not recorded at all.
     pub async fn open(path: &Path, caller_key: &str) -> Result<Store, RecordError> {
-        let shown = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| RecordError::CreateDir {
                 path: dir.display().to_string(),
                 source,
             })?;
         }
-        let options = SqliteConnectOptions::new()
+        let url = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+            .to_url_lossy();
+        Store::connect(
+            url.as_str(),
+            Backend::Sqlite,
+            path.to_path_buf(),
+            caller_key,
+        )
+        .await
+    }
+
+    /// Opens the PostgreSQL database at `url` (`postgres://user:password@host/db`)
+    /// and runs its migrations; otherwise as [`Store::open`].
+    pub async fn open_url(url: &str, caller_key: &str) -> Result<Store, RecordError> {
+        let shown = PathBuf::from(shown_url(url));
+        Store::connect(url, Backend::Postgres, shown, caller_key).await
+    }
+
+    async fn connect(
+        url: &str,
+        backend: Backend,
+        shown: PathBuf,
+        caller_key: &str,
+    ) -> Result<Store, RecordError> {
+        sqlx::any::install_default_drivers();
+        let open_err = |source| RecordError::Open {
+            path: shown.display().to_string(),
+            source,
+        };
+        let options = AnyConnectOptions::from_str(url).map_err(open_err)?;
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |c, _| Box::pin(async move { prepare(c, backend).await }))
             .connect_with(options.clone())
             .await
-            .map_err(|source| RecordError::Open {
-                path: shown.clone(),
-                source,
-            })?;
-        MIGRATOR
+            .map_err(open_err)?;
+        let migrator = match backend {
+            Backend::Sqlite => &MIGRATOR,
+            Backend::Postgres => &PG_MIGRATOR,
+        };
+        migrator
             .run(&pool)
             .await
             .map_err(|source| RecordError::Migrate {
-                path: shown,
+                path: shown.display().to_string(),
                 source,
             })?;
         if caller_key.is_empty() {
             tracing::warn!(
-                path = %path.display(),
+                path = %shown.display(),
                 "call records: no caller hash key configured; callers will not be recorded"
             );
         }
         Ok(Store {
             pool,
             options,
-            path: Arc::from(path.to_path_buf().into_boxed_path()),
+            backend,
+            path: Arc::from(shown.into_boxed_path()),
             caller_key: Arc::from(caller_key),
         })
     }
 
-    /// The database file.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The database file (or its URL, without the password).
     pub fn path(&self) -> PathBuf {
         self.path.to_path_buf()
     }
 
     /// The underlying pool (for health checks and tests).
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
@@ -127,15 +197,23 @@ impl Store {
 
     /// Closes calls left open by a killed process: `Open` → `Interrupted`,
     /// ended at `now_ms`, cause "process_ended", side unknown. Run at
-    /// start-up, before any call is taken. Returns how many were closed.
-    pub async fn close_interrupted(&self, now_ms: i64) -> Result<u64, RecordError> {
-        let done = sqlx::query(
-            "UPDATE calls SET outcome = 'interrupted', ended_at_ms = ?1, \
-             duration_ms = MAX(0, ?1 - COALESCE(answered_at_ms, started_at_ms)), \
+    /// start-up, before any call is taken. A database shared by several
+    /// nodes holds their live calls too: only calls started before
+    /// `started_before_ms` (longer ago than any call may last) are closed
+    /// then. Returns how many were closed.
+    pub async fn close_interrupted(
+        &self,
+        now_ms: i64,
+        started_before_ms: Option<i64>,
+    ) -> Result<u64, RecordError> {
+        let done = sqlx::query(&format!(
+            "UPDATE calls SET outcome = 'interrupted', ended_at_ms = $1, duration_ms = {}, \
              hangup_cause = 'process_ended', hangup_side = 'unknown' \
-             WHERE outcome = 'open'",
-        )
+             WHERE outcome = 'open' AND started_at_ms < $2",
+            not_below_zero("$1", "COALESCE(answered_at_ms, started_at_ms)")
+        ))
         .bind(now_ms)
+        .bind(started_before_ms.unwrap_or(i64::MAX))
         .execute(&self.pool)
         .await
         .map_err(self.query_err())?;
@@ -158,11 +236,13 @@ impl Store {
     /// the next attempt starts on a fresh connection.
     async fn write(
         &self,
-        conn: &mut Option<SqliteConnection>,
+        conn: &mut Option<AnyConnection>,
         record: &Record,
     ) -> Result<(), sqlx::Error> {
         if conn.is_none() {
-            *conn = Some(self.options.connect().await?);
+            let mut c = self.options.connect().await?;
+            prepare(&mut c, self.backend).await?;
+            *conn = Some(c);
         }
         let Some(c) = conn.as_mut() else {
             return Err(sqlx::Error::PoolClosed);
@@ -180,11 +260,7 @@ impl Store {
         result
     }
 
-    async fn write_start(
-        &self,
-        c: &mut SqliteConnection,
-        s: &CallStart,
-    ) -> Result<(), sqlx::Error> {
+    async fn write_start(&self, c: &mut AnyConnection, s: &CallStart) -> Result<(), sqlx::Error> {
         let hash = match (&s.caller, self.caller_key.is_empty()) {
             (Some(number), false) if !super::normalise_number(number).is_empty() => {
                 Some(caller_hash(&self.caller_key, number))
@@ -194,7 +270,7 @@ impl Store {
         // A repeated Start only fills in what is missing.
         sqlx::query(
             "INSERT INTO calls (id, transport, started_at_ms, called, caller_hash, agent, codec, outcome, remote_id, rule) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9) \
              ON CONFLICT (id) DO UPDATE SET \
                remote_id = COALESCE(calls.remote_id, excluded.remote_id), \
                rule = COALESCE(calls.rule, excluded.rule), \
@@ -218,20 +294,19 @@ impl Store {
         Ok(())
     }
 
-    async fn write_end(&self, c: &mut SqliteConnection, e: &CallEnd) -> Result<(), sqlx::Error> {
+    async fn write_end(&self, c: &mut AnyConnection, e: &CallEnd) -> Result<(), sqlx::Error> {
         let turns = e.turns.len() as i64;
         let barge_ins = e.turns.iter().filter(|t| t.interrupted).count() as i64;
         let mut tx = c.begin().await?;
         // Without a Start, the best known start is the answer (or the end).
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO calls (id, started_at_ms, answered_at_ms, ended_at_ms, duration_ms, codec, \
                outcome, hangup_cause, hangup_side, turns, barge_ins, dtmf, errors) \
-             VALUES (?1, COALESCE(?2, ?3), ?2, ?3, MAX(0, ?3 - COALESCE(?2, ?3)), ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+             VALUES ($1, COALESCE($2, $3), $2, $3, {start}, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (id) DO UPDATE SET \
                answered_at_ms = excluded.answered_at_ms, \
                ended_at_ms = excluded.ended_at_ms, \
-               duration_ms = MAX(0, excluded.ended_at_ms \
-                 - COALESCE(excluded.answered_at_ms, calls.started_at_ms)), \
+               duration_ms = {update}, \
                codec = COALESCE(excluded.codec, calls.codec), \
                outcome = excluded.outcome, \
                hangup_cause = excluded.hangup_cause, \
@@ -240,7 +315,12 @@ impl Store {
                barge_ins = excluded.barge_ins, \
                dtmf = excluded.dtmf, \
                errors = excluded.errors",
-        )
+            start = not_below_zero("$3", "COALESCE($2, $3)"),
+            update = not_below_zero(
+                "excluded.ended_at_ms",
+                "COALESCE(excluded.answered_at_ms, calls.started_at_ms)"
+            ),
+        ))
         .bind(&e.id)
         .bind(e.answered_at_ms)
         .bind(e.ended_at_ms)
@@ -254,7 +334,7 @@ impl Store {
         .bind(i64::from(e.errors))
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM turns WHERE call_id = ?1")
+        sqlx::query("DELETE FROM turns WHERE call_id = $1")
             .bind(&e.id)
             .execute(&mut *tx)
             .await?;
@@ -265,14 +345,25 @@ impl Store {
             };
             // A repeated index replaces the earlier turn rather than losing the call.
             sqlx::query(
-                "INSERT OR REPLACE INTO turns (call_id, idx, greeting, outcome, response_ms, asr_ms, \
+                "INSERT INTO turns (call_id, idx, greeting, outcome, response_ms, asr_ms, \
                    llm_first_token_ms, llm_tokens_per_s, tts_first_audio_ms, words_heard, \
                    words_spoken, interrupted) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (call_id, idx) DO UPDATE SET greeting = excluded.greeting, \
+                   outcome = excluded.outcome, response_ms = excluded.response_ms, \
+                   asr_ms = excluded.asr_ms, llm_first_token_ms = excluded.llm_first_token_ms, \
+                   llm_tokens_per_s = excluded.llm_tokens_per_s, \
+                   tts_first_audio_ms = excluded.tts_first_audio_ms, \
+                   words_heard = excluded.words_heard, words_spoken = excluded.words_spoken, \
+                   interrupted = excluded.interrupted",
             )
+            // Not kept prepared: sqlx's Any driver binds a missing f64 as
+            // PostgreSQL's float4, and a statement prepared with that type
+            // refuses the next turn's float8 ("incorrect binary data format").
+            .persistent(false)
             .bind(&e.id)
             .bind(i64::from(t.index))
-            .bind(t.greeting)
+            .bind(i64::from(t.greeting))
             .bind(outcome)
             .bind(t.response_ms)
             .bind(t.asr_ms)
@@ -281,11 +372,11 @@ impl Store {
             .bind(t.tts_first_audio_ms)
             .bind(i64::from(t.words_heard))
             .bind(i64::from(t.words_spoken))
-            .bind(t.interrupted)
+            .bind(i64::from(t.interrupted))
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("DELETE FROM actions WHERE call_id = ?1")
+        sqlx::query("DELETE FROM actions WHERE call_id = $1")
             .bind(&e.id)
             .execute(&mut *tx)
             .await?;
@@ -302,8 +393,11 @@ impl Store {
                 _ => "failed",
             };
             sqlx::query(
-                "INSERT OR REPLACE INTO actions (call_id, idx, at_ms, action, source, target, result) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO actions (call_id, idx, at_ms, action, source, target, result) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (call_id, idx) DO UPDATE SET at_ms = excluded.at_ms, \
+                   action = excluded.action, source = excluded.source, \
+                   target = excluded.target, result = excluded.result",
             )
             .bind(&e.id)
             .bind(i as i64)
@@ -315,7 +409,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("DELETE FROM tool_calls WHERE call_id = ?1")
+        sqlx::query("DELETE FROM tool_calls WHERE call_id = $1")
             .bind(&e.id)
             .execute(&mut *tx)
             .await?;
@@ -325,9 +419,14 @@ impl Store {
                 _ => "failed",
             };
             sqlx::query(
-                "INSERT OR REPLACE INTO tool_calls (call_id, idx, turn, name, duration_ms, outcome) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO tool_calls (call_id, idx, turn, name, duration_ms, outcome) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (call_id, idx) DO UPDATE SET turn = excluded.turn, \
+                   name = excluded.name, duration_ms = excluded.duration_ms, \
+                   outcome = excluded.outcome",
             )
+            // Not kept prepared: as for the turns.
+            .persistent(false)
             .bind(&e.id)
             .bind(i as i64)
             .bind(i64::from(t.turn))
@@ -344,7 +443,7 @@ impl Store {
     pub async fn tool_calls(&self, id: &str) -> Result<Vec<ToolRow>, RecordError> {
         let err = self.query_err();
         sqlx::query(
-            "SELECT turn, name, duration_ms, outcome FROM tool_calls WHERE call_id = ?1 ORDER BY idx",
+            "SELECT turn, name, duration_ms, outcome FROM tool_calls WHERE call_id = $1 ORDER BY idx",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -366,7 +465,7 @@ impl Store {
     pub async fn actions(&self, id: &str) -> Result<Vec<ActionRow>, RecordError> {
         let err = self.query_err();
         sqlx::query(
-            "SELECT at_ms, action, source, target, result FROM actions WHERE call_id = ?1 ORDER BY idx",
+            "SELECT at_ms, action, source, target, result FROM actions WHERE call_id = $1 ORDER BY idx",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -390,39 +489,36 @@ impl Store {
     pub async fn list(&self, q: &CallQuery) -> Result<Page, RecordError> {
         let limit = q.limit.clamp(1, CallQuery::MAX_LIMIT);
         let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
-        let mut b = QueryBuilder::<Sqlite>::new("SELECT ");
-        b.push(CALL_COLUMNS).push(" FROM calls WHERE 1 = 1");
+        let mut b = Select::new(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE 1 = 1"));
         if let Some(from) = q.from_ms {
-            b.push(" AND started_at_ms >= ").push_bind(from);
+            b.push(" AND started_at_ms >= ").bind(Value::Int(from));
         }
         if let Some(to) = q.to_ms {
-            b.push(" AND started_at_ms < ").push_bind(to);
+            b.push(" AND started_at_ms < ").bind(Value::Int(to));
         }
         if let Some(outcome) = q.outcome {
-            b.push(" AND outcome = ").push_bind(outcome.as_str());
+            b.push(" AND outcome = ")
+                .bind(Value::Text(outcome.as_str().to_string()));
         }
         if let Some(agent) = &q.agent {
-            b.push(" AND agent = ").push_bind(agent.clone());
+            b.push(" AND agent = ").bind(Value::Text(agent.clone()));
         }
         if let Some(remote) = &q.remote_id {
-            b.push(" AND remote_id = ").push_bind(remote.clone());
+            b.push(" AND remote_id = ")
+                .bind(Value::Text(remote.clone()));
         }
         if let Some((ms, id)) = after {
             b.push(" AND (started_at_ms < ")
-                .push_bind(ms)
+                .bind(Value::Int(ms))
                 .push(" OR (started_at_ms = ")
-                .push_bind(ms)
+                .bind(Value::Int(ms))
                 .push(" AND id < ")
-                .push_bind(id)
+                .bind(Value::Text(id))
                 .push("))");
         }
         b.push(" ORDER BY started_at_ms DESC, id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        let rows = b
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.query_err())?;
+            .bind(Value::Int(i64::from(limit) + 1));
+        let rows = b.fetch_all(&self.pool).await.map_err(self.query_err())?;
         let mut calls = rows
             .iter()
             .map(|r| self.call_row(r))
@@ -438,7 +534,7 @@ impl Store {
 
     /// One call with its turns in order, or `None` if there is no such call.
     pub async fn get(&self, id: &str) -> Result<Option<(CallRow, Vec<TurnRow>)>, RecordError> {
-        let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"))
+        let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -446,7 +542,7 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let call = self.call_row(&row)?;
         let turns = sqlx::query(&format!(
-            "SELECT {TURN_COLUMNS} FROM turns WHERE call_id = ?1 ORDER BY idx"
+            "SELECT {TURN_COLUMNS} FROM turns WHERE call_id = $1 ORDER BY idx"
         ))
         .bind(id)
         .fetch_all(&self.pool)
@@ -468,7 +564,7 @@ impl Store {
         self.pool.close().await;
     }
 
-    fn call_row(&self, r: &SqliteRow) -> Result<CallRow, RecordError> {
+    fn call_row(&self, r: &AnyRow) -> Result<CallRow, RecordError> {
         let err = self.query_err();
         let text = |c: &'static str| r.try_get::<Option<String>, _>(c).map_err(&err);
         let int = |c: &'static str| r.try_get::<Option<i64>, _>(c).map_err(&err);
@@ -501,9 +597,11 @@ impl Store {
         })
     }
 
-    fn turn_row(&self, r: &SqliteRow) -> Result<TurnRow, RecordError> {
+    fn turn_row(&self, r: &AnyRow) -> Result<TurnRow, RecordError> {
         let err = self.query_err();
         let real = |c: &'static str| r.try_get::<Option<f64>, _>(c).map_err(&err);
+        // 0 or 1 on both databases.
+        let flag = |c: &'static str| r.try_get::<i64, _>(c).map_err(&err).map(|v| v != 0);
         let count = |c: &'static str| {
             r.try_get::<i64, _>(c)
                 .map_err(&err)
@@ -511,7 +609,7 @@ impl Store {
         };
         Ok(TurnRow {
             index: count("idx")?,
-            greeting: r.try_get("greeting").map_err(&err)?,
+            greeting: flag("greeting")?,
             outcome: r.try_get("outcome").map_err(&err)?,
             response_ms: real("response_ms")?,
             asr_ms: real("asr_ms")?,
@@ -520,7 +618,7 @@ impl Store {
             tts_first_audio_ms: real("tts_first_audio_ms")?,
             words_heard: count("words_heard")?,
             words_spoken: count("words_spoken")?,
-            interrupted: r.try_get("interrupted").map_err(&err)?,
+            interrupted: flag("interrupted")?,
         })
     }
 
@@ -546,7 +644,7 @@ impl Store {
 /// last; the records are degraded meanwhile (`/readyz` says so). Only past
 /// [`MAX_PENDING`] records, or at exit, are the oldest dropped, and counted.
 async fn write_loop(store: Store, mut rx: mpsc::Receiver<Record>, counters: Arc<Counters>) {
-    let mut conn: Option<SqliteConnection> = None;
+    let mut conn: Option<AnyConnection> = None;
     let mut pending: VecDeque<Record> = VecDeque::new();
     let mut pause = RETRY_FIRST;
     let mut retry_at: Option<Instant> = None;
@@ -599,7 +697,7 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Record>, counters: Arc<
                         Record::Start(s) => ("start", s.id.clone()),
                         Record::End(e) => ("end", e.id.clone()),
                     };
-                    if !transient(&e) {
+                    if !transient(store.backend, &e) {
                         // This record can never be written (a constraint): the
                         // others must not wait behind it. Counted as lost.
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -643,16 +741,82 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Record>, counters: Arc<
 }
 
 /// Whether a failed write may succeed later: the disk full or failing, the
-/// file locked, busy, read-only or gone, the connection broken. A refusal by
-/// the schema (a constraint) is not.
-pub(super) fn transient(e: &sqlx::Error) -> bool {
+/// file locked, busy, read-only or gone, the connection broken, the server
+/// shutting down. A refusal by the schema (a constraint, bad data) is not.
+pub(super) fn transient(backend: Backend, e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
-            let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
-            // SQLITE_BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
-            matches!(code & 0xff, 5 | 6 | 8 | 10 | 13 | 14 | 15)
+            let code = db.code().unwrap_or_default();
+            match backend {
+                Backend::Sqlite => {
+                    let code = code.parse::<i32>().unwrap_or(0);
+                    // SQLITE_BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
+                    matches!(code & 0xff, 5 | 6 | 8 | 10 | 13 | 14 | 15)
+                }
+                // SQLSTATE classes: 08 connection, 53 resources (disk full),
+                // 57 operator intervention (shutdown), 58 system (I/O), 40
+                // rollback (serialization, deadlock); 23 (constraints) and
+                // 22 (data) are refusals.
+                Backend::Postgres => ["08", "53", "57", "58", "40"]
+                    .iter()
+                    .any(|class| code.starts_with(class)),
+            }
         }
         _ => true,
+    }
+}
+
+/// Sets up a new connection: SQLite's per-connection settings.
+async fn prepare(c: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
+    if backend == Backend::Sqlite {
+        for pragma in SQLITE_PRAGMAS {
+            sqlx::query(pragma).execute(&mut *c).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A value bound to a `$N` parameter of a query built at run time.
+enum Value {
+    Int(i64),
+    Text(String),
+}
+
+/// A SELECT put together piece by piece with numbered parameters (sqlx's
+/// own builder writes `?` for either database, which PostgreSQL refuses).
+struct Select {
+    sql: String,
+    values: Vec<Value>,
+}
+
+impl Select {
+    fn new(head: &str) -> Select {
+        Select {
+            sql: head.to_string(),
+            values: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, sql: &str) -> &mut Select {
+        self.sql.push_str(sql);
+        self
+    }
+
+    fn bind(&mut self, v: Value) -> &mut Select {
+        self.values.push(v);
+        self.sql.push_str(&format!("${}", self.values.len()));
+        self
+    }
+
+    async fn fetch_all(&self, pool: &AnyPool) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let mut q = sqlx::query(&self.sql);
+        for v in &self.values {
+            q = match v {
+                Value::Int(i) => q.bind(*i),
+                Value::Text(t) => q.bind(t.as_str()),
+            };
+        }
+        q.fetch_all(pool).await
     }
 }
 

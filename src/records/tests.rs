@@ -266,13 +266,19 @@ async fn a_full_database_is_a_transient_failure_a_constraint_is_not() {
         }
     }
     let full = full.expect("the database filled up");
-    assert!(super::store::transient(&full), "{full}");
+    assert!(
+        super::store::transient(super::Backend::Sqlite, &full),
+        "{full}"
+    );
     let constraint =
         sqlx::query("INSERT INTO calls (id, started_at_ms, outcome) VALUES ('y', 1, 'weird')")
             .execute(store.pool())
             .await
             .unwrap_err();
-    assert!(!super::store::transient(&constraint), "{constraint}");
+    assert!(
+        !super::store::transient(super::Backend::Sqlite, &constraint),
+        "{constraint}"
+    );
 }
 
 #[tokio::test]
@@ -454,8 +460,8 @@ async fn close_interrupted_closes_open_calls_only() {
         ],
     )
     .await;
-    assert_eq!(store.close_interrupted(10_000).await.unwrap(), 2);
-    assert_eq!(store.close_interrupted(11_000).await.unwrap(), 0);
+    assert_eq!(store.close_interrupted(10_000, None).await.unwrap(), 2);
+    assert_eq!(store.close_interrupted(11_000, None).await.unwrap(), 0);
 
     let (open1, _) = store.get("open1").await.unwrap().unwrap();
     assert_eq!(open1.outcome, Outcome::Interrupted);

@@ -5,6 +5,7 @@
 
 pub mod attack;
 pub mod llm_server;
+pub mod postgres;
 pub mod served;
 pub mod sip_peer;
 pub mod speech_server;
