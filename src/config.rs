@@ -178,6 +178,13 @@ fn check_server(
 ) -> Result<(), (String, String)> {
     let bad = |field: &str, msg: String| Err((field.to_string(), msg));
     let url = base_url.trim();
+    // A key belongs in api_key or api_key_env, where no log shows it.
+    if url::Url::parse(url).is_ok_and(|u| !u.username().is_empty() || u.password().is_some()) {
+        return bad(
+            "base_url",
+            "must not hold a user or password (use api_key_env)".into(),
+        );
+    }
     let host = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -1062,7 +1069,8 @@ impl AgentProfile {
         if self.system_prompt.trim().is_empty() {
             return bad("system_prompt", "must not be empty".into());
         }
-        // Whisper reads at most 224 tokens of prompt.
+        // Whisper keeps at most 224 tokens of prompt (its first ones are
+        // dropped beyond): 800 characters is about that many.
         if self.asr_prompt.chars().count() > 800 {
             return bad("asr_prompt", "must be at most 800 characters".into());
         }
@@ -1979,6 +1987,43 @@ mod tests {
         fails(
             format!("{agent}llm = \"gpu\"\n[llm.gpu]\nbase_url = \"http://\"\nmodel = \"m\"\n"),
             "llm.gpu.base_url",
+        );
+        // Speech servers: named by the agent, checked like the model's; a
+        // key in the URL is refused (it would show in errors).
+        fails(format!("{agent}asr = \"stt\"\n"), "agents.desk.asr");
+        fails(
+            format!(
+                "{agent}tts = \"voice\"\n[tts.voice]\nbase_url = \"https://u:key@h/v1\"\nmodel = \"m\"\n"
+            ),
+            "tts.voice.base_url",
+        );
+        fails(
+            format!(
+                "{agent}asr = \"stt\"\n[asr.stt]\nbase_url = \"http://h/v1\"\nmodel = \"m\"\ntimeout_ms = 5\n"
+            ),
+            "asr.stt.timeout_ms",
+        );
+        fails(
+            format!(
+                "{agent}tts = \"voice\"\n[tts.voice]\nbase_url = \"http://h/v1\"\nmodel = \"m\"\nsample_rate = 100\n"
+            ),
+            "tts.voice.sample_rate",
+        );
+        fails(
+            format!("{agent}[asr.local]\nbase_url = \"http://h/v1\"\nmodel = \"m\"\n"),
+            "asr.local",
+        );
+        fails(
+            format!("{agent}asr_prompt = \"{}\"\n", "a".repeat(801)),
+            "agents.desk.asr_prompt",
+        );
+        fails(
+            "[records]\nurl = \"postgres://h/izwi\"\n".to_string(),
+            "records.caller_key",
+        );
+        fails(
+            "[records]\nurl = \"mysql://h/izwi\"\ncaller_key = \"k\"\n".to_string(),
+            "records.url",
         );
         // A server agent whose backend falls back to the local model keeps
         // to the local model's tools.

@@ -676,8 +676,6 @@ async fn close_records(
     }
 }
 
-/// The caller-number HMAC key: configured, or kept in a file beside the
-/// database (made on first use, readable by its owner only).
 /// The records database the configuration names: the SQLite file, or a
 /// shared PostgreSQL database.
 async fn open_store(config: &Config, key: &str) -> Result<Store> {
@@ -696,6 +694,8 @@ async fn open_store(config: &Config, key: &str) -> Result<Store> {
     }
 }
 
+/// The caller-number HMAC key: configured, or kept in a file beside the
+/// database (made on first use, readable by its owner only).
 fn caller_key(config: &Config) -> Result<String> {
     if !config.records.caller_key.is_empty() {
         return Ok(config.records.caller_key.clone());

@@ -209,8 +209,15 @@ impl ActiveReply {
             let played = p.total - p.frames.len();
             if played > 0 {
                 let words: Vec<&str> = p.text.split_whitespace().collect();
+                // A phrase still arriving is longer than what is here: its
+                // length is guessed at 300 ms (15 frames) a word meanwhile.
+                let total = if p.complete {
+                    p.total
+                } else {
+                    p.total.max(words.len() * 15)
+                };
                 let n = (words.len() * played)
-                    .div_ceil(p.total.max(1))
+                    .div_ceil(total.max(1))
                     .min(words.len());
                 if n > 0 {
                     parts.push(words[..n].join(" "));
@@ -1098,7 +1105,12 @@ impl Conversation {
             ReplyEvent::Failed(error) => {
                 tracing::warn!(call = %self.call_id, turn = rec.index, %error, "reply failed");
                 rec.outcome = TurnOutcome::Failed;
-                self.abandon();
+                if reply.started {
+                    // What is queued plays out, and is remembered as said.
+                    reply.done = true;
+                } else {
+                    self.abandon();
+                }
             }
         }
     }

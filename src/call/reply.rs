@@ -24,8 +24,8 @@ use crate::tools::ToolOutcome;
 /// Bound of every queue between stages.
 pub const QUEUE: usize = 8;
 
-/// A phrase's audio held back while it is all quiet, to cut its lead-in,
-/// at most: 300 ms.
+/// A phrase's audio held back while it is all quiet, to cut its lead-in:
+/// 300 ms at most; a phrase quiet for longer is played as it comes.
 const LEAD_IN_LIMIT: usize = 300 * ENGINE_RATE as usize / 1000;
 
 /// The end-of-turn model hears the last 8 s of a turn.
@@ -456,13 +456,27 @@ async fn run(
         Ok::<bool, EngineError>(false)
     };
 
-    let (generated, (), spoken) = tokio::join!(generate, cut, speak);
-    // The voice failed and the fallback phrase answered: the model, cut
-    // off, has nothing more to say.
-    if spoken? {
-        send(tx, ReplyEvent::Done).await?;
-        return Ok(());
-    }
+    let stages = async move { tokio::join!(generate, cut) };
+    tokio::pin!(stages, speak);
+    let generated = tokio::select! {
+        spoken = &mut speak => match spoken {
+            Ok(false) => stages.await.0,
+            // The voice failed and the fallback phrase answered: the model
+            // is stopped where it is (waiting for a token, or a tool).
+            Ok(true) => {
+                send(tx, ReplyEvent::Done).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        },
+        (generated, ()) = &mut stages => {
+            if speak.await? {
+                send(tx, ReplyEvent::Done).await?;
+                return Ok(());
+            }
+            generated
+        }
+    };
     let stats = generated?;
     send(tx, ReplyEvent::Generated(stats)).await?;
     send(tx, ReplyEvent::Done).await?;

@@ -77,13 +77,15 @@ pub struct Store {
     caller_key: Arc<str>,
 }
 
-/// A database URL as it may be shown: without its password.
+/// A database URL as it may be shown: without its password, and without
+/// its query (which may hold one: `?password=`, `sslpassword=`).
 pub fn shown_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
             }
+            u.set_query(None);
             u.to_string()
         }
         Err(_) => "(an unreadable URL)".into(),
@@ -109,8 +111,13 @@ impl Store {
                 source,
             })?;
         }
+        // Absolute: in a URL, a relative path's first folder would read as a host.
+        let absolute = std::path::absolute(path).map_err(|source| RecordError::CreateDir {
+            path: path.display().to_string(),
+            source,
+        })?;
         let url = SqliteConnectOptions::new()
-            .filename(path)
+            .filename(&absolute)
             .create_if_missing(true)
             .to_url_lossy();
         Store::connect(

@@ -928,3 +928,13 @@ async fn the_actions_migration_keeps_every_call_and_turn() {
         .get(0);
     assert_eq!(orphans, 0);
 }
+
+#[test]
+fn a_shown_database_url_keeps_no_password() {
+    assert_eq!(
+        shown_url("postgres://izwi:s3cret@db.example:5432/izwi?sslmode=require&password=x"),
+        "postgres://izwi:***@db.example:5432/izwi"
+    );
+    assert_eq!(shown_url("postgres://h/izwi"), "postgres://h/izwi");
+    assert!(!shown_url("not a url s3cret").contains("s3cret"));
+}

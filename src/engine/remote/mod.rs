@@ -48,6 +48,15 @@ pub fn transport_failure(backend: &str, e: &reqwest::Error) -> EngineError {
         RemoteFailure::Connect
     };
     let mut detail = e.to_string();
+    // The URL may carry a key (in its user part or query): only its origin
+    // and path are shown.
+    if let Some(url) = e.url() {
+        let mut shown = url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        shown.set_query(None);
+        detail = detail.replace(url.as_str(), shown.as_str());
+    }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         detail.push_str(": ");

@@ -230,6 +230,7 @@ impl Reading {
         if let Some(r) = self.resampler.as_mut()
             && let Err(e) = r.push(samples, &mut out)
         {
+            self.done = true;
             return Err(EngineError::Tts(e.to_string()));
         }
         self.handed += out.len();

@@ -1,7 +1,8 @@
 //! 16-bit audio read as it arrives, whatever the split of the bytes: raw
 //! little-endian PCM at a known rate, or a WAV file whose header comes
-//! first (its rate and channels taken from it; the data's length is not
-//! trusted, streaming servers write 0 or 0xFFFFFFFF there). Sans-IO.
+//! first (its rate and channels taken from it; the data's length bounds
+//! the samples unless it is 0 or 0xFFFFFFFF, what streaming servers write
+//! when they do not know it). Sans-IO.
 
 use crate::config::TtsFormat;
 
@@ -27,6 +28,8 @@ pub struct PcmReader {
     channels: u16,
     in_header: bool,
     pending: Vec<u8>,
+    /// Bytes of samples still to come, when the WAV header says.
+    remaining: Option<usize>,
 }
 
 impl PcmReader {
@@ -38,6 +41,7 @@ impl PcmReader {
             channels: 1,
             in_header: wav,
             pending: Vec::new(),
+            remaining: None,
         }
     }
 
@@ -66,8 +70,15 @@ impl PcmReader {
                 None => return Ok(Vec::new()),
             }
         }
+        // Whatever follows the data (a trailing chunk) is not audio.
+        if let Some(left) = self.remaining {
+            self.pending.truncate(left);
+        }
         let frame = 2 * self.channels as usize;
         let whole = self.pending.len() / frame * frame;
+        if let Some(left) = self.remaining.as_mut() {
+            *left -= whole;
+        }
         let samples = self.pending[..whole]
             .chunks_exact(frame)
             .map(|f| {
@@ -101,6 +112,9 @@ impl PcmReader {
             if id == b"data" {
                 if !fmt_seen {
                     return Err(PcmError::NotWav);
+                }
+                if size != 0 && size != u32::MAX as usize {
+                    self.remaining = Some(size);
                 }
                 return Ok(Some(body));
             }
@@ -197,6 +211,22 @@ mod tests {
         assert_eq!(r.push(&[0xc0]).unwrap(), vec![-0.5]);
         r.set_rate(22_050);
         assert_eq!(r.rate(), Some(22_050));
+    }
+
+    #[test]
+    fn a_known_data_length_ends_the_samples() {
+        let mut bytes = wav(16_000, 1, &[16_384, -16_384], false);
+        let at = bytes.len() - 4 - 4;
+        bytes[at..at + 4].copy_from_slice(&4u32.to_le_bytes());
+        bytes.extend_from_slice(b"LIST\x04\x00\x00\x00abcd");
+        for piece in [1, 3, 100] {
+            let mut r = PcmReader::new(TtsFormat::Wav, 24_000);
+            assert_eq!(
+                read_in_pieces(&mut r, &bytes, piece),
+                vec![0.5, -0.5],
+                "{piece}"
+            );
+        }
     }
 
     #[test]
