@@ -70,19 +70,10 @@ fallback = "local"
     path
 }
 
-/// The caller: greeting heard, then each question in turn, with room for
-/// the answer after each.
+/// The caller: the greeting heard, then each question in turn, with room
+/// for the answer after each.
 fn caller(questions: &[&str]) -> (Vec<f32>, Vec<(f64, f64)>) {
-    let clips: Vec<Vec<f32>> = questions.iter().map(|q| espeak(q)).collect();
-    let mut at = 2.5;
-    let mut placed = Vec::new();
-    let mut spans = Vec::new();
-    for c in &clips {
-        placed.push((at, c.as_slice()));
-        spans.push((at, at + duration(c)));
-        at += duration(c) + 7.0;
-    }
-    (compose(at, &placed), spans)
+    asking(2.5, questions, 7.0)
 }
 
 /// `izwi talk` with `agent` (the server's key in the environment).

@@ -108,18 +108,10 @@ fallback = "local"
     path
 }
 
-/// The caller: the greeting heard, then each question, with room for the answer.
+/// The caller: the greeting heard, then each question in turn, with room
+/// for the answer after each.
 fn caller(questions: &[&str]) -> (Vec<f32>, Vec<(f64, f64)>) {
-    let clips: Vec<Vec<f32>> = questions.iter().map(|q| espeak(q)).collect();
-    let mut at = 3.0;
-    let mut placed = Vec::new();
-    let mut spans = Vec::new();
-    for c in &clips {
-        placed.push((at, c.as_slice()));
-        spans.push((at, at + duration(c)));
-        at += duration(c) + 7.0;
-    }
-    (compose(at, &placed), spans)
+    asking(3.0, questions, 7.0)
 }
 
 fn talk(config: &Path, agent: &str, audio: &[f32]) -> Talked {

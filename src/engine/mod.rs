@@ -47,6 +47,9 @@ pub enum EngineError {
     Worker(String),
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    /// A setting the configuration check cannot see (an environment variable).
+    #[error("{0}")]
+    Setting(String),
     #[error("agent `{agent}`: no {stage} backend named `{backend}` (backends: {known})")]
     UnknownBackend {
         agent: String,
@@ -399,6 +402,29 @@ impl Engine {
             })?;
         llm.session(profile.system_prompt.clone(), tools).await
     }
+}
+
+/// Every configured backend of one stage by name, `local` (the embedded
+/// model) among them: each server made by `server`, which also says whether
+/// the embedded model stands in for it, wrapped then by `standby(server,
+/// local, name)`.
+pub fn backends<T: ?Sized, C>(
+    local: Arc<T>,
+    servers: &BTreeMap<String, C>,
+    server: impl Fn(&str, &C) -> Result<(Arc<T>, crate::config::EngineFallback), EngineError>,
+    standby: impl Fn(Arc<T>, Arc<T>, String) -> Arc<T>,
+) -> Result<BTreeMap<String, Arc<T>>, EngineError> {
+    let mut all = BTreeMap::new();
+    for (name, config) in servers {
+        let (remote, fallback) = server(name, config)?;
+        let backend = match fallback {
+            crate::config::EngineFallback::Phrase => remote,
+            crate::config::EngineFallback::Local => standby(remote, local.clone(), name.clone()),
+        };
+        all.insert(name.clone(), backend);
+    }
+    all.insert(LOCAL_BACKEND.to_string(), local);
+    Ok(all)
 }
 
 fn names<T>(backends: &BTreeMap<String, T>) -> String {

@@ -183,3 +183,19 @@ pub fn heard(audio: &[f32], from: f64, to: f64) -> String {
     let a = &audio[seconds(from).min(audio.len())..seconds(to).min(audio.len())];
     engine().asr.transcribe(a, "en").unwrap().to_lowercase()
 }
+
+/// A caller who asks each of `questions` (espeak-ng's voice), the first at
+/// `first_at` seconds, with `room` seconds of silence after each for the
+/// answer: the audio (16 kHz) and each question's (start, end).
+pub fn asking(first_at: f64, questions: &[&str], room: f64) -> (Vec<f32>, Vec<(f64, f64)>) {
+    let clips: Vec<Vec<f32>> = questions.iter().map(|q| espeak(q)).collect();
+    let mut at = first_at;
+    let mut placed = Vec::new();
+    let mut spans = Vec::new();
+    for c in &clips {
+        placed.push((at, c.as_slice()));
+        spans.push((at, at + duration(c)));
+        at += duration(c) + room;
+    }
+    (compose(at, &placed), spans)
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::config::{EngineFallback, LOCAL_BACKEND, RemoteAsrConfig};
+use crate::config::RemoteAsrConfig;
 use crate::engine::{AsrBackend, EngineError, Hearing};
 
 /// Every configured backend by name, `local` among them.
@@ -18,21 +18,23 @@ pub fn backends(
     local: Arc<dyn AsrBackend>,
     remotes: &BTreeMap<String, RemoteAsrConfig>,
 ) -> Result<BTreeMap<String, Arc<dyn AsrBackend>>, EngineError> {
-    let mut all: BTreeMap<String, Arc<dyn AsrBackend>> = BTreeMap::new();
-    for (name, config) in remotes {
-        let remote: Arc<dyn AsrBackend> = Arc::new(openai::OpenAiAsr::new(name, config)?);
-        let backend = match config.fallback {
-            EngineFallback::Phrase => remote,
-            EngineFallback::Local => Arc::new(Fallback {
-                primary: remote,
-                fallback: local.clone(),
-                name: name.clone(),
-            }),
-        };
-        all.insert(name.clone(), backend);
-    }
-    all.insert(LOCAL_BACKEND.to_string(), local);
-    Ok(all)
+    crate::engine::backends(
+        local,
+        remotes,
+        |name, config| {
+            Ok((
+                Arc::new(openai::OpenAiAsr::new(name, config)?) as Arc<dyn AsrBackend>,
+                config.fallback,
+            ))
+        },
+        |primary, fallback, name| {
+            Arc::new(Fallback {
+                primary,
+                fallback,
+                name,
+            })
+        },
+    )
 }
 
 /// A server whose failures the embedded recogniser makes up for: the same

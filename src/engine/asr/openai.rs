@@ -21,10 +21,7 @@ use crate::engine::{AsrBackend, EngineError, Hearing, RemoteFailure};
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 struct Backend {
-    name: String,
-    client: reqwest::Client,
-    url: String,
-    key: Option<String>,
+    endpoint: remote::Endpoint,
     config: RemoteAsrConfig,
 }
 
@@ -34,18 +31,16 @@ pub struct OpenAiAsr {
 
 impl OpenAiAsr {
     pub fn new(name: &str, config: &RemoteAsrConfig) -> Result<OpenAiAsr, EngineError> {
-        let key = config
-            .key()
-            .map_err(|e| EngineError::Asr(format!("asr.{name}.api_key_env: {e}")))?;
         Ok(OpenAiAsr {
             backend: Arc::new(Backend {
-                name: name.to_string(),
-                client: remote::client(Duration::from_millis(config.connect_timeout_ms))?,
-                url: format!(
-                    "{}/audio/transcriptions",
-                    config.base_url.trim().trim_end_matches('/')
-                ),
-                key,
+                endpoint: remote::Endpoint::new(
+                    "asr",
+                    name,
+                    &config.base_url,
+                    "audio/transcriptions",
+                    config.key(),
+                    config.connect_timeout_ms,
+                )?,
                 config: config.clone(),
             }),
         })
@@ -65,7 +60,7 @@ impl AsrBackend for OpenAiAsr {
             match tokio::time::timeout(limit, request(&backend, &audio, &hearing)).await {
                 Ok(result) => result,
                 Err(_) => Err(remote::failure(
-                    &backend.name,
+                    &backend.endpoint.name,
                     RemoteFailure::Timeout,
                     "no transcript in time",
                 )),
@@ -96,19 +91,18 @@ async fn request(
     if !hearing.prompt.is_empty() {
         form = form.text("prompt", hearing.prompt.clone());
     }
-    let mut request = backend.client.post(&backend.url).multipart(form);
-    if let Some(key) = &backend.key {
-        request = request.bearer_auth(key);
-    }
-    let mut response = request
+    let mut response = backend
+        .endpoint
+        .post()
+        .multipart(form)
         .send()
         .await
-        .map_err(|e| remote::transport_failure(&backend.name, &e))?;
+        .map_err(|e| remote::transport_failure(&backend.endpoint.name, &e))?;
     let status = response.status();
     if !status.is_success() {
         // The body may quote the request: not kept.
         return Err(remote::failure(
-            &backend.name,
+            &backend.endpoint.name,
             RemoteFailure::Status(status.as_u16()),
             status.canonical_reason().unwrap_or("error").to_string(),
         ));
@@ -117,19 +111,19 @@ async fn request(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| remote::transport_failure(&backend.name, &e))?
+        .map_err(|e| remote::transport_failure(&backend.endpoint.name, &e))?
     {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_ANSWER_BYTES {
             return Err(remote::failure(
-                &backend.name,
+                &backend.endpoint.name,
                 RemoteFailure::Malformed,
                 format!("an answer over {MAX_ANSWER_BYTES} bytes"),
             ));
         }
     }
     transcript(&body)
-        .map_err(|detail| remote::failure(&backend.name, RemoteFailure::Malformed, detail))
+        .map_err(|detail| remote::failure(&backend.endpoint.name, RemoteFailure::Malformed, detail))
 }
 
 #[derive(Deserialize)]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Once};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 
-use crate::config::{EngineFallback, LOCAL_BACKEND, RemoteLlmConfig};
+use crate::config::RemoteLlmConfig;
 use crate::engine::{ChatMessage, EngineError, Llm, LlmReply, LlmSession, ToolChoice, ToolSpec};
 
 /// whisper.cpp and llama.cpp share one ggml; route its logs (and llama's) to tracing
@@ -30,21 +30,23 @@ pub fn backends(
     local: Arc<dyn Llm>,
     remotes: &BTreeMap<String, RemoteLlmConfig>,
 ) -> Result<BTreeMap<String, Arc<dyn Llm>>, EngineError> {
-    let mut all: BTreeMap<String, Arc<dyn Llm>> = BTreeMap::new();
-    for (name, config) in remotes {
-        let remote: Arc<dyn Llm> = Arc::new(openai::OpenAiLlm::new(name, config)?);
-        let backend = match config.fallback {
-            EngineFallback::Phrase => remote,
-            EngineFallback::Local => Arc::new(Fallback {
-                primary: remote,
-                fallback: local.clone(),
-                name: name.clone(),
-            }),
-        };
-        all.insert(name.clone(), backend);
-    }
-    all.insert(LOCAL_BACKEND.to_string(), local);
-    Ok(all)
+    crate::engine::backends(
+        local,
+        remotes,
+        |name, config| {
+            Ok((
+                Arc::new(openai::OpenAiLlm::new(name, config)?) as Arc<dyn Llm>,
+                config.fallback,
+            ))
+        },
+        |primary, fallback, name| {
+            Arc::new(Fallback {
+                primary,
+                fallback,
+                name,
+            })
+        },
+    )
 }
 
 /// A backend that hands a turn to another when it fails before its first

@@ -25,10 +25,7 @@ use crate::engine::{
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 
 struct Backend {
-    name: String,
-    client: reqwest::Client,
-    url: String,
-    key: Option<String>,
+    endpoint: remote::Endpoint,
     config: RemoteLlmConfig,
 }
 
@@ -38,18 +35,16 @@ pub struct OpenAiLlm {
 
 impl OpenAiLlm {
     pub fn new(name: &str, config: &RemoteLlmConfig) -> Result<OpenAiLlm, EngineError> {
-        let key = config
-            .key()
-            .map_err(|e| EngineError::Llm(format!("llm.{name}.api_key_env: {e}")))?;
         Ok(OpenAiLlm {
             backend: Arc::new(Backend {
-                name: name.to_string(),
-                client: remote::client(Duration::from_millis(config.connect_timeout_ms))?,
-                url: format!(
-                    "{}/chat/completions",
-                    config.base_url.trim().trim_end_matches('/')
-                ),
-                key,
+                endpoint: remote::Endpoint::new(
+                    "llm",
+                    name,
+                    &config.base_url,
+                    "chat/completions",
+                    config.key(),
+                    config.connect_timeout_ms,
+                )?,
                 config: config.clone(),
             }),
         })
@@ -251,7 +246,7 @@ impl Reading {
 
     fn fail(&mut self, kind: RemoteFailure, detail: impl Into<String>) -> EngineError {
         self.done = true;
-        remote::failure(&self.backend.name, kind, detail)
+        remote::failure(&self.backend.endpoint.name, kind, detail)
     }
 
     /// How long the next read may take: up to the first-token deadline,
@@ -283,18 +278,14 @@ impl Reading {
     async fn read(&mut self) -> Result<(), EngineError> {
         if let Some(body) = self.body.take() {
             self.started = Instant::now();
-            let b = &self.backend;
-            let mut request = b.client.post(&b.url).json(&body);
-            if let Some(key) = &b.key {
-                request = request.bearer_auth(key);
-            }
+            let request = self.backend.endpoint.post().json(&body);
             let response = match tokio::time::timeout(self.patience(), request.send()).await {
                 Err(_) => {
                     return Err(self.fail(RemoteFailure::Timeout, "no response in time"));
                 }
                 Ok(Err(e)) => {
                     self.done = true;
-                    return Err(remote::transport_failure(&self.backend.name, &e));
+                    return Err(remote::transport_failure(&self.backend.endpoint.name, &e));
                 }
                 Ok(Ok(r)) => r,
             };
@@ -325,7 +316,7 @@ impl Reading {
             }
             Ok(Err(e)) => {
                 self.done = true;
-                return Err(remote::transport_failure(&self.backend.name, &e));
+                return Err(remote::transport_failure(&self.backend.endpoint.name, &e));
             }
             Ok(Ok(chunk)) => chunk,
         };
@@ -380,7 +371,7 @@ impl Reading {
             self.words += text.len();
             self.pieces += 1;
             if self.words > MAX_REPLY_BYTES {
-                tracing::warn!(backend = %self.backend.name, "a reply longer than {MAX_REPLY_BYTES} bytes was cut");
+                tracing::warn!(backend = %self.backend.endpoint.name, "a reply longer than {MAX_REPLY_BYTES} bytes was cut");
                 self.finish();
                 return Ok(());
             }

@@ -10,6 +10,47 @@ use std::time::Duration;
 
 use crate::engine::{EngineError, RemoteError, RemoteFailure};
 
+/// One server of one stage (`[llm.NAME]`, `[asr.NAME]`, `[tts.NAME]`): its
+/// name, for errors, logs and metrics; its own client, whose pool keeps the
+/// connections alive; the endpoint's URL; the bearer token.
+pub struct Endpoint {
+    pub name: String,
+    client: reqwest::Client,
+    url: String,
+    key: Option<String>,
+}
+
+impl Endpoint {
+    /// `{base_url}/{path}` of the server `[stage.name]`; `key` as its table
+    /// gave it (a missing variable is an error naming the setting).
+    pub fn new(
+        stage: &str,
+        name: &str,
+        base_url: &str,
+        path: &str,
+        key: Result<Option<String>, String>,
+        connect_timeout_ms: u64,
+    ) -> Result<Endpoint, EngineError> {
+        let key =
+            key.map_err(|e| EngineError::Setting(format!("{stage}.{name}.api_key_env: {e}")))?;
+        Ok(Endpoint {
+            name: name.to_string(),
+            client: client(Duration::from_millis(connect_timeout_ms))?,
+            url: format!("{}/{path}", base_url.trim().trim_end_matches('/')),
+            key,
+        })
+    }
+
+    /// A POST to the endpoint, with the key.
+    pub fn post(&self) -> reqwest::RequestBuilder {
+        let request = self.client.post(&self.url);
+        match &self.key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+}
+
 /// A client for one backend.
 pub fn client(connect_timeout: Duration) -> Result<reqwest::Client, EngineError> {
     reqwest::Client::builder()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 
-use crate::config::{EngineFallback, LOCAL_BACKEND, RemoteTtsConfig};
+use crate::config::RemoteTtsConfig;
 use crate::engine::{EngineError, Speech, TtsBackend};
 
 /// Every configured backend by name, `local` among them.
@@ -20,21 +20,23 @@ pub fn backends(
     local: Arc<dyn TtsBackend>,
     remotes: &BTreeMap<String, RemoteTtsConfig>,
 ) -> Result<BTreeMap<String, Arc<dyn TtsBackend>>, EngineError> {
-    let mut all: BTreeMap<String, Arc<dyn TtsBackend>> = BTreeMap::new();
-    for (name, config) in remotes {
-        let remote: Arc<dyn TtsBackend> = Arc::new(openai::OpenAiTts::new(name, config)?);
-        let backend = match config.fallback {
-            EngineFallback::Phrase => remote,
-            EngineFallback::Local => Arc::new(Fallback {
-                primary: remote,
-                fallback: local.clone(),
-                name: name.clone(),
-            }),
-        };
-        all.insert(name.clone(), backend);
-    }
-    all.insert(LOCAL_BACKEND.to_string(), local);
-    Ok(all)
+    crate::engine::backends(
+        local,
+        remotes,
+        |name, config| {
+            Ok((
+                Arc::new(openai::OpenAiTts::new(name, config)?) as Arc<dyn TtsBackend>,
+                config.fallback,
+            ))
+        },
+        |primary, fallback, name| {
+            Arc::new(Fallback {
+                primary,
+                fallback,
+                name,
+            })
+        },
+    )
 }
 
 /// A server whose failure before a phrase's first audio the embedded voice

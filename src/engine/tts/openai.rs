@@ -23,10 +23,7 @@ const MAX_INPUT_CHARS: usize = 4096;
 const MAX_PHRASE_SECS: usize = 60;
 
 struct Backend {
-    name: String,
-    client: reqwest::Client,
-    url: String,
-    key: Option<String>,
+    endpoint: remote::Endpoint,
     config: RemoteTtsConfig,
 }
 
@@ -36,18 +33,16 @@ pub struct OpenAiTts {
 
 impl OpenAiTts {
     pub fn new(name: &str, config: &RemoteTtsConfig) -> Result<OpenAiTts, EngineError> {
-        let key = config
-            .key()
-            .map_err(|e| EngineError::Tts(format!("tts.{name}.api_key_env: {e}")))?;
         Ok(OpenAiTts {
             backend: Arc::new(Backend {
-                name: name.to_string(),
-                client: remote::client(Duration::from_millis(config.connect_timeout_ms))?,
-                url: format!(
-                    "{}/audio/speech",
-                    config.base_url.trim().trim_end_matches('/')
-                ),
-                key,
+                endpoint: remote::Endpoint::new(
+                    "tts",
+                    name,
+                    &config.base_url,
+                    "audio/speech",
+                    config.key(),
+                    config.connect_timeout_ms,
+                )?,
                 config: config.clone(),
             }),
         })
@@ -103,7 +98,7 @@ impl Reading {
 
     fn fail(&mut self, kind: RemoteFailure, detail: impl Into<String>) -> EngineError {
         self.done = true;
-        remote::failure(&self.backend.name, kind, detail)
+        remote::failure(&self.backend.endpoint.name, kind, detail)
     }
 
     /// How long the next read may take: up to the first-audio deadline,
@@ -144,15 +139,12 @@ impl Reading {
                 "voice": c.voice,
                 "response_format": format,
             });
-            let mut request = b.client.post(&b.url).json(&body);
-            if let Some(key) = &b.key {
-                request = request.bearer_auth(key);
-            }
+            let request = b.endpoint.post().json(&body);
             let response = match tokio::time::timeout(self.patience(), request.send()).await {
                 Err(_) => return Err(self.fail(RemoteFailure::Timeout, "no answer in time")),
                 Ok(Err(e)) => {
                     self.done = true;
-                    return Err(remote::transport_failure(&self.backend.name, &e));
+                    return Err(remote::transport_failure(&self.backend.endpoint.name, &e));
                 }
                 Ok(Ok(r)) => r,
             };
@@ -192,7 +184,7 @@ impl Reading {
             }
             Ok(Err(e)) => {
                 self.done = true;
-                return Err(remote::transport_failure(&self.backend.name, &e));
+                return Err(remote::transport_failure(&self.backend.endpoint.name, &e));
             }
             Ok(Ok(chunk)) => chunk,
         };
@@ -223,7 +215,7 @@ impl Reading {
         self.first_audio = true;
         self.read += samples.len();
         if self.read > MAX_PHRASE_SECS * rate as usize {
-            tracing::warn!(backend = %self.backend.name, "a phrase longer than {MAX_PHRASE_SECS} s was cut");
+            tracing::warn!(backend = %self.backend.endpoint.name, "a phrase longer than {MAX_PHRASE_SECS} s was cut");
             self.done = true;
             return Ok(out);
         }
