@@ -252,20 +252,8 @@ async fn records_on_postgres_read_back_as_on_sqlite() {
     postgres.close().await;
 
     // The CLI reads the shared database.
-    let out = std::process::Command::new(common::izwi_bin())
-        .env("IZWI_RECORDS_URL", pg.url())
-        .env("IZWI_RECORDS_CALLER_KEY", KEY)
-        .args(["calls", "list", "--json", "--limit", "100"])
-        .output()
-        .unwrap();
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let rows = list["calls"]
-        .as_array()
-        .or(list.as_array())
-        .unwrap()
-        .clone();
-    assert_eq!(rows.len(), 13, "{list}");
+    let rows = pg.calls(KEY);
+    assert_eq!(rows.len(), 13, "{rows:?}");
 }
 
 #[test]

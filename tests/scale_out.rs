@@ -12,7 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::attack::{metric, metrics};
-use common::izwi_bin;
 use common::postgres::Postgres;
 use common::sip_peer::*;
 
@@ -55,19 +54,7 @@ fn caller_dir() -> tempfile::TempDir {
 fn completed(pg: &Postgres, expected: usize) -> usize {
     let t = Instant::now();
     loop {
-        let out = Command::new(izwi_bin())
-            .env("IZWI_RECORDS_URL", pg.url())
-            .env("IZWI_RECORDS_CALLER_KEY", CALLER_KEY)
-            .args(["calls", "list", "--json", "--limit", "500"])
-            .output()
-            .unwrap();
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        let rows = list["calls"]
-            .as_array()
-            .or(list.as_array())
-            .cloned()
-            .unwrap_or_default();
+        let rows = pg.calls(CALLER_KEY);
         let done = rows.iter().filter(|c| c["outcome"] == "completed").count();
         let open = rows.iter().filter(|c| c["outcome"] == "open").count();
         if (done >= expected && open == 0) || t.elapsed() > Duration::from_secs(10) {

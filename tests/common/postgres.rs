@@ -138,6 +138,24 @@ impl Postgres {
         format!("postgres://izwi@127.0.0.1:{}/izwi", self.port)
     }
 
+    /// `izwi calls list --json` on this database (its callers hashed with
+    /// `caller_key`): every call's row.
+    pub fn calls(&self, caller_key: &str) -> Vec<serde_json::Value> {
+        let out = Command::new(super::izwi_bin())
+            .env("IZWI_RECORDS_URL", self.url())
+            .env("IZWI_RECORDS_CALLER_KEY", caller_key)
+            .args(["calls", "list", "--json", "--limit", "500"])
+            .output()
+            .unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        list["calls"]
+            .as_array()
+            .or(list.as_array())
+            .cloned()
+            .unwrap_or_else(|| panic!("no calls in {list}"))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
