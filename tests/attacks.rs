@@ -13,19 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::attack::*;
+use common::one_at_a_time;
 use common::sip_peer::{Izwi, Launch};
 use common::twilio;
 
 const OPS_KEY: &str = "ops-key-0123456789abcdef";
-
-/// One attack at a time: each measures Izwi's CPU and a neighbour's service,
-/// which another attack running beside it on two cores would disturb.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn api_env() -> (&'static str, String) {
     ("IZWI_API_API_KEYS", format!("ops:{OPS_KEY}"))

@@ -23,14 +23,6 @@ const KEY: &str = "izwi-voice-key";
 const KEY_VAR: &str = "VOICE_SERVER_KEY";
 const VOLUME: f32 = 0.1;
 
-/// One test at a time: each runs two servers, the embedded models and a
-/// call in real time, and 2 cores hold one such set well.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Backends `whisper` and `voice`/`voice_wav` (the real servers), their
 /// `*_down` twins where nothing listens (`*_down_local`: the embedded model
 /// stands in), `voice_wrong_key`; and an agent on each.
@@ -138,7 +130,7 @@ fn outcomes(t: &Talked) -> Vec<String> {
 
 #[test]
 fn izwi_talk_is_heard_and_answered_by_the_servers() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let asr = SpeechServer::asr();
     let tts = SpeechServer::tts(VOLUME, KEY);
     let dir = tempfile::tempdir().unwrap();
@@ -188,7 +180,7 @@ fn izwi_talk_is_heard_and_answered_by_the_servers() {
 
 #[test]
 fn a_server_down_or_refusing_gets_the_fallback_and_the_call_goes_on() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let asr = SpeechServer::asr();
     let tts = SpeechServer::tts(VOLUME, KEY);
     let dir = tempfile::tempdir().unwrap();
@@ -239,7 +231,7 @@ fn a_server_down_or_refusing_gets_the_fallback_and_the_call_goes_on() {
 /// and the failure is counted by backend and kind.
 #[test]
 fn a_sip_call_is_heard_and_answered_by_the_servers() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let asr = SpeechServer::asr();
     let tts = SpeechServer::tts(VOLUME, KEY);
     let dir = tempfile::tempdir().unwrap();
