@@ -722,16 +722,23 @@ pub enum RtpLatch {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AgentProfile {
-    /// Whisper language code (`en`, `sn`, `sw`, …) or `auto`.
+    /// Whisper language code (`en`, `sn`, `sw`, …) or `auto`. It picks the
+    /// language pack (src/lang/) that fills the phrases, the phonemes and
+    /// the recogniser's prompt left empty here, and says numbers, times,
+    /// dates and money in words.
     pub language: String,
     pub system_prompt: String,
     /// Played as soon as a call is answered; synthesized once and cached.
-    pub greeting: String,
-    /// espeak-ng voice used for phonemes; empty means the voice model's own.
+    /// Empty: the language pack's.
     #[serde(default)]
-    pub espeak_voice: Option<String>,
+    pub greeting: String,
+    /// How the embedded voice reads the words: an espeak-ng voice (`en-us`,
+    /// `sw`) or a pack's own letter-to-sound rules (`izwi:sn`). Empty: the
+    /// language pack's, or the voice model's own for a language without one.
+    #[serde(default, alias = "phonemes")]
+    pub phonemes: Option<String>,
     /// Said before Izwi hangs up (unless the model's own reply said goodbye).
-    #[serde(default = "AgentProfile::default_goodbye")]
+    #[serde(default)]
     pub goodbye: String,
     /// What the model may ask for: `end_call`, `transfer` (to the targets
     /// in `transfer`). None by default: a small model asked to choose picks
@@ -751,10 +758,10 @@ pub struct AgentProfile {
     #[serde(default)]
     pub transfer: BTreeMap<String, String>,
     /// Said before a transfer.
-    #[serde(default = "AgentProfile::default_transfer_announcement")]
+    #[serde(default)]
     pub transfer_announcement: String,
     /// Said when a transfer fails (the caller's side refused it).
-    #[serde(default = "AgentProfile::default_transfer_failed")]
+    #[serde(default)]
     pub transfer_failed: String,
     /// What the call does when a transfer fails.
     #[serde(default)]
@@ -775,7 +782,8 @@ pub struct AgentProfile {
     #[serde(default = "AgentProfile::default_llm")]
     pub asr: String,
     /// Words the caller is likely to say (the clinic's name, places): the
-    /// recogniser's initial prompt, to bias it towards them.
+    /// recogniser's initial prompt, to bias it towards them. Empty: the
+    /// language pack's common words.
     #[serde(default)]
     pub asr_prompt: String,
     /// The speech synthesis backend: `local` (the embedded Piper voice) or
@@ -784,7 +792,7 @@ pub struct AgentProfile {
     pub tts: String,
     /// Said when the language model fails (a server down, a timeout) and no
     /// other backend answers; the call goes on.
-    #[serde(default = "AgentProfile::default_engine_failed")]
+    #[serde(default)]
     pub engine_failed: String,
     /// HTTP functions the model may call (`[[agents.NAME.tools]]`).
     #[serde(default)]
@@ -801,7 +809,7 @@ pub struct AgentProfile {
     pub tool_steps: u32,
     /// Said when a tool is still running after `filler_after_ms` and
     /// nothing else has been said yet.
-    #[serde(default = "AgentProfile::default_filler")]
+    #[serde(default)]
     pub filler: String,
     #[serde(default = "AgentProfile::default_filler_after_ms")]
     pub filler_after_ms: u32,
@@ -923,7 +931,8 @@ impl Default for SilencePolicy {
     fn default() -> Self {
         SilencePolicy {
             after_secs: 12,
-            prompt: "Are you still there?".into(),
+            // The language pack's.
+            prompt: String::new(),
             prompts: 1,
         }
     }
@@ -985,14 +994,8 @@ impl KeyAction {
 }
 
 impl AgentProfile {
-    fn default_goodbye() -> String {
-        "Thank you for calling. Goodbye.".into()
-    }
     fn default_max_call_secs() -> u32 {
         900
-    }
-    fn default_transfer_announcement() -> String {
-        "Please hold while I transfer your call.".into()
     }
     pub fn default_llm() -> String {
         LOCAL_BACKEND.into()
@@ -1003,33 +1006,25 @@ impl AgentProfile {
     fn default_tool_steps() -> u32 {
         1
     }
-    fn default_filler() -> String {
-        "One moment, please.".into()
-    }
     fn default_filler_after_ms() -> u32 {
         700
     }
-    fn default_engine_failed() -> String {
-        "I am sorry, I cannot answer that right now. Please try again in a moment.".into()
-    }
-    fn default_transfer_failed() -> String {
-        "I am sorry, I cannot transfer your call right now.".into()
-    }
 
-    /// A profile with these words and every other setting at its default.
+    /// A profile with these words and every other setting at its default
+    /// (the phrases its language's pack has).
     pub fn new(language: &str, system_prompt: &str, greeting: &str) -> AgentProfile {
-        AgentProfile {
+        let mut profile = AgentProfile {
             language: language.into(),
             system_prompt: system_prompt.into(),
             greeting: greeting.into(),
-            espeak_voice: None,
-            goodbye: Self::default_goodbye(),
+            phonemes: None,
+            goodbye: String::new(),
             model_actions: Vec::new(),
             silence: SilencePolicy::default(),
             max_call_secs: Self::default_max_call_secs(),
             transfer: BTreeMap::new(),
-            transfer_announcement: Self::default_transfer_announcement(),
-            transfer_failed: Self::default_transfer_failed(),
+            transfer_announcement: String::new(),
+            transfer_failed: String::new(),
             transfer_fallback: TransferFallback::default(),
             keys: BTreeMap::new(),
             collect: None,
@@ -1037,12 +1032,46 @@ impl AgentProfile {
             asr: Self::default_llm(),
             asr_prompt: String::new(),
             tts: Self::default_llm(),
-            engine_failed: Self::default_engine_failed(),
+            engine_failed: String::new(),
             tools: Vec::new(),
             tool_choice: Self::default_tool_choice(),
             tool_steps: Self::default_tool_steps(),
-            filler: Self::default_filler(),
+            filler: String::new(),
             filler_after_ms: Self::default_filler_after_ms(),
+        };
+        profile.fill_from_pack();
+        profile
+    }
+
+    /// Fills what is left empty from the language's pack: the fixed
+    /// phrases (English ones for a language without a pack), the phonemes
+    /// and the recogniser's prompt.
+    pub fn fill_from_pack(&mut self) {
+        let pack = crate::lang::pack(&self.language);
+        let phrases = crate::lang::pack_or_english(&self.language).phrases;
+        for (field, text) in [
+            (&mut self.greeting, phrases.greeting),
+            (&mut self.goodbye, phrases.goodbye),
+            (&mut self.silence.prompt, phrases.still_there),
+            (
+                &mut self.transfer_announcement,
+                phrases.transfer_announcement,
+            ),
+            (&mut self.transfer_failed, phrases.transfer_failed),
+            (&mut self.engine_failed, phrases.engine_failed),
+            (&mut self.filler, phrases.filler),
+        ] {
+            if field.trim().is_empty() {
+                *field = text.to_string();
+            }
+        }
+        if let Some(pack) = pack {
+            if self.phonemes.as_deref().is_none_or(|p| p.trim().is_empty()) {
+                self.phonemes = Some(pack.phonemes.to_string());
+            }
+            if self.asr_prompt.trim().is_empty() {
+                self.asr_prompt = pack.asr_hint.to_string();
+            }
         }
     }
 
@@ -1073,6 +1102,22 @@ impl AgentProfile {
         // dropped beyond): 800 characters is about that many.
         if self.asr_prompt.chars().count() > 800 {
             return bad("asr_prompt", "must be at most 800 characters".into());
+        }
+        if let Some(p) = &self.phonemes
+            && crate::lang::rules_known(p) == Some(false)
+        {
+            let known: Vec<String> = crate::lang::PACKS
+                .iter()
+                .filter(|p| p.g2p.is_some())
+                .map(|p| format!("{}{}", crate::lang::RULES_PREFIX, p.code))
+                .collect();
+            return bad(
+                "phonemes",
+                format!(
+                    "no letter-to-sound rules `{p}`; Izwi has {}",
+                    known.join(", ")
+                ),
+            );
         }
         for (name, target) in &self.transfer {
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
@@ -1357,13 +1402,16 @@ impl Config {
         for (var, value) in env {
             apply_env(&mut tree, &var, &value)?;
         }
-        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let setting = e.path().to_string();
             ConfigError::Invalid {
                 setting,
                 message: e.into_inner().to_string(),
             }
         })?;
+        for agent in config.agents.values_mut() {
+            agent.fill_from_pack();
+        }
         config.validate()?;
         Ok(config)
     }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dialplan;
 pub mod engine;
 pub mod http;
+pub mod lang;
 pub mod limits;
 pub mod metrics;
 pub mod models;

@@ -501,7 +501,7 @@ async fn bench_sip(config: Config, config_path: Option<PathBuf>, args: BenchArgs
     // Fail at once, not after loading the models and synthesizing.
     izwi::bench::sipp::check_installed()?;
     let (_, profile) = pick_agent(&config, args.agent.as_deref())?;
-    let piper_voice = profile.espeak_voice.clone();
+    let piper_voice = profile.phonemes.clone();
     let t = Instant::now();
     let engine = load_engine(&config).await?;
     let mut lineup = caller::Lineup {

@@ -490,6 +490,8 @@ mod conversation_tests {
 
     fn quiet_profile() -> AgentProfile {
         let mut p = AgentProfile::new("en", "x", "");
+        // No greeting (new() gives the language's).
+        p.greeting.clear();
         p.silence.after_secs = 0;
         p.goodbye = "Goodbye now.".into();
         p

@@ -65,15 +65,16 @@ async fn synthesize(
     if text.is_empty() {
         return Ok(Phrase::default());
     }
-    let voice = profile.espeak_voice.clone();
+    let voice = profile.phonemes.clone();
+    let said = crate::lang::speakable(&profile.language, &text);
     let audio = match engine
-        .speak_with(&profile.tts, text.clone(), voice.clone())
+        .speak_with(&profile.tts, said.clone(), voice.clone())
         .await
     {
         Ok(audio) => audio,
         Err(e) if profile.tts != LOCAL_BACKEND => {
             tracing::warn!(backend = %profile.tts, error = %e, "a fixed phrase is said in the embedded voice");
-            engine.speak(text.clone(), voice).await?
+            engine.speak(said, voice).await?
         }
         Err(e) => return Err(e),
     };
@@ -143,7 +144,7 @@ impl Agent {
             .speak_with(
                 &self.profile.tts,
                 "Hello.".into(),
-                self.profile.espeak_voice.clone(),
+                self.profile.phonemes.clone(),
             )
             .await?;
         engine

@@ -165,7 +165,8 @@ async fn run(
         judge,
     } = req;
     let hearing = Hearing::of(&agent.profile);
-    let voice = agent.profile.espeak_voice.clone();
+    let voice = agent.profile.phonemes.clone();
+    let language = agent.profile.language.clone();
     let text = match input {
         ReplyInput::Text(text) => text,
         ReplyInput::Speech { audio, words } => {
@@ -381,7 +382,8 @@ async fn run(
         while let Some(phrase) = phrases.recv().await {
             let started = Instant::now();
             let mut last = started;
-            let mut speech = engine.speech(&voice_backend, phrase.clone(), voice.clone());
+            let said = crate::lang::speakable(&language, &phrase);
+            let mut speech = engine.speech(&voice_backend, said, voice.clone());
             let mut held: Vec<f32> = Vec::new();
             let mut trimming = first;
             let mut begun = false;

@@ -1,5 +1,6 @@
-//! Piper VITS voices (ONNX): IPA phonemes from espeak-ng are mapped to the
-//! voice's phoneme ids and synthesized in one run per phrase.
+//! Piper VITS voices (ONNX): IPA phonemes, from espeak-ng or from a language
+//! pack's own rules, are fitted to the sounds the voice knows, mapped to its
+//! phoneme ids and synthesized in one run per phrase.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use serde::Deserialize;
 
 use super::espeak::Espeak;
 use crate::engine::{EngineError, Tts, onnx};
+use crate::lang::{self, ipa::Inventory};
 
 #[derive(Debug, Deserialize)]
 struct VoiceConfig {
@@ -47,6 +49,7 @@ pub struct PiperTts {
     sample_rate: u32,
     voice: String,
     espeak: Espeak,
+    inventory: Inventory,
 }
 
 impl PiperTts {
@@ -64,6 +67,13 @@ impl PiperTts {
                 config.display()
             ))
         })?;
+        let inventory = Inventory::of_voice(
+            &cfg.espeak.voice,
+            cfg.phoneme_id_map.keys().filter_map(|k| {
+                let mut chars = k.chars();
+                chars.next().filter(|_| chars.next().is_none())
+            }),
+        );
         let mut ids = HashMap::new();
         for (k, v) in &cfg.phoneme_id_map {
             let mut chars = k.chars();
@@ -96,7 +106,31 @@ impl PiperTts {
             sample_rate: cfg.audio.sample_rate,
             voice: cfg.espeak.voice,
             espeak,
+            inventory,
         })
+    }
+
+    /// What the voice is given for `text`: its phonemes by `phonemes` (an
+    /// espeak-ng voice, or a pack's rules such as `izwi:sn`; `None`: the
+    /// voice's own espeak-ng voice), fitted to the sounds the voice knows.
+    pub fn phonemes(&self, text: &str, phonemes: Option<&str>) -> Result<String, EngineError> {
+        let by = phonemes.unwrap_or(&self.voice);
+        let ipa = match lang::rules(by) {
+            Some(rules) => rules(text),
+            None if by.starts_with(lang::RULES_PREFIX) => {
+                return Err(EngineError::Tts(format!(
+                    "no letter-to-sound rules `{by}` (Izwi has them for: {})",
+                    lang::PACKS
+                        .iter()
+                        .filter(|p| p.g2p.is_some())
+                        .map(|p| format!("{}{}", lang::RULES_PREFIX, p.code))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            None => self.espeak.phonemize(text, by)?,
+        };
+        Ok(self.inventory.fit(&ipa))
     }
 
     /// Piper's id layout: BOS, then every phoneme followed by PAD, then EOS.
@@ -121,7 +155,7 @@ impl Tts for PiperTts {
     }
 
     fn synthesize(&self, text: &str, voice: Option<&str>) -> Result<Vec<f32>, EngineError> {
-        let phonemes = self.espeak.phonemize(text, voice.unwrap_or(&self.voice))?;
+        let phonemes = self.phonemes(text, voice)?;
         let ids = self.phoneme_ids(&phonemes);
         // BOS, PAD, EOS alone: nothing to say.
         if ids.len() <= self.bos.len() + self.pad.len() + self.eos.len() {
