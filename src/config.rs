@@ -735,7 +735,7 @@ pub struct AgentProfile {
     /// How the embedded voice reads the words: an espeak-ng voice (`en-us`,
     /// `sw`) or a pack's own letter-to-sound rules (`izwi:sn`). Empty: the
     /// language pack's, or the voice model's own for a language without one.
-    #[serde(default, alias = "phonemes")]
+    #[serde(default, alias = "espeak_voice")]
     pub phonemes: Option<String>,
     /// Said before Izwi hangs up (unless the model's own reply said goodbye).
     #[serde(default)]
@@ -1916,6 +1916,47 @@ mod tests {
         let c = Config::load(None, env(&[])).unwrap();
         assert_eq!(c.turn.endpoint_silence_ms, 400);
         assert_eq!(c.default_agent().0, "english");
+    }
+
+    #[test]
+    fn an_agent_takes_what_it_leaves_empty_from_its_language_s_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("izwi.toml");
+        std::fs::write(
+            &path,
+            "[agents.shona]\nlanguage = \"sn\"\nsystem_prompt = \"x\"\n\
+             [agents.swahili]\nlanguage = \"sw\"\nsystem_prompt = \"x\"\ngoodbye = \"Kwaheri!\"\n\
+             [agents.zulu]\nlanguage = \"zu\"\nsystem_prompt = \"x\"\nespeak_voice = \"en-gb\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), env(&[])).unwrap();
+        let sn = c.agent("shona").unwrap();
+        let pack = crate::lang::pack("sn").unwrap();
+        assert_eq!(sn.greeting, pack.phrases.greeting);
+        assert_eq!(sn.silence.prompt, pack.phrases.still_there);
+        assert_eq!(sn.engine_failed, pack.phrases.engine_failed);
+        assert_eq!(sn.phonemes.as_deref(), Some("izwi:sn"));
+        assert_eq!(sn.asr_prompt, pack.asr_hint);
+        let sw = c.agent("swahili").unwrap();
+        assert_eq!(sw.goodbye, "Kwaheri!", "what the agent sets stays");
+        assert_eq!(sw.filler, crate::lang::pack("sw").unwrap().phrases.filler);
+        assert_eq!(sw.phonemes.as_deref(), Some("sw"));
+        // No pack: English phrases, the old name of `phonemes` still read.
+        let zu = c.agent("zulu").unwrap();
+        assert_eq!(zu.goodbye, crate::lang::en::PACK.phrases.goodbye);
+        assert_eq!(zu.phonemes.as_deref(), Some("en-gb"));
+        assert!(zu.asr_prompt.is_empty());
+
+        std::fs::write(
+            &path,
+            "[agents.shona]\nlanguage = \"sn\"\nsystem_prompt = \"x\"\nphonemes = \"izwi:zu\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("agents.shona.phonemes") && err.contains("izwi:sn"),
+            "{err}"
+        );
     }
 
     #[test]

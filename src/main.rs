@@ -35,6 +35,9 @@ enum Command {
     /// Measure the latency budget: spoken questions through the whole engine
     /// (in process, or with --sip over SIP and RTP, from the packets).
     Bench(BenchArgs),
+    /// Say text as an agent (or a language) would, with the embedded voice:
+    /// to hear and check a language pack.
+    Say(SayArgs),
     /// Transcribe a WAV file with the configured speech recognizer (to check what Izwi hears).
     Transcribe {
         file: PathBuf,
@@ -129,6 +132,31 @@ struct ListArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("output").required(true).args(["out", "text_only", "phonemes"])))]
+struct SayArgs {
+    /// The words, as an agent's model or phrase would write them.
+    #[arg(required = true)]
+    text: Vec<String>,
+    /// Say them as this agent does (its language, phonemes); default:
+    /// dialplan.default_agent.
+    #[arg(long, conflicts_with = "lang")]
+    agent: Option<String>,
+    /// Say them with this language's pack (`sn`, `sw`, `en`) instead.
+    #[arg(long)]
+    lang: Option<String>,
+    /// Where to write the speech (16 kHz mono WAV).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only print the text as the voice is given it (numbers, times, dates
+    /// and money in words); loads no model.
+    #[arg(long)]
+    text_only: bool,
+    /// Print the phonemes the voice is given.
+    #[arg(long)]
+    phonemes: bool,
+}
+
+#[derive(Args)]
 struct TalkArgs {
     /// The caller's side: any WAV file (resampled to 16 kHz mono).
     #[arg(long = "in", required_unless_present = "say", conflicts_with = "say")]
@@ -214,6 +242,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Talk(args) => runtime()?.block_on(talk_cmd(config, args)),
         Command::Serve => runtime()?.block_on(serve(config)),
         Command::Bench(args) => runtime()?.block_on(bench_cmd(config, cli.config, args)),
+        Command::Say(args) => say(&config, args),
         Command::Transcribe { file, language } => transcribe(&config, &file, &language),
         Command::Calls { action } => runtime()?.block_on(calls_cmd(config, action)),
         Command::Dialplan { action } => dialplan_cmd(&config, action),
@@ -840,6 +869,60 @@ async fn stop_signals(
     }
     tracing::info!("stopping: hanging up calls");
     let _ = stop.send(Stop::Now);
+}
+
+fn say(config: &Config, args: SayArgs) -> Result<()> {
+    let text = args.text.join(" ");
+    let (language, phonemes) = match (&args.lang, &args.agent) {
+        (Some(code), _) => {
+            let pack = izwi::lang::pack(code).with_context(|| {
+                let known: Vec<&str> = izwi::lang::PACKS.iter().map(|p| p.code).collect();
+                format!("no language pack `{code}` (Izwi has {})", known.join(", "))
+            })?;
+            (pack.code.to_string(), Some(pack.phonemes.to_string()))
+        }
+        (None, name) => {
+            let (name, profile) = match name {
+                Some(n) => (
+                    n.as_str(),
+                    config
+                        .agent(n)
+                        .with_context(|| format!("no agent `{n}` in the configuration"))?,
+                ),
+                None => config.default_agent(),
+            };
+            tracing::debug!(agent = name, "saying as an agent");
+            (profile.language.clone(), profile.phonemes.clone())
+        }
+    };
+    let said = izwi::lang::speakable(&language, &text);
+    if args.text_only {
+        println!("{said}");
+        return Ok(());
+    }
+    let store = ModelStore::from_config(&config.models)?;
+    izwi::engine::onnx::init(config.engine.onnxruntime.clone(), &store)?;
+    let voice = izwi::engine::tts::piper::PiperTts::load(
+        &store.require(izwi::models::Role::Tts)?,
+        &store.require(izwi::models::Role::TtsConfig)?,
+        config.engine.tts_threads.min(config.engine.cpu_threads),
+        config.engine.espeak.clone(),
+    )?;
+    if args.phonemes {
+        println!("{}", voice.phonemes(&said, phonemes.as_deref())?);
+    }
+    if let Some(out) = &args.out {
+        use izwi::engine::Tts;
+        let audio = voice.synthesize(&said, phonemes.as_deref())?;
+        let audio = resample(&audio, voice.sample_rate(), izwi::audio::ENGINE_RATE)?;
+        wav::write_mono(out, &audio, izwi::audio::ENGINE_RATE)?;
+        eprintln!(
+            "{:.1} s of speech written to {}",
+            audio.len() as f64 / f64::from(izwi::audio::ENGINE_RATE),
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 fn transcribe(config: &Config, file: &std::path::Path, language: &str) -> Result<()> {

@@ -130,7 +130,11 @@ impl PiperTts {
             }
             None => self.espeak.phonemize(text, by)?,
         };
-        Ok(self.inventory.fit(&ipa))
+        Ok(if by == self.voice {
+            self.inventory.fit(&ipa)
+        } else {
+            self.inventory.fit_foreign(&ipa)
+        })
     }
 
     /// Piper's id layout: BOS, then every phoneme followed by PAD, then EOS.
@@ -156,7 +160,14 @@ impl Tts for PiperTts {
 
     fn synthesize(&self, text: &str, voice: Option<&str>) -> Result<Vec<f32>, EngineError> {
         let phonemes = self.phonemes(text, voice)?;
-        let ids = self.phoneme_ids(&phonemes);
+        self.synthesize_phonemes(&phonemes)
+    }
+}
+
+impl PiperTts {
+    /// Speech for phonemes the voice knows (as [`PiperTts::phonemes`] gives them).
+    pub fn synthesize_phonemes(&self, phonemes: &str) -> Result<Vec<f32>, EngineError> {
+        let ids = self.phoneme_ids(phonemes);
         // BOS, PAD, EOS alone: nothing to say.
         if ids.len() <= self.bos.len() + self.pad.len() + self.eos.len() {
             return Ok(Vec::new());
