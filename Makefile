@@ -25,6 +25,7 @@ models-run: build
 
 models-test: build
 	$(IZWI) models fetch --profile small
+	$(IZWI) models fetch --profile default
 
 # The tests' Python clients, pinned, in a venv of their own (PyPI only), and
 # OpenAI-compatible servers in per-user caches: llama-cpp-python (compiled

@@ -111,7 +111,11 @@ impl Inventory {
             let next = chars.get(i + 1).copied();
             // Already English: a diphthong, or a vowel marked long.
             if matches!(next, Some('ɪ' | 'ʊ' | 'ː')) {
-                out.push(if c == 'a' && next == Some('ː') { 'ɑ' } else { c });
+                out.push(if c == 'a' && next == Some('ː') {
+                    'ɑ'
+                } else {
+                    c
+                });
                 continue;
             }
             match c {

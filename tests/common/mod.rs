@@ -53,10 +53,15 @@ pub fn engine() -> Arc<Engine> {
 
 /// Speech from espeak-ng (a different voice from the agent's), at 16 kHz.
 pub fn espeak(text: &str) -> Vec<f32> {
+    espeak_in("en-us", text)
+}
+
+/// Speech from espeak-ng's `voice` (`sw`: its Swahili), at 16 kHz.
+pub fn espeak_in(voice: &str, text: &str) -> Vec<f32> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.wav");
     let status = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "150", "-w"])
+        .args(["-v", voice, "-s", "150", "-w"])
         .arg(&path)
         .arg(text)
         .status()
