@@ -204,7 +204,8 @@ impl Dialplan {
             invalid(line, e.message().to_string())
         })?;
         let mut agents = config_agents.clone();
-        for (name, profile) in raw.agents {
+        for (name, mut profile) in raw.agents {
+            profile.fill_from_pack();
             let line = text
                 .find(&format!("[agents.{name}]"))
                 .map_or(1, |o| line_of(text, o));
@@ -525,6 +526,10 @@ greeting = "Mhoro"
             }
         );
         assert_eq!(p.agents["kiriniki"].language, "sn");
+        // What the file leaves empty comes from the language's pack.
+        let shona = crate::lang::pack("sn").unwrap();
+        assert_eq!(p.agents["kiriniki"].goodbye, shona.phrases.goodbye);
+        assert_eq!(p.agents["kiriniki"].phonemes.as_deref(), Some("izwi:sn"));
         assert!(
             p.agents.contains_key("english"),
             "the configuration's agents stay"
