@@ -882,16 +882,13 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
             (pack.code.to_string(), Some(pack.phonemes.to_string()))
         }
         (None, name) => {
-            let (name, profile) = match name {
-                Some(n) => (
-                    n.as_str(),
-                    config
-                        .agent(n)
-                        .with_context(|| format!("no agent `{n}` in the configuration"))?,
-                ),
-                None => config.default_agent(),
-            };
-            tracing::debug!(agent = name, "saying as an agent");
+            // The dialplan file's agents as well as the configuration's.
+            let plan = dialplan_of(config, None)?;
+            let name = name.as_deref().unwrap_or(&plan.default_agent);
+            let profile = plan.agents.get(name).with_context(|| {
+                let known: Vec<&str> = plan.agents.keys().map(String::as_str).collect();
+                format!("no agent `{name}` (agents: {})", known.join(", "))
+            })?;
             (profile.language.clone(), profile.phonemes.clone())
         }
     };
