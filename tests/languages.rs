@@ -59,6 +59,17 @@ fn say(config: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `izwi talk --fast` with `agent` of `config`, on the multilingual models.
+fn talk_as(dir: &Path, config: &Path, agent: &str, caller: &[f32]) -> Talked {
+    let config = config.to_str().unwrap();
+    izwi_talk(
+        dir,
+        caller,
+        &["--config", config, "--agent", agent, "--fast"],
+        &[("IZWI_MODELS_PROFILE", "default")],
+    )
+}
+
 /// The multilingual Whisper (base, profile `default`) and the embedded voice.
 fn base_models() -> (WhisperAsr, PiperTts) {
     let mut models = config().models;
@@ -182,18 +193,7 @@ fn a_swahili_agent_configured_by_a_toml_file_greets_and_answers_in_swahili() {
     let ask = 6.0;
     let end = ask + duration(&question);
     let caller = compose(end + 10.0, &[(ask, &question)]);
-    let t = izwi_talk(
-        dir.path(),
-        &caller,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--agent",
-            "swahili",
-            "--fast",
-        ],
-        &[("IZWI_MODELS_PROFILE", "default")],
-    );
+    let t = talk_as(dir.path(), &config, "swahili", &caller);
     assert_eq!(t.turns.len(), 1, "{}", t.stdout);
     assert_eq!(t.turns[0]["outcome"], "answered", "{}", t.stdout);
     assert!(
@@ -249,7 +249,6 @@ fn the_shona_agent_greets_in_shona_through_its_pack() {
     // read as English before it: reported, not judged (Whisper base barely
     // knows Shona, and Joe is an English voice).
     let (whisper, voice) = base_models();
-    let mut medians = Vec::new();
     for (name, agent) in [("Shona pack", &shona), ("English rules (before)", &before)] {
         let heard = round_trips(&whisper, &voice, agent, &shona.greeting, 4);
         for (text, wer, cer) in &heard {
@@ -259,23 +258,11 @@ fn the_shona_agent_greets_in_shona_through_its_pack() {
         let wer = median(heard.iter().map(|h| h.1).collect());
         let cer = median(heard.iter().map(|h| h.2).collect());
         println!("{name}: median WER {wer:.3}, CER {cer:.3}");
-        medians.push(cer);
     }
 
     // And in a call, the greeting is what plays first.
     let caller = compose(6.0, &[]);
-    let t = izwi_talk(
-        dir.path(),
-        &caller,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--agent",
-            "shona",
-            "--fast",
-        ],
-        &[("IZWI_MODELS_PROFILE", "default")],
-    );
+    let t = talk_as(dir.path(), &config, "shona", &caller);
     assert!(
         peak_rms(&t.agent, 0.0, 4.0) > 0.05,
         "no greeting: {}",
