@@ -168,18 +168,18 @@ fn a_swahili_agent_configured_by_a_toml_file_greets_and_answers_in_swahili() {
     let (ok, english, err) = say(&config, &["--lang", "en", "--phonemes", &greeting]);
     assert!(ok, "{err}");
     assert!(swahili.starts_with("hɑːbˈɑːɾiː, kɑːɾˈiːbuː."), "{swahili}");
-    assert_ne!(swahili, english);
+    assert!(!english.contains("ɑːɾˈiːbuː"), "{english}");
 
     // Whisper base, language `sw`, on the greeting as the agent says it.
     // Piper samples its prosody, so one rendition may be clearer than the
-    // next: eight are heard, the median judged. Measured on this stack
+    // next: twelve are heard, the median judged. Measured on this stack
     // (Joe, an English voice, and Whisper base, weak on Swahili): medians
-    // 0.62-0.81 WER, single renditions 0.38-1.5; the English greeting
-    // scores 1.25 against this text. 0.875 means the median rendition has
-    // at least two of the eight words exactly, which a reading by English
-    // rules does only by luck, and leaves room for Piper's noise.
+    // 0.62-0.81 WER over sets of eight, single renditions 0.38-1.5, 3 of 29
+    // above 0.875; the English greeting scores 1.25 against this text.
+    // 0.875 means the median rendition has at least two of the eight words
+    // exactly, which an English greeting does not, with room for Piper's noise.
     let (whisper, voice) = base_models();
-    let heard = round_trips(&whisper, &voice, &agent, &greeting, 8);
+    let heard = round_trips(&whisper, &voice, &agent, &greeting, 12);
     for (text, wer, cer) in &heard {
         println!("greeting heard as {text:?}: WER {wer:.3}, CER {cer:.3}");
     }
@@ -263,6 +263,19 @@ fn the_shona_agent_greets_in_shona_through_its_pack() {
     // And in a call, the greeting is what plays first.
     let caller = compose(6.0, &[]);
     let t = talk_as(dir.path(), &config, "shona", &caller);
+    let greeted: serde_json::Value = t
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .find(|r: &serde_json::Value| r["greeting"] == true)
+        .expect("a greeting record");
+    assert_eq!(
+        greeted["words_spoken"],
+        shona.greeting.split_whitespace().count(),
+        "the pack's greeting: {}",
+        t.stdout
+    );
     assert!(
         peak_rms(&t.agent, 0.0, 4.0) > 0.05,
         "no greeting: {}",

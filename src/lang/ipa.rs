@@ -74,7 +74,14 @@ const NEAREST: &[(char, &str)] = &[
     ('ø', "ɜ"),
     ('œ', "ɛ"),
     ('y', "u"),
+    // British English (`en-gb`) on an American voice.
+    ('ɒ', "ɑ"),
 ];
+
+/// Whether an espeak-ng voice name (`en-us`, `en-GB`, `en`) is English.
+pub fn english(espeak_voice: &str) -> bool {
+    espeak_voice.to_ascii_lowercase().starts_with("en")
+}
 
 /// The symbols one voice knows.
 #[derive(Debug, Clone)]
@@ -90,7 +97,7 @@ impl Inventory {
     /// English writes; any other is taken to know its whole map.
     pub fn of_voice(espeak_voice: &str, symbols: impl IntoIterator<Item = char>) -> Inventory {
         let symbols: HashSet<char> = symbols.into_iter().collect();
-        let english = espeak_voice.to_ascii_lowercase().starts_with("en");
+        let english = english(espeak_voice);
         let known = if english {
             ENGLISH.chars().filter(|c| symbols.contains(c)).collect()
         } else {

@@ -20,7 +20,6 @@ use izwi::codec::{resample::resample, wav};
 use izwi::config::Config;
 use izwi::engine::Engine;
 
-/// The configuration tests run with: the small profile unless the environment says otherwise.
 /// One test of a binary at a time, for tests that run models or servers in
 /// real time: two such side by side on 2 cores starve each other's timing.
 pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -30,6 +29,7 @@ pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The configuration tests run with: the small profile unless the environment says otherwise.
 pub fn config() -> Config {
     let mut c = Config::load(None, std::env::vars()).expect("configuration");
     if std::env::var_os("IZWI_MODELS_PROFILE").is_none() {

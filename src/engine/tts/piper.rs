@@ -130,7 +130,11 @@ impl PiperTts {
             }
             None => self.espeak.phonemize(text, by)?,
         };
-        Ok(if by == self.voice {
+        // The voice's own language (any English for an English voice) is
+        // read as espeak-ng writes it; another's vowels are fitted too.
+        let native =
+            by == self.voice || (lang::ipa::english(by) && lang::ipa::english(&self.voice));
+        Ok(if native {
             self.inventory.fit(&ipa)
         } else {
             self.inventory.fit_foreign(&ipa)

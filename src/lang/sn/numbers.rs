@@ -72,8 +72,9 @@ pub fn digit(d: u8) -> &'static str {
     UNITS[usize::from(d % 10)]
 }
 
-/// The largest number said in words; past it, digit by digit.
-pub const MAX: u64 = 999_999_999_999;
+/// The largest number said in words (the millions counted up to 999);
+/// past it, digit by digit.
+pub const MAX: u64 = 999_999_999;
 
 /// `n` in words, counted on its own: 2024 is `zviuru zviviri nemakumi maviri
 /// neina`. `None` past [`MAX`].
@@ -228,7 +229,14 @@ mod tests {
         for (n, words) in table {
             assert_eq!(cardinal(*n).as_deref(), Some(*words), "{n}");
         }
+        assert_eq!(
+            cardinal(MAX).as_deref(),
+            Some(
+                "mamiriyoni mazana mapfumbamwe nemakumi mapfumbamwe nepfumbamwe nezviuru mazana mapfumbamwe nemakumi mapfumbamwe nepfumbamwe nemazana mapfumbamwe nemakumi mapfumbamwe nepfumbamwe"
+            )
+        );
         assert_eq!(cardinal(MAX + 1), None);
+        assert_eq!(cardinal(u64::MAX), None);
     }
 
     #[test]
