@@ -65,10 +65,13 @@ impl PhraseCutter {
     fn cut_point(&self) -> Option<usize> {
         let mut words = 0usize;
         let mut in_word = false;
+        // The word so far is a group of digits (`0772`, `+263`).
+        let mut digits = false;
         let mut chars = self.buf.char_indices().peekable();
         while let Some((i, c)) = chars.next() {
             let next = chars.peek().map(|&(_, n)| n);
             if c.is_whitespace() {
+                let after_digits = in_word && digits;
                 if in_word {
                     words += 1;
                 }
@@ -82,10 +85,20 @@ impl PhraseCutter {
                     self.max_words
                 };
                 if words >= cap {
-                    return Some(i + 1);
+                    // A number in groups (a phone number, `25 000`) stays in
+                    // one phrase: its words depend on all of it.
+                    match next {
+                        None if after_digits => return None,
+                        Some(n) if after_digits && (n.is_ascii_digit() || n == '+') => continue,
+                        _ => return Some(i + 1),
+                    }
                 }
                 continue;
             }
+            if !in_word {
+                digits = true;
+            }
+            digits &= c.is_ascii_digit() || c == '+';
             in_word = true;
             // A mark only ends a phrase once we see what follows it ("3.5", "e.g.").
             let Some(next) = next else { break };
@@ -151,6 +164,24 @@ mod tests {
         assert!(c.push(" closes at five").is_empty());
         assert_eq!(c.finish().as_deref(), Some("It closes at five"));
         assert_eq!(c.finish(), None);
+    }
+
+    #[test]
+    fn a_number_in_groups_is_not_cut() {
+        let mut c = PhraseCutter::new(3, 6, 25);
+        // Streamed: the cap falls inside the number, which may go on.
+        assert!(c.push("Fonai kiriniki pa nhamba 0772 123 ").is_empty());
+        assert_eq!(
+            c.push("456 nhasi. "),
+            vec!["Fonai kiriniki pa nhamba 0772 123 456".to_string()]
+        );
+        assert_eq!(c.finish().as_deref(), Some("nhasi."));
+        // A word after the cap is cut as before.
+        let mut c = PhraseCutter::new(3, 6, 25);
+        assert_eq!(
+            c.push("one two three four five six seven "),
+            vec!["one two three four five six".to_string()]
+        );
     }
 
     #[test]
