@@ -172,12 +172,17 @@ fn a_swahili_agent_configured_by_a_toml_file_greets_and_answers_in_swahili() {
 
     // Whisper base, language `sw`, on the greeting as the agent says it.
     // Piper samples its prosody, so one rendition may be clearer than the
-    // next: twelve are heard, the median judged. Measured on this stack
-    // (Joe, an English voice, and Whisper base, weak on Swahili): medians
-    // 0.62-0.81 WER over sets of eight, single renditions 0.38-1.5, 3 of 29
-    // above 0.875; the English greeting scores 1.25 against this text.
-    // 0.875 means the median rendition has at least two of the eight words
-    // exactly, which an English greeting does not, with room for Piper's noise.
+    // next: twelve are heard, the medians judged. Measured on this stack
+    // (Joe, an English voice, and Whisper base, weak on Swahili), over 41
+    // renditions in five runs: median WER 0.62-0.81, CER 0.17-0.23; single
+    // renditions WER 0.38-1.5, 4 of 41 above 1.0. The English greeting
+    // scores WER 1.25, CER 0.78 against this text. So: a median WER of at
+    // most 1.0 (fewer errors than words; more than half the renditions
+    // would have to fail), and a median CER of at most 0.40, far from an
+    // English greeting's. Swahili read by English rules scores about the
+    // same as through espeak-ng's Swahili (CER ~0.33, WER ~0.75 over six:
+    // its spelling is close to English), so which phonemiser is used is
+    // checked above by the phonemes, not by these figures.
     let (whisper, voice) = base_models();
     let heard = round_trips(&whisper, &voice, &agent, &greeting, 12);
     for (text, wer, cer) in &heard {
@@ -186,7 +191,8 @@ fn a_swahili_agent_configured_by_a_toml_file_greets_and_answers_in_swahili() {
     let wer = median(heard.iter().map(|h| h.1).collect());
     let cer = median(heard.iter().map(|h| h.2).collect());
     println!("Swahili greeting through Whisper base: median WER {wer:.3}, CER {cer:.3}");
-    assert!(wer <= 0.875, "median WER {wer:.3} over {heard:?}");
+    assert!(wer <= 1.0, "median WER {wer:.3} over {heard:?}");
+    assert!(cer <= 0.40, "median CER {cer:.3} over {heard:?}");
 
     // A call: the greeting, then a question in espeak-ng's Swahili, answered.
     let question = espeak_in("sw", "Kliniki inafunguliwa saa ngapi leo?");
