@@ -1106,16 +1106,11 @@ impl AgentProfile {
         if let Some(p) = &self.phonemes
             && crate::lang::rules_known(p) == Some(false)
         {
-            let known: Vec<String> = crate::lang::PACKS
-                .iter()
-                .filter(|p| p.g2p.is_some())
-                .map(|p| format!("{}{}", crate::lang::RULES_PREFIX, p.code))
-                .collect();
             return bad(
                 "phonemes",
                 format!(
                     "no letter-to-sound rules `{p}`; Izwi has {}",
-                    known.join(", ")
+                    crate::lang::rules_names()
                 ),
             );
         }

@@ -82,6 +82,16 @@ pub fn rules(phonemes: &str) -> Option<fn(&str) -> String> {
     pack(code)?.g2p
 }
 
+/// Every rules name Izwi has (`izwi:sn`), for messages.
+pub fn rules_names() -> String {
+    PACKS
+        .iter()
+        .filter(|p| p.g2p.is_some())
+        .map(|p| format!("{RULES_PREFIX}{}", p.code))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Whether a `phonemes` value names rules Izwi has: `None` when it is not
 /// a rules name (an espeak-ng voice then), `Some(false)` when it names
 /// rules that do not exist.

@@ -120,12 +120,7 @@ impl PiperTts {
             None if by.starts_with(lang::RULES_PREFIX) => {
                 return Err(EngineError::Tts(format!(
                     "no letter-to-sound rules `{by}` (Izwi has them for: {})",
-                    lang::PACKS
-                        .iter()
-                        .filter(|p| p.g2p.is_some())
-                        .map(|p| format!("{}{}", lang::RULES_PREFIX, p.code))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    lang::rules_names()
                 )));
             }
             None => self.espeak.phonemize(text, by)?,
