@@ -737,6 +737,12 @@ pub struct AgentProfile {
     /// language pack's, or the voice model's own for a language without one.
     #[serde(default, alias = "espeak_voice")]
     pub phonemes: Option<String>,
+    /// The embedded Piper voice that speaks for this agent, by its name in
+    /// the model manifest (`sw_CD-lanfrica-medium`); it is loaded once, for
+    /// every agent naming it, and `izwi models fetch` fetches it. Empty:
+    /// the profile's voice.
+    #[serde(default)]
+    pub voice: Option<String>,
     /// Said before Izwi hangs up (unless the model's own reply said goodbye).
     #[serde(default)]
     pub goodbye: String,
@@ -1018,6 +1024,7 @@ impl AgentProfile {
             system_prompt: system_prompt.into(),
             greeting: greeting.into(),
             phonemes: None,
+            voice: None,
             goodbye: String::new(),
             model_actions: Vec::new(),
             silence: SilencePolicy::default(),
@@ -1102,6 +1109,14 @@ impl AgentProfile {
         // dropped beyond): 800 characters is about that many.
         if self.asr_prompt.chars().count() > 800 {
             return bad("asr_prompt", "must be at most 800 characters".into());
+        }
+        if let Some(v) = &self.voice
+            && (v.trim().is_empty() || v.contains(['/', '\\']) || v.starts_with('.'))
+        {
+            return bad(
+                "voice",
+                format!("`{v}` is not a voice name (one in the model manifest, without `.onnx`)"),
+            );
         }
         if let Some(p) = &self.phonemes
             && crate::lang::rules_known(p) == Some(false)
@@ -1740,9 +1755,21 @@ impl Config {
                 return Err(invalid(&format!("tts.{name}.{field}"), &msg));
             }
         }
+        let manifest = self.agents.values().any(|a| a.voice.is_some()).then(|| {
+            crate::models::Manifest::load(self.models.manifest.as_deref())
+                .map_err(|e| e.to_string())
+        });
         for (name, agent) in &self.agents {
             if let Err((field, msg)) = agent.check() {
                 return Err(invalid(&format!("agents.{name}.{field}"), &msg));
+            }
+            if let (Some(voice), Some(manifest)) = (&agent.voice, &manifest) {
+                let manifest = manifest
+                    .as_ref()
+                    .map_err(|e| invalid("models.manifest", e.clone()))?;
+                if let Err(e) = manifest.voice(voice) {
+                    return Err(invalid(&format!("agents.{name}.voice"), e.to_string()));
+                }
             }
             let llms = self.llm.keys().collect::<Vec<_>>();
             for (kind, chosen, names) in [
@@ -2004,6 +2031,44 @@ mod tests {
         )
         .unwrap();
         assert!(!c.turn.detector);
+    }
+
+    #[test]
+    fn an_agent_voice_must_be_in_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("izwi.toml");
+        for (voice, said) in [
+            (
+                "en_US-nobody",
+                "no voice `en_US-nobody` in the model manifest (voices: en_US-joe-medium, sw_CD-lanfrica-medium)",
+            ),
+            ("../joe", "is not a voice name"),
+        ] {
+            std::fs::write(
+                &path,
+                format!(
+                    "[agents.a]\nlanguage = \"en\"\nsystem_prompt = \"x\"\nvoice = \"{voice}\"\n"
+                ),
+            )
+            .unwrap();
+            let err = Config::load(Some(&path), std::iter::empty())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("agents.a.voice") && err.contains(said),
+                "{err}"
+            );
+        }
+        std::fs::write(
+            &path,
+            "[agents.a]\nlanguage = \"sw\"\nsystem_prompt = \"x\"\nvoice = \"sw_CD-lanfrica-medium\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), std::iter::empty()).unwrap();
+        assert_eq!(
+            c.agent("a").unwrap().voice.as_deref(),
+            Some("sw_CD-lanfrica-medium")
+        );
     }
 
     #[test]

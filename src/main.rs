@@ -12,7 +12,7 @@ use izwi::call::session::CallTracker;
 use izwi::codec::{resample::resample, wav};
 use izwi::config::Config;
 use izwi::engine::Engine;
-use izwi::models::{ModelStore, fetch, store::Check};
+use izwi::models::{ModelStore, Role, fetch, store::Check};
 use izwi::records::{CallQuery, CallStart, Outcome, Recorder, Store, Transport, now_ms};
 use izwi::talk::{self, Clock};
 
@@ -144,6 +144,10 @@ struct SayArgs {
     /// Say them with this language's pack (`sn`, `sw`, `en`) instead.
     #[arg(long)]
     lang: Option<String>,
+    /// Say them with this voice of the model manifest (default: the agent's,
+    /// or the profile's).
+    #[arg(long)]
+    voice: Option<String>,
     /// Where to write the speech (16 kHz mono WAV).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -295,22 +299,38 @@ fn store_for(config: &Config, profile: Option<String>) -> Result<ModelStore> {
     Ok(store)
 }
 
+/// The voices the agents name (the configuration's and the dialplan file's),
+/// beyond the profile's own.
+fn agent_voices(config: &Config) -> Result<Vec<String>> {
+    let plan = dialplan_of(config, None)?;
+    let mut voices: Vec<String> = plan
+        .agents
+        .values()
+        .filter_map(|a| a.voice.clone())
+        .collect();
+    voices.sort();
+    voices.dedup();
+    Ok(voices)
+}
+
 fn models(config: &Config, action: ModelsAction) -> Result<()> {
+    let voices = agent_voices(config)?;
+    let voices = voices.iter().map(String::as_str);
     match action {
         ModelsAction::Fetch(p) => {
             let store = store_for(config, p.profile)?;
-            for entry in store.entries() {
+            for entry in store.entries_with_voices(voices)? {
                 match fetch::fetch_one(&store, entry)? {
                     fetch::Outcome::AlreadyPresent => {
-                        println!("ok       {:<32} {}", entry.id, entry.file)
+                        println!("ok       {:<36} {}", entry.id, entry.file)
                     }
                     fetch::Outcome::Fetched { from } => {
-                        println!("fetched  {:<32} {} (from {from})", entry.id, entry.file)
+                        println!("fetched  {:<36} {} (from {from})", entry.id, entry.file)
                     }
                 }
             }
             println!(
-                "all models of profile `{}` are in {}",
+                "all models of profile `{}` and the agents' voices are in {}",
                 store.profile,
                 store.dir.display()
             );
@@ -319,7 +339,7 @@ fn models(config: &Config, action: ModelsAction) -> Result<()> {
         ModelsAction::Verify(p) => {
             let store = store_for(config, p.profile)?;
             let mut bad = 0;
-            for entry in store.entries() {
+            for entry in store.entries_with_voices(voices)? {
                 let state = match store.check(entry)? {
                     Check::Verified => "ok".to_string(),
                     Check::Missing => {
@@ -332,7 +352,7 @@ fn models(config: &Config, action: ModelsAction) -> Result<()> {
                     }
                 };
                 println!(
-                    "{:<10} {:<32} {}",
+                    "{:<10} {:<36} {}",
                     state,
                     entry.id,
                     store.path_of(entry).display()
@@ -340,7 +360,7 @@ fn models(config: &Config, action: ModelsAction) -> Result<()> {
             }
             if bad > 0 {
                 bail!(
-                    "{bad} model file(s) of profile `{}` missing or wrong; run `izwi models fetch --profile {}`",
+                    "{bad} model file(s) of profile `{}` or the agents' voices missing or wrong; run `izwi models fetch --profile {}`",
                     store.profile,
                     store.profile
                 );
@@ -350,29 +370,59 @@ fn models(config: &Config, action: ModelsAction) -> Result<()> {
         ModelsAction::List(p) => {
             let store = store_for(config, p.profile)?;
             println!(
-                "{:<32} {:<10} {:>10}  {:<10} file / sources",
+                "{:<36} {:<10} {:>10}  {:<8} file / sources",
                 "id", "role", "size", "state"
             );
-            for entry in store.entries() {
-                let state = if store.path_of(entry).exists() {
-                    "present"
-                } else {
-                    "absent"
-                };
-                println!(
-                    "{:<32} {:<10} {:>10}  {:<10} {}",
-                    entry.id,
-                    entry.role.as_str(),
-                    entry.size,
-                    state,
-                    entry.file
-                );
-                for s in &entry.sources {
-                    println!("{:<68}   from {}", "", s.describe());
+            let listed = store.entries_with_voices(voices)?;
+            let others: Vec<_> = store
+                .manifest
+                .models
+                .iter()
+                .filter(|m| {
+                    matches!(m.role, Role::Tts | Role::TtsConfig)
+                        && !listed.iter().any(|l| l.id == m.id)
+                })
+                .collect();
+            for (heading, entries) in [
+                ("", &listed),
+                ("\nvoices an agent may name (`voice = \"NAME\"`):", &others),
+            ] {
+                if entries.is_empty() {
+                    continue;
+                }
+                if !heading.is_empty() {
+                    println!("{heading}");
+                }
+                for entry in entries {
+                    list_entry(&store, entry);
                 }
             }
             Ok(())
         }
+    }
+}
+
+fn list_entry(store: &ModelStore, entry: &izwi::models::ModelEntry) {
+    let state = if store.path_of(entry).exists() {
+        "present"
+    } else {
+        "absent"
+    };
+    let size = entry.size.map_or("-".to_string(), |s| s.to_string());
+    let language = entry
+        .language
+        .as_ref()
+        .map_or(String::new(), |l| format!("  (language {l})"));
+    println!(
+        "{:<36} {:<10} {:>10}  {:<8} {}{language}",
+        entry.id,
+        entry.role.as_str(),
+        size,
+        state,
+        entry.file
+    );
+    for s in &entry.sources {
+        println!("{:<68}   from {}", "", s.describe());
     }
 }
 
@@ -873,13 +923,13 @@ async fn stop_signals(
 
 fn say(config: &Config, args: SayArgs) -> Result<()> {
     let text = args.text.join(" ");
-    let (language, phonemes) = match (&args.lang, &args.agent) {
+    let (language, phonemes, voice) = match (&args.lang, &args.agent) {
         (Some(code), _) => {
             let pack = izwi::lang::pack(code).with_context(|| {
                 let known: Vec<&str> = izwi::lang::PACKS.iter().map(|p| p.code).collect();
                 format!("no language pack `{code}` (Izwi has {})", known.join(", "))
             })?;
-            (pack.code.to_string(), Some(pack.phonemes.to_string()))
+            (pack.code.to_string(), Some(pack.phonemes.to_string()), None)
         }
         (None, name) => {
             // The dialplan file's agents as well as the configuration's.
@@ -889,9 +939,14 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
                 let known: Vec<&str> = plan.agents.keys().map(String::as_str).collect();
                 format!("no agent `{name}` (agents: {})", known.join(", "))
             })?;
-            (profile.language.clone(), profile.phonemes.clone())
+            (
+                profile.language.clone(),
+                profile.phonemes.clone(),
+                profile.voice.clone(),
+            )
         }
     };
+    let voice = args.voice.clone().or(voice);
     let said = izwi::lang::speakable(&language, &text);
     if args.text_only {
         println!("{said}");
@@ -899,9 +954,13 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
     }
     let store = ModelStore::from_config(&config.models)?;
     izwi::engine::onnx::init(config.engine.onnxruntime.clone(), &store)?;
+    let (model, voice_config) = match &voice {
+        Some(name) => store.voice(name)?,
+        None => (store.require(Role::Tts)?, store.require(Role::TtsConfig)?),
+    };
     let voice = izwi::engine::tts::piper::PiperTts::load(
-        &store.require(izwi::models::Role::Tts)?,
-        &store.require(izwi::models::Role::TtsConfig)?,
+        &model,
+        &voice_config,
         config.engine.tts_threads.min(config.engine.cpu_threads),
         config.engine.espeak.clone(),
     )?;
@@ -925,7 +984,7 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
 fn transcribe(config: &Config, file: &std::path::Path, language: &str) -> Result<()> {
     let store = ModelStore::from_config(&config.models)?;
     let asr = izwi::engine::asr::whisper::WhisperAsr::load(
-        &store.require(izwi::models::Role::Asr)?,
+        &store.require(Role::Asr)?,
         config.engine.asr_threads,
         false,
     )?;

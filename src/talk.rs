@@ -114,7 +114,7 @@ pub async fn spoken_caller(
     let mut audio = vec![0.0; samples(greeting + Duration::from_millis(800))];
     for line in lines {
         let spoken = engine
-            .speak(line.clone(), agent.profile.phonemes.clone())
+            .speak(line.clone(), crate::engine::Voice::of(&agent.profile))
             .await?;
         audio.extend_from_slice(&spoken);
         audio.extend(std::iter::repeat_n(0.0, samples(Duration::from_secs(6))));

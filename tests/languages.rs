@@ -59,14 +59,14 @@ fn say(config: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// `izwi talk --fast` with `agent` of `config`, on the multilingual models.
-fn talk_as(dir: &Path, config: &Path, agent: &str, caller: &[f32]) -> Talked {
+/// `izwi talk --fast` with `agent` of `config`, on the models of `profile`.
+fn talk_as(dir: &Path, config: &Path, agent: &str, caller: &[f32], profile: &str) -> Talked {
     let config = config.to_str().unwrap();
     izwi_talk(
         dir,
         caller,
         &["--config", config, "--agent", agent, "--fast"],
-        &[("IZWI_MODELS_PROFILE", "default")],
+        &[("IZWI_MODELS_PROFILE", profile)],
     )
 }
 
@@ -199,7 +199,7 @@ fn a_swahili_agent_configured_by_a_toml_file_greets_and_answers_in_swahili() {
     let ask = 6.0;
     let end = ask + duration(&question);
     let caller = compose(end + 10.0, &[(ask, &question)]);
-    let t = talk_as(dir.path(), &config, "swahili", &caller);
+    let t = talk_as(dir.path(), &config, "swahili", &caller, "default");
     assert_eq!(t.turns.len(), 1, "{}", t.stdout);
     assert_eq!(t.turns[0]["outcome"], "answered", "{}", t.stdout);
     assert!(
@@ -268,7 +268,7 @@ fn the_shona_agent_greets_in_shona_through_its_pack() {
 
     // And in a call, the greeting is what plays first.
     let caller = compose(6.0, &[]);
-    let t = talk_as(dir.path(), &config, "shona", &caller);
+    let t = talk_as(dir.path(), &config, "shona", &caller, "default");
     let greeted: serde_json::Value = t
         .stdout
         .lines()
@@ -287,4 +287,201 @@ fn the_shona_agent_greets_in_shona_through_its_pack() {
         "no greeting: {}",
         t.stdout
     );
+}
+
+/// `izwi ARGS` with `config` alone deciding where the models are.
+fn izwi(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(izwi_bin())
+        .env("IZWI_MODELS_PROFILE", "small")
+        .env_remove("IZWI_MODEL_MIRROR")
+        .env_remove("IZWI_MODELS_MIRROR")
+        .env_remove("IZWI_MODELS_DIR")
+        .env_remove("IZWI_MODELS_MANIFEST")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Seconds from the first sound of `audio` (16 kHz) to its last.
+fn voiced(audio: &[f32]) -> f64 {
+    speech_end(audio) - onset(audio)
+}
+
+#[test]
+fn an_agent_speaks_with_the_voice_it_names_fetched_and_loaded_for_it() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // A second voice on this machine: Joe's weights under another name, with
+    // a config that speaks half as fast (only `length_scale` differs).
+    let real = std::fs::canonicalize(config().models.dir).unwrap();
+    let mirror = root.join("mirror");
+    std::fs::create_dir(&mirror).unwrap();
+    std::os::unix::fs::symlink(
+        real.join("en_US-joe-medium.onnx"),
+        mirror.join("en_US-joe-slow.onnx"),
+    )
+    .unwrap();
+    let mut voice: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(real.join("en_US-joe-medium.onnx.json")).unwrap(),
+    )
+    .unwrap();
+    let scale = voice["inference"]["length_scale"].as_f64().unwrap();
+    voice["inference"]["length_scale"] = (scale * 2.0).into();
+    std::fs::write(
+        mirror.join("en_US-joe-slow.onnx.json"),
+        serde_json::to_string_pretty(&voice).unwrap(),
+    )
+    .unwrap();
+    let manifest = root.join("manifest.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "{}\n[[model]]\nid = \"joe-slow\"\nrole = \"tts\"\nfile = \"en_US-joe-slow.onnx\"\n\
+             sha256 = \"{}\"\nlicense = \"CC0\"\nlanguage = \"en\"\nsources = [{{ kind = \"mirror\" }}]\n\n\
+             [[model]]\nid = \"joe-slow-config\"\nrole = \"tts-config\"\nfile = \"en_US-joe-slow.onnx.json\"\n\
+             sha256 = \"{}\"\nlicense = \"CC0\"\nlanguage = \"en\"\nsources = [{{ kind = \"mirror\" }}]\n",
+            izwi::models::manifest::EMBEDDED,
+            sha256(&mirror.join("en_US-joe-slow.onnx")),
+            sha256(&mirror.join("en_US-joe-slow.onnx.json")),
+        ),
+    )
+    .unwrap();
+    // The profile's files as they are (verification stamps included).
+    let models = root.join("models");
+    std::fs::create_dir(&models).unwrap();
+    for entry in std::fs::read_dir(&real).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), models.join(entry.file_name())).unwrap();
+    }
+    let section = format!(
+        "[models]\ndir = {:?}\nmirror = {:?}\nmanifest = {:?}\n",
+        models.display().to_string(),
+        mirror.display().to_string(),
+        manifest.display().to_string()
+    );
+    let config = config_file(
+        root,
+        &format!(
+            "{section}\n[agents.plain]\nlanguage = \"en\"\nsystem_prompt = \"x\"\n\n\
+             [agents.slow]\nlanguage = \"en\"\nsystem_prompt = \"x\"\nvoice = \"en_US-joe-slow\"\n"
+        ),
+    );
+
+    // Listed with its language; missing until fetched, which the agent's
+    // naming of it is enough for.
+    let (ok, list, err) = izwi(&config, &["models", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("sw_CD-lanfrica-medium.onnx") && l.contains("language sw")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.contains("en_US-joe-slow.onnx ") && l.contains("absent")),
+        "{list}"
+    );
+    let (ok, verified, _) = izwi(&config, &["models", "verify"]);
+    assert!(!ok);
+    assert!(
+        verified
+            .lines()
+            .any(|l| l.starts_with("MISSING") && l.contains("joe-slow")),
+        "{verified}"
+    );
+    let (ok, _, err) = izwi(
+        &config,
+        &["say", "--agent", "slow", "--out", "/dev/null", "Hi."],
+    );
+    assert!(!ok && err.contains("izwi models fetch"), "{err}");
+    let (ok, fetched, err) = izwi(&config, &["models", "fetch"]);
+    assert!(ok, "{err}");
+    for file in ["en_US-joe-slow.onnx ", "en_US-joe-slow.onnx.json "] {
+        assert!(
+            fetched
+                .lines()
+                .any(|l| l.starts_with("fetched") && l.contains(file) && l.contains("mirror")),
+            "{fetched}"
+        );
+    }
+    let (ok, _, err) = izwi(&config, &["models", "verify"]);
+    assert!(ok, "{err}");
+
+    // `izwi say`: the same words, slower, and still heard as those words.
+    let text = "Your appointment is on Tuesday at nine in the morning.";
+    let mut said = Vec::new();
+    for agent in ["plain", "slow"] {
+        let out = root.join(format!("{agent}.wav"));
+        let (ok, _, err) = izwi(
+            &config,
+            &[
+                "say",
+                "--agent",
+                agent,
+                "--out",
+                out.to_str().unwrap(),
+                text,
+            ],
+        );
+        assert!(ok, "{err}");
+        said.push(izwi::codec::wav::read_mono(&out).unwrap().0);
+    }
+    let (plain, slow) = (voiced(&said[0]), voiced(&said[1]));
+    println!("izwi say: {plain:.2} s voiced by the profile's voice, {slow:.2} s by the agent's");
+    assert!(slow > plain * 1.4, "{plain:.2} s vs {slow:.2} s");
+    let store = ModelStore::from_config(&common::config().models).unwrap();
+    let whisper = WhisperAsr::load(&store.require(Role::Asr).unwrap(), 2, false).unwrap();
+    let heard = whisper.transcribe(&said[1], "en").unwrap().to_lowercase();
+    for word in ["appointment", "tuesday", "morning"] {
+        assert!(heard.contains(word), "{word} not in {heard:?}");
+    }
+
+    // In a call, the agent greets in its voice (the same words, slower).
+    let caller = compose(8.0, &[]);
+    let mut greeted = Vec::new();
+    for agent in ["plain", "slow"] {
+        let t = talk_as(root, &config, agent, &caller, "small");
+        greeted.push(voiced(&t.agent));
+    }
+    println!(
+        "greeting: {:.2} s voiced by the profile's voice, {:.2} s by the agent's",
+        greeted[0], greeted[1]
+    );
+    assert!(greeted[0] > 1.0, "no greeting");
+    assert!(greeted[1] > greeted[0] * 1.4, "{greeted:?}");
+
+    // A voice the manifest lacks is named with the setting and the voices.
+    let bad = root.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[agents.nobody]\nlanguage = \"en\"\nsystem_prompt = \"x\"\nvoice = \"en_US-nobody\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = izwi(&bad, &["say", "--agent", "nobody", "--text-only", "Hi."]);
+    assert!(!ok, "an unknown voice was accepted");
+    for part in [
+        "agents.nobody.voice",
+        "en_US-nobody",
+        "sw_CD-lanfrica-medium",
+    ] {
+        assert!(err.contains(part), "{part} not in {err}");
+    }
 }

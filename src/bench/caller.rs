@@ -225,7 +225,10 @@ pub async fn synthesize(
         let raw = match line.voice {
             Voice::Piper => {
                 let a = engine
-                    .speak(part.clone(), piper_voice.map(String::from))
+                    .speak(
+                        part.clone(),
+                        crate::engine::Voice::reading(piper_voice.map(String::from)),
+                    )
                     .await?;
                 resample(&a, crate::audio::ENGINE_RATE, RATE)?
             }

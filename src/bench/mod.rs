@@ -97,7 +97,7 @@ pub async fn run(
     let mut records = Vec::new();
     for q in questions {
         let speech = engine
-            .speak(q.clone(), agent.profile.phonemes.clone())
+            .speak(q.clone(), crate::engine::Voice::of(&agent.profile))
             .await?;
         let pad = |s: f64| vec![0.0f32; (s * ENGINE_RATE as f64) as usize];
         let mut caller = pad(LEAD_IN);

@@ -65,7 +65,7 @@ async fn synthesize(
     if text.is_empty() {
         return Ok(Phrase::default());
     }
-    let voice = profile.phonemes.clone();
+    let voice = crate::engine::Voice::of(profile);
     let said = crate::lang::speakable(&profile.language, &text);
     let audio = match engine
         .speak_with(&profile.tts, said.clone(), voice.clone())
@@ -144,7 +144,7 @@ impl Agent {
             .speak_with(
                 &self.profile.tts,
                 "Hello.".into(),
-                self.profile.phonemes.clone(),
+                crate::engine::Voice::of(&self.profile),
             )
             .await?;
         engine

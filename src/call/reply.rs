@@ -165,7 +165,7 @@ async fn run(
         judge,
     } = req;
     let hearing = Hearing::of(&agent.profile);
-    let voice = agent.profile.phonemes.clone();
+    let voice = crate::engine::Voice::of(&agent.profile);
     let language = agent.profile.language.clone();
     let text = match input {
         ReplyInput::Text(text) => text,

@@ -155,7 +155,7 @@ impl super::AsrBackend for Down {
 }
 
 impl super::TtsBackend for Down {
-    fn speak(&self, _: String, _: Option<String>) -> super::Speech {
+    fn speak(&self, _: String, _: super::Voice) -> super::Speech {
         futures_util::StreamExt::boxed(futures_util::stream::iter([Err(down())]))
     }
 }
@@ -165,10 +165,10 @@ impl super::TtsBackend for Down {
 struct Trickle;
 
 impl super::TtsBackend for Trickle {
-    fn speak(&self, text: String, voice: Option<String>) -> super::Speech {
+    fn speak(&self, text: String, voice: super::Voice) -> super::Speech {
         use futures_util::StreamExt;
         let audio = ToneTts
-            .synthesize(&text, voice.as_deref())
+            .synthesize(&text, voice.phonemes.as_deref())
             .unwrap_or_default();
         let pieces: Vec<Vec<f32>> = audio.chunks(480).map(<[f32]>::to_vec).collect();
         futures_util::stream::iter(pieces)
@@ -205,8 +205,13 @@ pub fn engine_judged(script: Script, complete: f32) -> Arc<Engine> {
         pool: pool.clone(),
         threads: 1,
     });
+    let voices = Arc::new(super::tts::local::Voices::new(
+        "tone".into(),
+        tts.clone(),
+        Box::new(|name| Err(EngineError::Tts(format!("no voice `{name}` here")))),
+    ));
     let local_tts: Arc<dyn super::TtsBackend> = Arc::new(super::tts::local::OnPool {
-        tts: tts.clone(),
+        voices: voices.clone(),
         pool: pool.clone(),
         threads: 1,
     });
@@ -216,6 +221,7 @@ pub fn engine_judged(script: Script, complete: f32) -> Arc<Engine> {
         asr,
         llms: [(local_name.clone(), local)].into(),
         tts,
+        voices,
         // Beside the embedded ones: servers named `down` and `trickle`.
         asr_backends: [
             (local_name.clone(), local_asr),

@@ -290,11 +290,37 @@ pub trait Tts: Send + Sync {
 /// Dropping it stops the synthesis (a server's request is closed).
 pub type Speech = BoxStream<'static, Result<Vec<f32>, EngineError>>;
 
-/// A speech synthesis backend: the embedded voice on the pool, or a server.
+/// Who says a phrase in an embedded voice: which Piper voice, and how its
+/// words become phonemes. A server speaks with the voice its table names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Voice {
+    /// A voice of the model manifest; `None`: the profile's.
+    pub name: Option<String>,
+    /// An espeak-ng voice or a pack's rules; `None`: the voice's own.
+    pub phonemes: Option<String>,
+}
+
+impl Voice {
+    /// The agent's voice.
+    pub fn of(profile: &AgentProfile) -> Voice {
+        Voice {
+            name: profile.voice.clone(),
+            phonemes: profile.phonemes.clone(),
+        }
+    }
+
+    /// The profile's voice, reading with `phonemes`.
+    pub fn reading(phonemes: Option<String>) -> Voice {
+        Voice {
+            name: None,
+            phonemes,
+        }
+    }
+}
+
+/// A speech synthesis backend: the embedded voices on the pool, or a server.
 pub trait TtsBackend: Send + Sync {
-    /// `voice` is the embedded voice's phonemizer voice; a server speaks
-    /// with the voice its table names.
-    fn speak(&self, text: String, voice: Option<String>) -> Speech;
+    fn speak(&self, text: String, voice: Voice) -> Speech;
 }
 
 /// The loaded models and the pool their work runs on.
@@ -303,7 +329,10 @@ pub struct Engine {
     pub asr: Arc<dyn Asr>,
     /// Language model backends by name; `local` is the embedded model.
     pub llms: BTreeMap<String, Arc<dyn Llm>>,
+    /// The profile's voice.
     pub tts: Arc<dyn Tts>,
+    /// Every embedded voice, each loaded when an agent first names it.
+    pub voices: Arc<tts::local::Voices>,
     /// Speech recognition backends by name; `local` is the embedded Whisper.
     pub asr_backends: BTreeMap<String, Arc<dyn AsrBackend>>,
     /// Speech synthesis backends by name; `local` is the embedded voice.
@@ -344,17 +373,13 @@ impl Engine {
             .await?
     }
 
-    /// One phrase by the embedded voice, whole, at the engine's 16 kHz.
-    pub async fn speak(
-        &self,
-        text: String,
-        voice: Option<String>,
-    ) -> Result<Vec<f32>, EngineError> {
+    /// One phrase by an embedded voice, whole, at the engine's 16 kHz.
+    pub async fn speak(&self, text: String, voice: Voice) -> Result<Vec<f32>, EngineError> {
         self.speak_with(LOCAL_BACKEND, text, voice).await
     }
 
     /// One phrase by the backend named `backend`, as it is made.
-    pub fn speech(&self, backend: &str, text: String, voice: Option<String>) -> Speech {
+    pub fn speech(&self, backend: &str, text: String, voice: Voice) -> Speech {
         match self.tts_backends.get(backend) {
             Some(b) => b.speak(text, voice),
             None => {
@@ -374,7 +399,7 @@ impl Engine {
         &self,
         backend: &str,
         text: String,
-        voice: Option<String>,
+        voice: Voice,
     ) -> Result<Vec<f32>, EngineError> {
         let mut speech = self.speech(backend, text, voice);
         let mut audio = Vec::new();
@@ -485,17 +510,30 @@ impl Engine {
         times.llm = t.elapsed();
 
         let t = Instant::now();
+        // ONNX threads beyond the pool's slots would only fight over cores.
+        let voice_threads = e.tts_threads.min(e.cpu_threads);
         let tts = tts::piper::PiperTts::load(
             &store.require(Role::Tts)?,
             &store.require(Role::TtsConfig)?,
-            // ONNX threads beyond the pool's slots would only fight over cores.
-            e.tts_threads.min(e.cpu_threads),
+            voice_threads,
             e.espeak.clone(),
         )?;
         let tts: Arc<dyn Tts> = Arc::new(tts);
+        let espeak = e.espeak.clone();
+        let voice_store = store.clone();
+        let voices = Arc::new(tts::local::Voices::new(
+            store.default_voice()?,
+            tts.clone(),
+            Box::new(move |name| {
+                let (model, config) = voice_store.voice(name)?;
+                let voice =
+                    tts::piper::PiperTts::load(&model, &config, voice_threads, espeak.clone())?;
+                Ok(Arc::new(voice) as Arc<dyn Tts>)
+            }),
+        ));
         let tts_backends = tts::backends(
             Arc::new(tts::local::OnPool {
-                tts: tts.clone(),
+                voices: voices.clone(),
                 pool: pool.clone(),
                 threads: e.tts_threads,
             }),
@@ -522,6 +560,7 @@ impl Engine {
                 asr,
                 llms,
                 tts,
+                voices,
                 asr_backends,
                 tts_backends,
                 turn,

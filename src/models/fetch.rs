@@ -81,10 +81,10 @@ pub fn fetch_one(store: &ModelStore, entry: &ModelEntry) -> Result<Outcome, Mode
         .all(|s| matches!(s, Source::Mirror | Source::Url { .. }))
     {
         attempts.push(format!(
-            "`{}` comes only from the internet ({} bytes): on a machine without it, \
+            "`{}` comes only from the internet: on a machine without it, \
              fetch it elsewhere and put it in the mirror folder (IZWI_MODEL_MIRROR) \
              as `{}`",
-            entry.id, entry.size, entry.file
+            entry.id, entry.file
         ));
     }
     Err(ModelError::AllSourcesFailed {

@@ -74,15 +74,40 @@ pub struct ModelEntry {
     pub role: Role,
     pub file: String,
     pub sha256: String,
-    pub size: u64,
+    /// The exact byte count, where the publisher lists it; the sha256
+    /// decides either way.
+    #[serde(default)]
+    pub size: Option<u64>,
     pub license: String,
+    /// The profiles that load it. A voice may have none: it is fetched and
+    /// loaded when an agent names it (`voice = "sw_CD-lanfrica-medium"`).
+    #[serde(default)]
     pub profiles: Vec<String>,
+    /// The language a voice speaks (`en`, `sw`), for whoever picks one.
+    #[serde(default)]
+    pub language: Option<String>,
     #[serde(default)]
     pub note: Option<String>,
     pub sources: Vec<Source>,
 }
 
+/// A Piper voice's two files: the model (`NAME.onnx`) and its config
+/// (`NAME.onnx.json`). Its name is the model's file name without `.onnx`.
+#[derive(Debug, Clone, Copy)]
+pub struct VoiceEntries<'a> {
+    pub model: &'a ModelEntry,
+    pub config: &'a ModelEntry,
+}
+
 impl ModelEntry {
+    /// The voice's name, for a voice model.
+    pub fn voice(&self) -> Option<&str> {
+        match self.role {
+            Role::Tts => self.file.strip_suffix(".onnx"),
+            _ => None,
+        }
+    }
+
     /// SHA-1 digests of other accepted builds of this model (from url sources).
     pub fn alternate_sha1(&self) -> impl Iterator<Item = &str> {
         self.sources.iter().filter_map(|s| match s {
@@ -136,11 +161,50 @@ impl Manifest {
             if entry.sources.is_empty() {
                 return Err(bad("at least one source is required".into()));
             }
-            if entry.profiles.is_empty() {
-                return Err(bad("at least one profile is required".into()));
+            if entry.profiles.is_empty() && !matches!(entry.role, Role::Tts | Role::TtsConfig) {
+                return Err(bad(
+                    "at least one profile is required (only a voice may have none)".into(),
+                ));
+            }
+            if let Some(voice) = entry.voice() {
+                m.voice(voice).map_err(|e| match e {
+                    ModelError::Manifest { message, .. } => bad(message),
+                    other => other,
+                })?;
+            } else if entry.role == Role::Tts {
+                return Err(bad("a voice's file name must end in `.onnx`".into()));
             }
         }
         Ok(m)
+    }
+
+    /// Every voice: the profiles' and those an agent may name.
+    pub fn voices(&self) -> impl Iterator<Item = &ModelEntry> {
+        self.models.iter().filter(|m| m.voice().is_some())
+    }
+
+    /// The voice named `name`: its model and its config.
+    pub fn voice(&self, name: &str) -> Result<VoiceEntries<'_>, ModelError> {
+        let find = |role: Role, file: String| {
+            self.models
+                .iter()
+                .find(|m| m.role == role && m.file == file)
+        };
+        let model = find(Role::Tts, format!("{name}.onnx")).ok_or_else(|| ModelError::NoVoice {
+            name: name.to_string(),
+            known: self
+                .voices()
+                .filter_map(ModelEntry::voice)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        let config = find(Role::TtsConfig, format!("{name}.onnx.json")).ok_or_else(|| {
+            ModelError::Manifest {
+                origin: "manifest".into(),
+                message: format!("voice `{name}` has no `tts-config` entry for `{name}.onnx.json`"),
+            }
+        })?;
+        Ok(VoiceEntries { model, config })
     }
 
     pub fn profile<'a>(&'a self, profile: &'a str) -> impl Iterator<Item = &'a ModelEntry> + 'a {
@@ -231,6 +295,59 @@ mod tests {
         for m in Manifest::embedded().unwrap().models {
             assert_eq!(m.sources[0], Source::Mirror, "{}", m.id);
         }
+    }
+
+    #[test]
+    fn voices_are_found_by_name_and_marked_by_language() {
+        let m = Manifest::embedded().unwrap();
+        let sw = m.voice("sw_CD-lanfrica-medium").unwrap();
+        assert_eq!(sw.config.file, "sw_CD-lanfrica-medium.onnx.json");
+        assert_eq!(sw.model.language.as_deref(), Some("sw"));
+        // Fetched when an agent names it, never by a profile.
+        assert!(sw.model.profiles.is_empty() && sw.config.profiles.is_empty());
+        assert!(
+            m.profile("small")
+                .all(|e| e.voice() != Some("sw_CD-lanfrica-medium"))
+        );
+        let joe = m.voice("en_US-joe-medium").unwrap();
+        assert_eq!(joe.model.language.as_deref(), Some("en"));
+        let err = m.voice("zu_ZA-nobody-medium").unwrap_err().to_string();
+        assert!(
+            err.contains("zu_ZA-nobody-medium")
+                && err.contains("en_US-joe-medium, sw_CD-lanfrica-medium"),
+            "{err}"
+        );
+    }
+
+    const ENTRY: &str = r#"
+        [[model]]
+        id = "x"
+        role = "ROLE"
+        file = "FILE"
+        sha256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
+        license = "MIT"
+        sources = [{ kind = "mirror" }]
+    "#;
+
+    fn entry(role: &str, file: &str) -> String {
+        ENTRY.replace("ROLE", role).replace("FILE", file)
+    }
+
+    #[test]
+    fn only_a_whole_voice_may_go_without_a_profile() {
+        let err = Manifest::parse(&entry("vad", "v.onnx"), "test").unwrap_err();
+        assert!(err.to_string().contains("only a voice"), "{err}");
+        let err = Manifest::parse(&entry("tts", "v.onnx"), "test").unwrap_err();
+        assert!(err.to_string().contains("`v.onnx.json`"), "{err}");
+        let err = Manifest::parse(&entry("tts", "v.bin"), "test").unwrap_err();
+        assert!(err.to_string().contains("`.onnx`"), "{err}");
+        let both = format!(
+            "{}{}",
+            entry("tts", "v.onnx"),
+            entry("tts-config", "v.onnx.json").replace("\"x\"", "\"y\"")
+        );
+        let m = Manifest::parse(&both, "test").unwrap();
+        assert_eq!(m.voice("v").unwrap().model.size, None);
     }
 
     #[test]

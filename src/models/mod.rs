@@ -7,7 +7,7 @@ pub mod store;
 
 use std::path::PathBuf;
 
-pub use manifest::{Manifest, ModelEntry, Role, Source};
+pub use manifest::{Manifest, ModelEntry, Role, Source, VoiceEntries};
 pub use store::ModelStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +16,8 @@ pub enum ModelError {
     Manifest { origin: String, message: String },
     #[error("profile `{profile}` has no {role} model in the manifest")]
     NoModel { profile: String, role: &'static str },
+    #[error("no voice `{name}` in the model manifest (voices: {known})")]
+    NoVoice { name: String, known: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -31,7 +33,7 @@ pub enum ModelError {
         path: PathBuf,
         actual_size: u64,
         actual_sha256: String,
-        expected_size: u64,
+        expected_size: String,
         expected_sha256: String,
     },
     #[error("could not fetch `{id}` from any source:\n  {}", attempts.join("\n  "))]

@@ -122,6 +122,41 @@ impl ModelStore {
         self.manifest.profile(&self.profile).collect()
     }
 
+    /// The profile's entries and those of the voices agents name, once each.
+    pub fn entries_with_voices<'a>(
+        &'a self,
+        voices: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<&'a ModelEntry>, ModelError> {
+        let mut all = self.entries();
+        for name in voices {
+            let v = self.manifest.voice(name)?;
+            for entry in [v.model, v.config] {
+                if !all.iter().any(|e| e.id == entry.id) {
+                    all.push(entry);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// The name of the profile's own voice.
+    pub fn default_voice(&self) -> Result<String, ModelError> {
+        let entry = self.manifest.for_role(&self.profile, Role::Tts)?;
+        entry
+            .voice()
+            .map(String::from)
+            .ok_or_else(|| ModelError::Manifest {
+                origin: "manifest".into(),
+                message: format!("voice file `{}` does not end in `.onnx`", entry.file),
+            })
+    }
+
+    /// The verified model and config files of the voice named `name`.
+    pub fn voice(&self, name: &str) -> Result<(PathBuf, PathBuf), ModelError> {
+        let v = self.manifest.voice(name)?;
+        Ok((self.require_entry(v.model)?, self.require_entry(v.config)?))
+    }
+
     pub fn mirror_file(&self, entry: &ModelEntry) -> Option<PathBuf> {
         self.mirror
             .as_ref()
@@ -136,7 +171,7 @@ impl ModelStore {
 
 /// The manifest's own bytes, or a differently built file a source vouches for.
 pub fn accepts(entry: &ModelEntry, d: &Digests) -> bool {
-    (d.sha256 == entry.sha256 && d.size == entry.size)
+    (d.sha256 == entry.sha256 && entry.size.is_none_or(|size| size == d.size))
         || entry.alternate_sha1().any(|s| s == d.sha1)
 }
 
@@ -145,7 +180,9 @@ pub fn mismatch(path: impl AsRef<Path>, entry: &ModelEntry, d: &Digests) -> Mode
         path: path.as_ref().to_path_buf(),
         actual_size: d.size,
         actual_sha256: d.sha256.clone(),
-        expected_size: entry.size,
+        expected_size: entry
+            .size
+            .map_or_else(|| "unlisted".to_string(), |s| s.to_string()),
         expected_sha256: entry.sha256.clone(),
     }
 }
@@ -163,9 +200,10 @@ pub(crate) mod tests {
             role: Role::Vad,
             file: "t.onnx".into(),
             sha256: d.sha256,
-            size: d.size,
+            size: Some(d.size),
             license: "MIT".into(),
             profiles: vec!["small".into()],
+            language: None,
             note: None,
             sources: vec![Source::Mirror],
         };

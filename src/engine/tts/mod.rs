@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 
 use crate::config::RemoteTtsConfig;
-use crate::engine::{EngineError, Speech, TtsBackend};
+use crate::engine::{EngineError, Speech, TtsBackend, Voice};
 
 /// Every configured backend by name, `local` among them.
 pub fn backends(
@@ -50,7 +50,7 @@ pub struct Fallback {
 }
 
 impl TtsBackend for Fallback {
-    fn speak(&self, text: String, voice: Option<String>) -> Speech {
+    fn speak(&self, text: String, voice: Voice) -> Speech {
         let mut primary = self.primary.speak(text.clone(), voice.clone());
         let fallback = self.fallback.clone();
         let name = self.name.clone();

@@ -15,7 +15,7 @@ use crate::audio::ENGINE_RATE;
 use crate::codec::resample::StreamResampler;
 use crate::config::{RemoteTtsConfig, TtsFormat};
 use crate::engine::remote;
-use crate::engine::{EngineError, RemoteFailure, Speech, TtsBackend};
+use crate::engine::{EngineError, RemoteFailure, Speech, TtsBackend, Voice};
 
 /// OpenAI's limit on one request's text.
 const MAX_INPUT_CHARS: usize = 4096;
@@ -50,7 +50,7 @@ impl OpenAiTts {
 }
 
 impl TtsBackend for OpenAiTts {
-    fn speak(&self, text: String, _voice: Option<String>) -> Speech {
+    fn speak(&self, text: String, _voice: Voice) -> Speech {
         let text: String = text.trim().chars().take(MAX_INPUT_CHARS).collect();
         if text.is_empty() {
             return futures_util::stream::empty().boxed();
@@ -320,7 +320,7 @@ mod tests {
         let (url, mut sent) = server(CHUNKED, pieces, Duration::from_millis(300)).await;
         let tts = OpenAiTts::new("voice", &config(&url, "")).unwrap();
         let started = Instant::now();
-        let mut speech = tts.speak(" Your appointment is at nine. ".into(), None);
+        let mut speech = tts.speak(" Your appointment is at nine. ".into(), Voice::default());
         let first = speech.next().await.unwrap().unwrap();
         let first_at = started.elapsed();
         assert!(!first.is_empty());
@@ -353,7 +353,7 @@ mod tests {
         const HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: audio/pcm\r\nx-sample-rate: 8000\r\ntransfer-encoding: chunked\r\n\r\n";
         let (url, _sent) = server(HEAD, vec![vec![0u8; 1_600]], Duration::ZERO).await;
         let tts = OpenAiTts::new("voice", &config(&url, "")).unwrap();
-        let mut speech = tts.speak("Hello.".into(), None);
+        let mut speech = tts.speak("Hello.".into(), Voice::default());
         let mut total = 0;
         while let Some(piece) = speech.next().await {
             total += piece.unwrap().len();
@@ -367,7 +367,7 @@ mod tests {
         let pieces = vec![tone_100ms(); 40];
         let (url, mut sent) = server(CHUNKED, pieces, Duration::from_millis(50)).await;
         let tts = OpenAiTts::new("voice", &config(&url, "")).unwrap();
-        let mut speech = tts.speak("A long answer.".into(), None);
+        let mut speech = tts.speak("A long answer.".into(), Voice::default());
         speech.next().await.unwrap().unwrap();
         drop(speech);
         sent.recv().await.unwrap();
@@ -389,7 +389,7 @@ mod tests {
         .await;
         let tts = OpenAiTts::new("voice", &config(&url, "")).unwrap();
         assert_eq!(
-            kind(tts.speak("Hi.".into(), None).next().await),
+            kind(tts.speak("Hi.".into(), Voice::default()).next().await),
             RemoteFailure::Status(400)
         );
 
@@ -402,7 +402,7 @@ mod tests {
         .await;
         let tts = OpenAiTts::new("voice", &config(&url, "response_format = \"wav\"")).unwrap();
         assert_eq!(
-            kind(tts.speak("Hi.".into(), None).next().await),
+            kind(tts.speak("Hi.".into(), Voice::default()).next().await),
             RemoteFailure::Malformed
         );
 
@@ -410,7 +410,7 @@ mod tests {
         let (url, _sent) = server(CHUNKED, vec![], Duration::ZERO).await;
         let tts = OpenAiTts::new("voice", &config(&url, "")).unwrap();
         assert_eq!(
-            kind(tts.speak("Hi.".into(), None).next().await),
+            kind(tts.speak("Hi.".into(), Voice::default()).next().await),
             RemoteFailure::Malformed
         );
 
@@ -418,15 +418,20 @@ mod tests {
         let (url, _sent) = server(CHUNKED, vec![tone_100ms()], Duration::from_secs(5)).await;
         let tts = OpenAiTts::new("voice", &config(&url, "first_audio_timeout_ms = 300")).unwrap();
         assert_eq!(
-            kind(tts.speak("Hi.".into(), None).next().await),
+            kind(tts.speak("Hi.".into(), Voice::default()).next().await),
             RemoteFailure::Timeout
         );
 
         // An empty phrase asks nothing.
         let tts = OpenAiTts::new("voice", &config("http://127.0.0.1:9/v1", "")).unwrap();
-        assert!(tts.speak("  ".into(), None).next().await.is_none());
+        assert!(
+            tts.speak("  ".into(), Voice::default())
+                .next()
+                .await
+                .is_none()
+        );
         assert_eq!(
-            kind(tts.speak("Hi.".into(), None).next().await),
+            kind(tts.speak("Hi.".into(), Voice::default()).next().await),
             RemoteFailure::Connect
         );
     }
