@@ -38,6 +38,10 @@ const WHOLE_MONTHS: &str =
 static TIME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)(^|[^\d:.])([01]?\d|2[0-3])(:|h)([0-5]\d)(?:\s?([ap])\.?m\.?\b)?").unwrap()
 });
+/// `8.30am`: a point between hour and minutes makes a time only with am/pm.
+static TIME_POINT_AMPM: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)(^|[^\d:.])(1[0-2]|0?[1-9])\.([0-5]\d)\s?([ap])\.?m\.?\b").unwrap()
+});
 static HOUR_AMPM: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)(^|[^\d:])(1[0-2]|0?[1-9])\s?([ap])\.?m\.?\b").unwrap());
 static DATE_NUMERIC: LazyLock<Regex> = LazyLock::new(|| {
@@ -107,6 +111,15 @@ pub fn normalise(text: &str) -> String {
     });
     let text = replace_all(&text, &MONTH, |c| {
         month_index(&c[1]).map(|m| MONTHS[m].to_string())
+    });
+    let text = replace_all(&text, &TIME_POINT_AMPM, |c| {
+        let hour: u64 = c[2].parse().ok()?;
+        let minutes: u64 = c[3].parse().ok()?;
+        Some(format!(
+            "{}{}",
+            &c[1],
+            time(hour, minutes, Some(&c[4]), false)?
+        ))
     });
     let text = replace_all(&text, &TIME, |c| {
         let hour: u64 = c[2].parse().ok()?;
@@ -316,6 +329,8 @@ mod tests {
             ("17:45", "shanu nemaminitsi makumi mana neshanu manheru"),
             ("7:05 am", "nomwe nemaminitsi shanu mangwanani"),
             ("9pm", "pfumbamwe usiku"),
+            ("8.30am", "sere nemaminitsi makumi matatu mangwanani"),
+            ("2.15 p.m.", "piri nemaminitsi gumi neshanu masikati."),
             ("0:15", "gumi nembiri nemaminitsi gumi neshanu usiku"),
             ("12:00", "gumi nembiri"),
         ] {
