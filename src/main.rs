@@ -1123,6 +1123,7 @@ async fn serve(config: Config) -> Result<()> {
         turn: config.turn.clone(),
         echo: config.dialplan.echo,
         recorder: recorder.clone(),
+        live: Default::default(),
     });
     drop(recorder);
     // Agents are prepared (greeting synthesized, prompt evaluated): warm.

@@ -131,7 +131,7 @@ async fn records_on_postgres_read_back_as_on_sqlite() {
     assert_eq!(sqlite.backend(), Backend::Sqlite);
     // The password never shows; a second open finds the schema current.
     let again = Store::open_url(&pg.url(), KEY).await.unwrap();
-    assert_eq!(pg.psql("SELECT count(*) FROM _sqlx_migrations"), "1");
+    assert_eq!(pg.psql("SELECT count(*) FROM _sqlx_migrations"), "2");
     drop(again);
 
     let mut records = Vec::new();

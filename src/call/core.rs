@@ -21,7 +21,9 @@ use super::Agent;
 use super::action::CallControl;
 use super::conversation::TurnRecord;
 use super::ending::Ending;
+use super::live::{Live, LiveCall, state_name};
 use super::session::{CallAgent, CallContext, CallTracker};
+use super::turn::State;
 use crate::audio::{ENGINE_RATE, FRAME, FRAME_SAMPLES, Frame, SILENCE};
 use crate::codec::resample::StreamResampler;
 use crate::engine::EngineError;
@@ -99,12 +101,27 @@ pub struct CallCore {
     /// Caller audio skipped because it lagged too far, in frames.
     skipped: u64,
     scratch: Vec<f32>,
+    /// The call as the console lists it.
+    live: Live,
 }
+
+/// Ticks between updates of the call's place in the live list.
+const LIVE_EVERY: u32 = 5;
 
 impl CallCore {
     /// Records the call's start and starts its agent. When the agent cannot
     /// start, the call is recorded as failed and the error returned.
     pub async fn start(ctx: &CallContext, setup: CoreSetup) -> Result<CallCore, CoreError> {
+        let listed = LiveCall {
+            id: setup.start.id.clone(),
+            transport: setup.start.transport,
+            agent: setup.start.agent.clone(),
+            codec: setup.start.codec.clone(),
+            started_at_ms: setup.start.started_at_ms,
+            turns: 0,
+            state: state_name(State::Listening),
+            last_response_ms: None,
+        };
         let mut tracker = CallTracker::start(&ctx.recorder, setup.start);
         tracker.answered(now_ms());
         let rate = setup.wire_rate;
@@ -140,6 +157,7 @@ impl CallCore {
             agent.confirm_playback();
         }
         let wire_frame = rate as usize / 50;
+        let live = ctx.live.register(listed);
         Ok(CallCore {
             agent,
             tracker,
@@ -157,6 +175,7 @@ impl CallCore {
             digits: 0,
             skipped: 0,
             scratch: Vec::with_capacity(FRAME_SAMPLES * 6),
+            live,
         })
     }
 
@@ -224,6 +243,7 @@ impl CallCore {
     /// The codec changed (a re-INVITE): the record says the last one.
     pub fn codec(&mut self, name: &str) {
         self.tracker.codec(name);
+        self.live.update(|c| c.codec = Some(name.to_string()));
     }
 
     /// Advances the clock by one 20 ms tick: takes the caller audio that is
@@ -296,6 +316,19 @@ impl CallCore {
         out.keys.push_str(&self.keys);
         self.keys.clear();
         out.control = self.agent.take_control();
+        if self.ticks % LIVE_EVERY == 0 {
+            if let Some((state, turns, last)) = self.agent.progress() {
+                self.live.update(|c| {
+                    c.state = state_name(state);
+                    c.turns = turns;
+                    c.last_response_ms = last.or(c.last_response_ms);
+                });
+            }
+            if out.control.is_none() && self.live.hang_up_asked() {
+                tracing::info!(call = %self.id(), "an operator hung up the call");
+                out.control = Some(CallControl::HangUp(Ending::Operator));
+            }
+        }
     }
 
     /// How the transport's transfer went: done (the transport ends the call
@@ -331,6 +364,7 @@ mod tests_support {
             turn: TurnConfig::default(),
             echo: true,
             recorder: Recorder::disabled(),
+            live: Default::default(),
         }
     }
 
@@ -514,6 +548,7 @@ mod conversation_tests {
             turn: TurnConfig::default(),
             echo: false,
             recorder: Recorder::disabled(),
+            live: Default::default(),
         };
         let setup = CoreSetup {
             agent: Some(agent),

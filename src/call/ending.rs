@@ -59,6 +59,8 @@ pub enum Ending {
     Shutdown,
     /// `izwi talk`: the caller's recording ended.
     TalkEnd,
+    /// An operator hung up from the console.
+    Operator,
 }
 
 impl Ending {
@@ -71,6 +73,7 @@ impl Ending {
             | Ending::MaxDuration
             | Ending::StreamStop
             | Ending::Shutdown
+            | Ending::Operator
             | Ending::TalkEnd => Outcome::Completed,
             Ending::NoAck
             | Ending::Cancelled
@@ -103,6 +106,7 @@ impl Ending {
             | Ending::Panicked
             | Ending::Protocol(_)
             | Ending::Busy
+            | Ending::Operator
             | Ending::Shutdown => Side::Izwi,
         }
     }
@@ -135,6 +139,7 @@ impl Ending {
             Ending::Busy => "busy".into(),
             Ending::Shutdown => "shutdown".into(),
             Ending::TalkEnd => "talk_end".into(),
+            Ending::Operator => "operator".into(),
         }
     }
 }
@@ -175,6 +180,7 @@ mod tests {
             Ending::Busy,
             Ending::Shutdown,
             Ending::TalkEnd,
+            Ending::Operator,
         ] {
             let cause = e.cause();
             assert!(!cause.is_empty() && cause.len() <= 64, "{e:?}");

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod conversation;
 pub mod core;
 pub mod ending;
+pub mod live;
 pub mod reply;
 pub mod session;
 pub mod transcript;

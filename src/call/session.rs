@@ -28,6 +28,8 @@ pub struct CallContext {
     pub echo: bool,
     /// Where calls' records go.
     pub recorder: Recorder,
+    /// The calls in progress, for the console.
+    pub live: Arc<super::live::LiveCalls>,
 }
 
 /// One call's record and metrics from start to end: whatever way the call
@@ -272,6 +274,24 @@ impl CallAgent {
     pub(crate) fn heard_through(&mut self, seq: u64) {
         if let CallAgent::Engine(c) = self {
             c.heard_through(seq);
+        }
+    }
+
+    /// The turn machine's state, the caller's turns answered and the last
+    /// reply's latency (none for the echo agent).
+    pub(crate) fn progress(&self) -> Option<(super::turn::State, usize, Option<f64>)> {
+        match self {
+            CallAgent::Engine(c) => {
+                let turns = c.turns();
+                let answered = turns.iter().filter(|t| !t.greeting).count();
+                let last = turns
+                    .iter()
+                    .rev()
+                    .find(|t| !t.greeting)
+                    .and_then(|t| t.response_ms);
+                Some((c.state(), answered, last))
+            }
+            CallAgent::Echo(_) => None,
         }
     }
 

@@ -35,6 +35,8 @@ pub enum Transport {
     Sip,
     Twilio,
     Talk,
+    /// The operator console's page: the browser's microphone over a WebSocket.
+    Browser,
 }
 
 /// Who hung up.
@@ -88,7 +90,7 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(Transport { Sip => "sip", Twilio => "twilio", Talk => "talk" });
+text_enum!(Transport { Sip => "sip", Twilio => "twilio", Talk => "talk", Browser => "browser" });
 text_enum!(Side { Caller => "caller", Izwi => "izwi", Agent => "agent", Provider => "provider", Unknown => "unknown" });
 text_enum!(Outcome {
     Open => "open",

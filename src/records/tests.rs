@@ -101,7 +101,7 @@ async fn migrates_from_empty_and_reopens() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 5);
+    assert_eq!(applied, 6);
     assert!(store.ping().await);
     store.close().await;
     assert!(!store.ping().await);
@@ -112,7 +112,7 @@ async fn migrates_from_empty_and_reopens() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 5);
+    assert_eq!(applied, 6);
     assert!(again.ping().await);
 }
 
@@ -738,7 +738,12 @@ fn disabled_recorder_writes_nowhere_and_counts_nothing() {
 
 #[test]
 fn enums_round_trip_their_stored_names() {
-    for t in [Transport::Sip, Transport::Twilio, Transport::Talk] {
+    for t in [
+        Transport::Sip,
+        Transport::Twilio,
+        Transport::Talk,
+        Transport::Browser,
+    ] {
         assert_eq!(Transport::parse(t.as_str()), Some(t));
         assert_eq!(
             serde_json::to_string(&t).unwrap(),
@@ -937,4 +942,73 @@ fn a_shown_database_url_keeps_no_password() {
     );
     assert_eq!(shown_url("postgres://h/izwi"), "postgres://h/izwi");
     assert!(!shown_url("not a url s3cret").contains("s3cret"));
+}
+
+/// Version 6 rebuilds the calls table: a version 5 database keeps every
+/// call, turn, action and tool call, and takes `browser` calls after it.
+#[tokio::test]
+async fn version_6_keeps_every_row_of_a_version_5_database() {
+    use sqlx::Executor;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("v5.sqlite").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    pool.execute("PRAGMA foreign_keys = ON").await.unwrap();
+    for sql in [
+        include_str!("../../migrations/sqlite/0001_calls.sql"),
+        include_str!("../../migrations/sqlite/0002_remote_id.sql"),
+        include_str!("../../migrations/sqlite/0003_rule.sql"),
+        include_str!("../../migrations/sqlite/0004_actions.sql"),
+        include_str!("../../migrations/sqlite/0005_tool_calls.sql"),
+    ] {
+        pool.execute(sql).await.unwrap();
+    }
+    pool.execute(
+        "INSERT INTO calls (id, transport, started_at_ms, turns) VALUES ('c1', 'sip', 1, 1);
+         INSERT INTO turns VALUES ('c1', 0, 1, 'answered', 500.0, NULL, NULL, NULL, NULL, 0, 3, 0);
+         INSERT INTO actions VALUES ('c1', 0, 10.0, 'end_call', 'model', NULL, 'done');
+         INSERT INTO tool_calls VALUES ('c1', 0, 1, 'hours', 12.0, 'done');",
+    )
+    .await
+    .unwrap();
+    assert!(
+        pool.execute("INSERT INTO calls (id, transport, started_at_ms) VALUES ('b', 'browser', 2)")
+            .await
+            .is_err()
+    );
+    let mut tx = pool.begin().await.unwrap();
+    tx.execute(include_str!("../../migrations/sqlite/0006_browser.sql"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    for (table, rows) in [
+        ("calls", 1),
+        ("turns", 1),
+        ("actions", 1),
+        ("tool_calls", 1),
+    ] {
+        let n: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, rows, "{table}");
+    }
+    pool.execute("INSERT INTO calls (id, transport, started_at_ms) VALUES ('b', 'browser', 2)")
+        .await
+        .unwrap();
+    // The children still follow their call.
+    pool.execute("DELETE FROM calls WHERE id = 'c1'")
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM turns) + (SELECT COUNT(*) FROM actions) + (SELECT COUNT(*) FROM tool_calls)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(left, 0);
 }
