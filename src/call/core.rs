@@ -316,7 +316,7 @@ impl CallCore {
         out.keys.push_str(&self.keys);
         self.keys.clear();
         out.control = self.agent.take_control();
-        if self.ticks % LIVE_EVERY == 0 {
+        if self.ticks.is_multiple_of(LIVE_EVERY) {
             if let Some((state, turns, last)) = self.agent.progress() {
                 self.live.update(|c| {
                     c.state = state_name(state);
