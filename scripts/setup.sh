@@ -9,8 +9,9 @@ set -euo pipefail
 # Tests: sipp (Debian package sip-tester), kamailio and baresip are the independent SIP peers;
 # python3-venv holds the Python clients (streamdouble, a Twilio Media Streams simulator);
 # iproute2 and util-linux (ip, unshare) give the attack tests network and mount namespaces;
-# postgresql is the shared records database of the scale-out test (a temporary cluster).
-packages=(build-essential cmake clang libclang-dev pkg-config ca-certificates espeak-ng libopus-dev sip-tester kamailio baresip-core python3 python3-venv iproute2 util-linux postgresql)
+# postgresql is the shared records database of the scale-out test (a temporary cluster);
+# chromium and chromium-driver are the real browser the console's tests drive (WebDriver).
+packages=(build-essential cmake clang libclang-dev pkg-config ca-certificates espeak-ng libopus-dev sip-tester kamailio baresip-core python3 python3-venv iproute2 util-linux postgresql chromium chromium-driver)
 
 missing=()
 for p in "${packages[@]}"; do

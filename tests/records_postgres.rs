@@ -57,6 +57,8 @@ fn end(i: usize) -> CallEnd {
         words_heard: 4 + index,
         words_spoken: 10,
         interrupted,
+        speech_onset_ms: (index > 0).then_some(2_000.0 * f64::from(index)),
+        speech_end_ms: None,
     };
     CallEnd {
         id: format!("call-{i:02}"),

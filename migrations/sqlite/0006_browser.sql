@@ -1,5 +1,7 @@
 -- `browser` as a transport: a call from the operator console's page (the
--- browser's microphone over a WebSocket). The calls table is rebuilt to widen
+-- browser's microphone over a WebSocket); and when in the call each turn's
+-- caller speech began and ended (ms from the answer), for the console's
+-- timeline. The calls table is rebuilt to widen
 -- its transport CHECK, as in 0004: its children (turns, actions, tool_calls)
 -- are rebuilt beside it, referring to the new table, and the old tables are
 -- dropped children first (dropping a parent first would cascade).
@@ -50,12 +52,14 @@ CREATE TABLE turns_new (
     words_heard         INTEGER NOT NULL DEFAULT 0 CHECK (words_heard >= 0),
     words_spoken        INTEGER NOT NULL DEFAULT 0 CHECK (words_spoken >= 0),
     interrupted         INTEGER NOT NULL CHECK (interrupted IN (0, 1)),
+    speech_onset_ms     REAL    CHECK (speech_onset_ms IS NULL OR speech_onset_ms >= 0),
+    speech_end_ms       REAL    CHECK (speech_end_ms IS NULL OR speech_end_ms >= 0),
     PRIMARY KEY (call_id, idx)
 ) WITHOUT ROWID;
 
 INSERT INTO turns_new SELECT call_id, idx, greeting, outcome, response_ms, asr_ms,
     llm_first_token_ms, llm_tokens_per_s, tts_first_audio_ms, words_heard, words_spoken,
-    interrupted FROM turns WHERE call_id IN (SELECT id FROM calls_new);
+    interrupted, NULL, NULL FROM turns WHERE call_id IN (SELECT id FROM calls_new);
 
 CREATE TABLE actions_new (
     call_id     TEXT    NOT NULL REFERENCES calls_new (id) ON DELETE CASCADE,

@@ -64,6 +64,11 @@ impl Agents {
         }
     }
 
+    /// The agent named `name`, ready.
+    pub fn agent(&self, name: &str) -> Option<Arc<Agent>> {
+        self.current().prepared.get(name).cloned()
+    }
+
     /// The agent calls get when no rule routes them.
     pub fn default_agent(&self) -> Option<Arc<Agent>> {
         let current = self.current();

@@ -172,6 +172,8 @@ fn turn_row(t: &TurnRecord) -> TurnRow {
         words_heard: t.words_heard as u32,
         words_spoken: t.words_spoken as u32,
         interrupted: t.barged_in,
+        speech_onset_ms: t.speech_onset_at_ms,
+        speech_end_ms: t.speech_end_at_ms,
     }
 }
 

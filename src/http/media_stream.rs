@@ -37,11 +37,11 @@ const WIRE_FRAME: usize = WIRE_RATE as usize / 50;
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How long what is still queued for the provider may take to go out once the
 /// stream has ended.
-const CLOSE_FLUSH: Duration = Duration::from_millis(500);
+pub(super) const CLOSE_FLUSH: Duration = Duration::from_millis(500);
 /// Frames waiting to be written to the provider: three seconds of audio (a
 /// stall of the call's loop followed by a burst fits). A client that lets it
 /// fill has stopped reading, and its stream is closed.
-const OUT_QUEUE: usize = 150;
+pub(super) const OUT_QUEUE: usize = 150;
 /// Stream tokens remembered as used, at most (each is good for minutes only).
 const MAX_USED_TOKENS: usize = 100_000;
 /// How long a transfer waits for Twilio's `<Connect action>` callback, and
@@ -110,27 +110,27 @@ struct Live {
 /// Frames to the provider go through a bounded queue to a writer task, so
 /// that a client that stops reading never blocks the call's loop: the queue
 /// fills (or a write times out) and the stream is closed.
-struct Outbox {
-    tx: mpsc::Sender<Message>,
+pub(super) struct Outbox {
+    pub(super) tx: mpsc::Sender<Message>,
 }
 
 impl Outbox {
     /// `false` when the client is not keeping up (the queue is full or the writer gone).
-    fn send(&self, text: String) -> bool {
+    pub(super) fn send(&self, text: String) -> bool {
         self.tx.try_send(Message::Text(text.into())).is_ok()
     }
 }
 
 /// How the writer task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WriterEnd {
+pub(super) enum WriterEnd {
     /// Its queue closed, or it wrote a close frame.
     Done,
     Failed,
     TimedOut,
 }
 
-async fn write_out(
+pub(super) async fn write_out(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Message>,
     timeout: Duration,
@@ -429,7 +429,7 @@ pub async fn run(
 
 /// Counts a frame of `len` bytes in the one-second window; whether the
 /// stream is now over its frame or byte rate.
-fn over(window: &mut (Instant, u32, usize), len: usize, limits: &StreamLimits) -> bool {
+pub(super) fn over(window: &mut (Instant, u32, usize), len: usize, limits: &StreamLimits) -> bool {
     let now = Instant::now();
     if now - window.0 >= Duration::from_secs(1) {
         *window = (now, 0, 0);
@@ -446,7 +446,7 @@ fn record_busy(ctx: &CallContext, start: &StreamStart) {
 }
 
 /// The client stopped reading what Izwi sends.
-fn slow_consumer(why: &'static str) -> Ending {
+pub(super) fn slow_consumer(why: &'static str) -> Ending {
     metrics().stream_rejected("slow_consumer");
     if let Some(held) = REFUSED_LOG.pass() {
         tracing::info!(
@@ -459,7 +459,7 @@ fn slow_consumer(why: &'static str) -> Ending {
 }
 
 /// Why a WebSocket read failed.
-enum ReadError {
+pub(super) enum ReadError {
     /// A text frame that is not UTF-8.
     Utf8,
     /// A message over the size the socket takes.
@@ -467,7 +467,7 @@ enum ReadError {
     Broken,
 }
 
-fn read_error(e: axum::Error) -> ReadError {
+pub(super) fn read_error(e: axum::Error) -> ReadError {
     match e.into_inner().downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Utf8(_)) => ReadError::Utf8,
         Some(tungstenite::Error::Capacity(_)) => ReadError::TooLarge,
@@ -567,7 +567,7 @@ fn close_code(e: &ProtocolError) -> u16 {
 }
 
 /// Closes the stream with a reason; the label is what the log (and counters) carry.
-async fn close(
+pub(super) async fn close(
     out: &Outbox,
     incoming: &mut SplitStream<WebSocket>,
     code: u16,

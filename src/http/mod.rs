@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod media_stream;
 pub mod twilio;
 
@@ -87,6 +88,10 @@ pub struct AppState {
     pub transfers: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
     /// Flips to true at shutdown: every stream closes.
     pub shutdown: watch::Receiver<bool>,
+    /// Operators signed in to the console.
+    pub console: console::Sessions,
+    /// Where the model files are, for the console's view of them.
+    pub models: crate::config::ModelsConfig,
 }
 
 /// Lines about refused connections per window.
@@ -199,6 +204,8 @@ impl Server {
             stream_secret,
             active_streams: AtomicUsize::new(0),
             shutdown,
+            console: Default::default(),
+            models: config.models.clone(),
         });
         Ok(Server {
             listener,
@@ -242,11 +249,35 @@ impl Server {
                 state.clone(),
                 api::metrics_allowed,
             ));
+        let console_api = Router::new()
+            .route("/console/api/sign-out", post(console::sign_out))
+            .route("/console/api/me", get(console::me))
+            .route("/console/api/live", get(console::live))
+            .route("/console/api/calls", get(api::list_calls))
+            .route("/console/api/calls/{id}", get(api::get_call))
+            .route("/console/api/calls/{id}/hangup", post(console::hang_up))
+            .route("/console/api/latency", get(console::latency))
+            .route("/console/api/agents", get(console::agents))
+            .route("/console/talk", get(console::browser::talk))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                console::signed_in,
+            ));
+        let console_routes = Router::new()
+            .route("/console", get(console::index))
+            .route("/console/", get(console::index))
+            .route("/console/app.js", get(console::app_js))
+            .route("/console/app.css", get(console::app_css))
+            .route("/console/worklet.js", get(console::worklet_js))
+            .route("/console/api/session", post(console::sign_in))
+            .merge(console_api)
+            .layer(axum::middleware::from_fn(console::headers));
         let mut app = Router::new()
             .route("/healthz", get(api::healthz))
             .route("/readyz", get(api::readyz))
             .merge(metrics_route)
-            .merge(v1);
+            .merge(v1)
+            .merge(console_routes);
         if state.twilio.enabled {
             app = app
                 .route(&state.twilio.voice_path, post(twilio::voice))

@@ -220,6 +220,16 @@ pub fn action_label(action: &str) -> &'static str {
 }
 
 /// One turn's metrics. No words, only counts.
+/// One answered turn's response latency, for the console's charts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResponsePoint {
+    /// When its call started, Unix milliseconds.
+    pub at_ms: i64,
+    pub transport: Option<String>,
+    pub agent: Option<String>,
+    pub response_ms: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TurnRow {
     pub index: u32,
@@ -236,6 +246,12 @@ pub struct TurnRow {
     pub words_heard: u32,
     pub words_spoken: u32,
     pub interrupted: bool,
+    /// When the caller's speech of this turn began and ended, in ms from
+    /// the answer (none for the greeting).
+    #[serde(default)]
+    pub speech_onset_ms: Option<f64>,
+    #[serde(default)]
+    pub speech_end_ms: Option<f64>,
 }
 
 /// One call as the operator API and CLI show it.

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::{
     ActionRow, CallEnd, CallQuery, CallRow, CallStart, Counters, MAX_REMOTE_ID, Outcome, Page,
-    Record, RecordError, Recorder, Side, ToolRow, TurnRow, caller_hash, cap,
+    Record, RecordError, Recorder, ResponsePoint, Side, ToolRow, TurnRow, caller_hash, cap,
 };
 use crate::limits::LogGate;
 
@@ -63,7 +63,8 @@ const CALL_COLUMNS: &str = "id, remote_id, rule, transport, started_at_ms, answe
      turns, barge_ins, dtmf, errors";
 
 const TURN_COLUMNS: &str = "idx, greeting, outcome, response_ms, asr_ms, llm_first_token_ms, \
-     llm_tokens_per_s, tts_first_audio_ms, words_heard, words_spoken, interrupted";
+     llm_tokens_per_s, tts_first_audio_ms, words_heard, words_spoken, interrupted, \
+     speech_onset_ms, speech_end_ms";
 
 /// The call records database. Cheap to clone (wraps the pool).
 #[derive(Clone)]
@@ -354,15 +355,16 @@ impl Store {
             sqlx::query(
                 "INSERT INTO turns (call_id, idx, greeting, outcome, response_ms, asr_ms, \
                    llm_first_token_ms, llm_tokens_per_s, tts_first_audio_ms, words_heard, \
-                   words_spoken, interrupted) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                   words_spoken, interrupted, speech_onset_ms, speech_end_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT (call_id, idx) DO UPDATE SET greeting = excluded.greeting, \
                    outcome = excluded.outcome, response_ms = excluded.response_ms, \
                    asr_ms = excluded.asr_ms, llm_first_token_ms = excluded.llm_first_token_ms, \
                    llm_tokens_per_s = excluded.llm_tokens_per_s, \
                    tts_first_audio_ms = excluded.tts_first_audio_ms, \
                    words_heard = excluded.words_heard, words_spoken = excluded.words_spoken, \
-                   interrupted = excluded.interrupted",
+                   interrupted = excluded.interrupted, \
+                   speech_onset_ms = excluded.speech_onset_ms, speech_end_ms = excluded.speech_end_ms",
             )
             // Not kept prepared: sqlx's Any driver binds a missing f64 as
             // PostgreSQL's float4, and a statement prepared with that type
@@ -380,6 +382,8 @@ impl Store {
             .bind(i64::from(t.words_heard))
             .bind(i64::from(t.words_spoken))
             .bind(i64::from(t.interrupted))
+            .bind(t.speech_onset_ms.filter(|v| v.is_finite() && *v >= 0.0))
+            .bind(t.speech_end_ms.filter(|v| v.is_finite() && *v >= 0.0))
             .execute(&mut *tx)
             .await?;
         }
@@ -561,6 +565,40 @@ impl Store {
         Ok(Some((call, turns)))
     }
 
+    /// Each answered turn's response latency (the greetings apart) of the
+    /// calls started in `[from_ms, to_ms)`, oldest first, at most `limit`.
+    pub async fn responses(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ResponsePoint>, RecordError> {
+        let err = self.query_err();
+        sqlx::query(
+            "SELECT c.started_at_ms, c.transport, c.agent, t.response_ms \
+             FROM turns t JOIN calls c ON c.id = t.call_id \
+             WHERE t.greeting = 0 AND t.response_ms IS NOT NULL \
+             AND c.started_at_ms >= $1 AND c.started_at_ms < $2 \
+             ORDER BY c.started_at_ms, c.id, t.idx LIMIT $3",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.query_err())?
+        .iter()
+        .map(|r| {
+            Ok(ResponsePoint {
+                at_ms: r.try_get("started_at_ms").map_err(&err)?,
+                transport: r.try_get("transport").map_err(&err)?,
+                agent: r.try_get("agent").map_err(&err)?,
+                response_ms: r.try_get("response_ms").map_err(&err)?,
+            })
+        })
+        .collect()
+    }
+
     /// Whether the database answers `SELECT 1`.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").fetch_one(&self.pool).await.is_ok()
@@ -626,6 +664,8 @@ impl Store {
             words_heard: count("words_heard")?,
             words_spoken: count("words_spoken")?,
             interrupted: flag("interrupted")?,
+            speech_onset_ms: real("speech_onset_ms")?,
+            speech_end_ms: real("speech_end_ms")?,
         })
     }
 

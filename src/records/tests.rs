@@ -48,6 +48,8 @@ fn turn(index: u32, interrupted: bool) -> TurnRow {
         words_heard: 4 + index,
         words_spoken: 10 + index,
         interrupted,
+        speech_onset_ms: (index > 0).then_some(3_000.0 * f64::from(index)),
+        speech_end_ms: (index > 0).then_some(3_000.0 * f64::from(index) + 1_250.0),
     }
 }
 
@@ -162,6 +164,9 @@ async fn schema_has_no_room_for_words_or_audio() {
                 "words_heard",
                 "words_spoken",
                 "interrupted",
+                // Times in the call (REAL), reviewed: no room for words.
+                "speech_onset_ms",
+                "speech_end_ms",
             ][..],
         ),
         (
