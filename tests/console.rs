@@ -309,6 +309,31 @@ fn without_a_session_nothing_is_shown_and_cross_site_requests_are_refused() {
     assert_eq!(status, 403);
 }
 
+/// The call's record once it is closed (read through the operator API).
+async fn record_of(izwi: &Izwi, id: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (status, _, _, body) = http(
+            izwi,
+            "GET",
+            &format!("/v1/calls/{id}"),
+            &[("x-api-key", ADMIN_KEY)],
+            None,
+        );
+        if status == 200 {
+            let record: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if record["call"]["outcome"] != "open" || start.elapsed() > Duration::from_secs(10) {
+                return record;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no record of {id}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -435,6 +460,38 @@ async fn sip_call_live_then_drawn() {
     assert!(stages.len() >= 2, "the reply's stages are not drawn");
     shot(&c, "call-timeline").await;
 
+    // An admin hangs a call up from the live view: Izwi sends the BYE (this
+    // caller sends no audio, and would otherwise be cut off only by the
+    // 30 s RTP timeout).
+    c.goto(&format!("http://127.0.0.1:{}/console#live", izwi.http_port))
+        .await
+        .unwrap();
+    wait_for(&c, "#live-status", 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let caller = sipp(&izwi, &scenario("bye-from-izwi.xml"), dir.path(), &[])
+        .spawn()
+        .expect("sipp must be installed (scripts/setup.sh)");
+    let row = wait_for(&c, "#live-calls tr[data-call]", 15).await;
+    let second = row.attr("data-call").await.unwrap().unwrap();
+    assert_ne!(second, id);
+    c.execute(
+        &format!("document.querySelector(\"tr[data-call='{second}'] button.danger\").click();"),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let out = tokio::task::block_in_place(|| caller.wait_with_output().unwrap());
+    check(out, dir.path(), &izwi);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "hung up only after {:?}",
+        started.elapsed()
+    );
+    let record = record_of(&izwi, &second).await;
+    assert_eq!(record["call"]["hangup_cause"], "operator", "{record}");
+    assert_eq!(record["call"]["hangup_side"], "izwi", "{record}");
+
     for page in ["history", "latency", "agents"] {
         c.goto(&format!(
             "http://127.0.0.1:{}/console#{page}",
@@ -545,25 +602,7 @@ async fn browser_talks() {
     println!("the page heard: {heard:?}");
     assert!(words.len() >= 6, "too few words heard: {heard:?}");
     // The call has its record, transport `browser`, with the answered turn.
-    let id = call_id.as_str().unwrap().to_string();
-    let mut record = serde_json::Value::Null;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        let (status, _, _, body) = http(
-            &izwi,
-            "GET",
-            &format!("/v1/calls/{id}"),
-            &[("x-api-key", ADMIN_KEY)],
-            None,
-        );
-        if status == 200 {
-            record = serde_json::from_str(&body).unwrap();
-            if record["call"]["outcome"] != "open" {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let record = record_of(&izwi, call_id.as_str().unwrap()).await;
     assert_eq!(record["call"]["transport"], "browser", "{record}");
     assert_eq!(record["call"]["outcome"], "completed", "{record}");
     assert_eq!(record["call"]["hangup_side"], "caller", "{record}");

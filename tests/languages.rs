@@ -44,19 +44,7 @@ fn config_file(dir: &Path, text: &str) -> PathBuf {
 
 /// `izwi say` with `args`: (success, stdout, stderr).
 fn say(config: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(izwi_bin())
-        .env("IZWI_MODELS_PROFILE", "small")
-        .arg("--config")
-        .arg(config)
-        .arg("say")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
+    izwi(config, &[&["say"], args].concat())
 }
 
 /// `izwi talk --fast` with `agent` of `config`, on the models of `profile`.

@@ -96,11 +96,7 @@ pub async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
+    let route = route_of(&req);
     let (authorization, api_key) = {
         let headers = req.headers();
         let value = |name: &str| {
@@ -125,6 +121,14 @@ pub async fn authenticate(
     };
     metrics().api_request(&route, response.status().as_u16());
     response
+}
+
+/// The route a request matched, as the request counter labels it.
+pub fn route_of(req: &Request) -> String {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string()
 }
 
 fn refuse(e: &AuthError) -> Response {

@@ -84,6 +84,9 @@ pub struct Principal {
     pub name: String,
     pub admin: bool,
     pub via: Via,
+    /// When the credential stops being valid (a JWT's `exp`, Unix seconds);
+    /// an API key does not expire.
+    pub expires_at: Option<u64>,
 }
 
 impl Principal {
@@ -279,13 +282,19 @@ impl Authenticator {
             (Some(header), None) => self.check_bearer(header)?,
             (None, Some(key)) => self.check_api_key(key)?,
         };
+        self.check_rate(&principal, now)?;
+        Ok(principal)
+    }
+
+    /// Counts a request of `principal` against its rate limit.
+    pub fn check_rate(&self, principal: &Principal, now: Instant) -> Result<(), AuthError> {
         if let Some(limiter) = &self.limiter {
             limiter
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .check(principal.via, &principal.name, now)?;
         }
-        Ok(principal)
+        Ok(())
     }
 
     fn check_bearer(&self, header: &str) -> Result<Principal, AuthError> {
@@ -318,6 +327,11 @@ impl Authenticator {
             name,
             admin,
             via: Via::Jwt,
+            expires_at: claims
+                .exp
+                .as_ref()
+                .and_then(serde_json::Value::as_f64)
+                .map(|e| e.max(0.0) as u64),
         })
     }
 
@@ -335,6 +349,7 @@ impl Authenticator {
             name: entry.name.clone(),
             admin: entry.admin,
             via: Via::ApiKey,
+            expires_at: None,
         })
     }
 }
@@ -355,6 +370,8 @@ fn validation(alg: Algorithm, audience: &str) -> Validation {
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
+    /// Checked by the validation already; kept for how long a session lasts.
+    exp: Option<serde_json::Value>,
     admin: Option<serde_json::Value>,
     role: Option<serde_json::Value>,
     scope: Option<serde_json::Value>,
@@ -632,8 +649,17 @@ KQIDAQAB
         .unwrap()
     }
 
+    /// The principal a token names; its `exp` is checked to come through,
+    /// then left out so that the principals compare by who they are.
     fn jwt(auth: &Authenticator, header: &str) -> Result<Principal, AuthError> {
         auth.authenticate(Some(header), None, Instant::now())
+            .map(|p| {
+                assert!(p.expires_at.is_some_and(|e| e + 3600 > unix_now()), "{p:?}");
+                Principal {
+                    expires_at: None,
+                    ..p
+                }
+            })
     }
 
     fn key(auth: &Authenticator, key: &str) -> Result<Principal, AuthError> {
@@ -645,6 +671,7 @@ KQIDAQAB
             name: name.into(),
             admin,
             via,
+            expires_at: None,
         }
     }
 

@@ -92,6 +92,8 @@ pub struct AppState {
     pub console: console::Sessions,
     /// Where the model files are, for the console's view of them.
     pub models: crate::config::ModelsConfig,
+    /// The model files' states as last checked for the console, and when.
+    pub model_states: tokio::sync::Mutex<Option<(std::time::Instant, Vec<serde_json::Value>)>>,
 }
 
 /// Lines about refused connections per window.
@@ -206,6 +208,7 @@ impl Server {
             shutdown,
             console: Default::default(),
             models: config.models.clone(),
+            model_states: Default::default(),
         });
         Ok(Server {
             listener,

@@ -219,7 +219,6 @@ pub fn action_label(action: &str) -> &'static str {
     }
 }
 
-/// One turn's metrics. No words, only counts.
 /// One answered turn's response latency, for the console's charts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ResponsePoint {
@@ -230,6 +229,7 @@ pub struct ResponsePoint {
     pub response_ms: f64,
 }
 
+/// One turn's metrics. No words, only counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TurnRow {
     pub index: u32,

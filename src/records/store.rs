@@ -566,7 +566,7 @@ impl Store {
     }
 
     /// Each answered turn's response latency (the greetings apart) of the
-    /// calls started in `[from_ms, to_ms)`, oldest first, at most `limit`.
+    /// calls started in `[from_ms, to_ms)`, oldest first: the newest `limit`.
     pub async fn responses(
         &self,
         from_ms: i64,
@@ -579,7 +579,7 @@ impl Store {
              FROM turns t JOIN calls c ON c.id = t.call_id \
              WHERE t.greeting = 0 AND t.response_ms IS NOT NULL \
              AND c.started_at_ms >= $1 AND c.started_at_ms < $2 \
-             ORDER BY c.started_at_ms, c.id, t.idx LIMIT $3",
+             ORDER BY c.started_at_ms DESC, c.id DESC, t.idx DESC LIMIT $3",
         )
         .bind(from_ms)
         .bind(to_ms)
@@ -596,6 +596,7 @@ impl Store {
                 response_ms: r.try_get("response_ms").map_err(&err)?,
             })
         })
+        .rev()
         .collect()
     }
 

@@ -2,7 +2,7 @@
 //! pool's slots and comes as one piece, resampled to the engine's rate.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::StreamExt;
 
@@ -16,6 +16,10 @@ pub type LoadVoice = Box<dyn Fn(&str) -> Result<Arc<dyn Tts>, EngineError> + Sen
 pub struct Voices {
     default_name: String,
     loaded: Mutex<BTreeMap<String, Arc<dyn Tts>>>,
+    /// Held while a voice loads (outside `loaded`, so that phrases in voices
+    /// already loaded go on meanwhile), so that two agents naming a new
+    /// voice load it once.
+    loading: Mutex<()>,
     load: LoadVoice,
 }
 
@@ -23,6 +27,7 @@ impl Voices {
     pub fn new(default_name: String, default: Arc<dyn Tts>, load: LoadVoice) -> Voices {
         Voices {
             loaded: Mutex::new([(default_name.clone(), default)].into()),
+            loading: Mutex::new(()),
             default_name,
             load,
         }
@@ -32,18 +37,27 @@ impl Voices {
     /// use. Blocking: call it where a model may be loaded.
     pub fn get(&self, name: Option<&str>) -> Result<Arc<dyn Tts>, EngineError> {
         let name = name.unwrap_or(&self.default_name);
-        // Held while loading, so two agents naming a new voice load it once.
-        let mut loaded = self
-            .loaded
-            .lock()
-            .map_err(|_| EngineError::Tts("the voices' lock was poisoned".into()))?;
-        if let Some(voice) = loaded.get(name) {
-            return Ok(voice.clone());
+        let find = || {
+            self.loaded
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(name)
+                .cloned()
+        };
+        if let Some(voice) = find() {
+            return Ok(voice);
+        }
+        let _loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(voice) = find() {
+            return Ok(voice);
         }
         let voice =
             (self.load)(name).map_err(|e| EngineError::Tts(format!("voice `{name}`: {e}")))?;
         tracing::info!(voice = name, "voice loaded");
-        loaded.insert(name.to_string(), voice.clone());
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), voice.clone());
         Ok(voice)
     }
 
@@ -51,8 +65,10 @@ impl Voices {
     pub fn loaded(&self) -> Vec<String> {
         self.loaded
             .lock()
-            .map(|l| l.keys().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 

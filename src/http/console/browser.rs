@@ -38,6 +38,11 @@ use crate::records::{self, CallStart, Transport, now_ms};
 pub const RATE: u32 = 16_000;
 /// Largest message taken: a quarter of a second of audio.
 const MAX_MESSAGE: usize = 8 * 1024;
+/// Browser calls at once at most (they take call slots like any other; this
+/// keeps the console from taking them all).
+const MAX_BROWSER_CALLS: usize = 8;
+/// Ticks between checks that the operator's session still holds.
+const SESSION_CHECK_TICKS: u32 = 50;
 
 fn limits(state: &AppState) -> StreamLimits {
     StreamLimits {
@@ -75,19 +80,31 @@ pub async fn talk(
     Query(q): Query<TalkParams>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let name = q
-        .agent
-        .unwrap_or_else(|| state.ctx.agents.plan().default_agent);
-    let agent = state.ctx.agents.agent(&name);
-    if agent.is_none() && !state.ctx.echo {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return super::error(StatusCode::SERVICE_UNAVAILABLE, "draining: no new calls");
+    }
+    let plan = state.ctx.agents.plan();
+    let name = q.agent.unwrap_or(plan.default_agent);
+    if !plan.agents.contains_key(&name) {
         return super::error(StatusCode::NOT_FOUND, "no such agent");
     }
+    let browsers = state
+        .ctx
+        .live
+        .snapshot()
+        .iter()
+        .filter(|c| c.transport == Transport::Browser)
+        .count();
+    if browsers >= MAX_BROWSER_CALLS {
+        return super::error(StatusCode::SERVICE_UNAVAILABLE, "too many browser calls");
+    }
+    let agent = state.ctx.agents.agent(&name);
     let limits = limits(&state);
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| async move {
             tracing::info!(operator = %op.principal.name, agent = %name, "browser call");
-            run(socket, state, name, agent, limits).await;
+            run(socket, state, name, agent, limits, op.session).await;
         })
         .into_response()
 }
@@ -102,6 +119,7 @@ async fn run(
     name: String,
     agent: Option<Arc<Agent>>,
     limits: StreamLimits,
+    session: String,
 ) {
     let (sink, mut incoming) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
@@ -153,6 +171,7 @@ async fn run(
     let mut window = (Instant::now(), 0u32, 0usize);
     let mut wire = Vec::with_capacity(MAX_MESSAGE / 2);
     let mut out = Tick::default();
+    let mut ticks = 0u32;
     let end = loop {
         tokio::select! {
             msg = incoming.next() => {
@@ -200,6 +219,13 @@ async fn run(
                 }
             }
             _ = tick.tick() => {
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(SESSION_CHECK_TICKS)
+                    && state.console.get(&session, std::time::Instant::now()).is_none()
+                {
+                    close(&outbox, &mut incoming, 1008, "signed out", "signed_out").await;
+                    break Ending::Operator;
+                }
                 core.tick(&mut out).await;
                 let mut kept_up = true;
                 if out.clear {

@@ -37,8 +37,16 @@ pub const COOKIE: &str = "izwi_console";
 const SESSION_LIFE: Duration = Duration::from_secs(8 * 3600);
 /// Sessions held at most; beyond, the oldest goes.
 const MAX_SESSIONS: usize = 1024;
+/// Sessions of one operator at most; beyond, that operator's oldest goes (so
+/// that one credential cannot push everyone else out).
+const MAX_SESSIONS_EACH: usize = 16;
+/// Lines about refused sign-ins per window.
+static REFUSED_LOG: crate::limits::SharedLogGate =
+    crate::limits::SharedLogGate::new(10, Duration::from_secs(10));
 /// Points of the latency view at most.
 const MAX_POINTS: u32 = 20_000;
+/// How long the model files' states are kept before they are checked again.
+const MODEL_STATES_KEPT: Duration = Duration::from_secs(60);
 /// The live view's updates, at most this often.
 const LIVE_EVERY: Duration = Duration::from_millis(250);
 
@@ -75,29 +83,44 @@ impl Sessions {
     fn open(&self, principal: Principal, now: Instant) -> (String, String) {
         let id = hex::encode(rand::random::<[u8; 32]>());
         let csrf = hex::encode(rand::random::<[u8; 16]>());
+        // Never beyond the credential's own end (a JWT's `exp`).
+        let life = principal.expires_at.map_or(SESSION_LIFE, |exp| {
+            let left = exp.saturating_sub(crate::records::now_ms().max(0) as u64 / 1000);
+            SESSION_LIFE.min(Duration::from_secs(left))
+        });
         let mut all = self.by_id.lock().unwrap_or_else(PoisonError::into_inner);
         all.retain(|_, s| s.expires > now);
-        if all.len() >= MAX_SESSIONS
-            && let Some(oldest) = all
-                .iter()
+        let oldest = |all: &HashMap<String, Session>, mine: bool| {
+            all.iter()
+                .filter(|(_, s)| !mine || s.principal.name == principal.name)
                 .min_by_key(|(_, s)| s.expires)
                 .map(|(k, _)| k.clone())
-        {
-            all.remove(&oldest);
+        };
+        let own = all
+            .values()
+            .filter(|s| s.principal.name == principal.name)
+            .count();
+        for (full, mine) in [
+            (own >= MAX_SESSIONS_EACH, true),
+            (all.len() >= MAX_SESSIONS, false),
+        ] {
+            if full && let Some(k) = oldest(&all, mine) {
+                all.remove(&k);
+            }
         }
         all.insert(
             digest(&id),
             Session {
                 principal,
                 csrf: csrf.clone(),
-                expires: now + SESSION_LIFE,
+                expires: now + life,
             },
         );
         (id, csrf)
     }
 
     /// The session's principal and CSRF token, while it lasts.
-    fn get(&self, id: &str, now: Instant) -> Option<(Principal, String)> {
+    pub fn get(&self, id: &str, now: Instant) -> Option<(Principal, String)> {
         let all = self.by_id.lock().unwrap_or_else(PoisonError::into_inner);
         all.get(&digest(id))
             .filter(|s| s.expires > now)
@@ -116,7 +139,8 @@ impl Sessions {
 #[derive(Clone)]
 pub struct Operator {
     pub principal: Principal,
-    session: String,
+    /// The session's cookie value.
+    pub session: String,
 }
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
@@ -187,11 +211,7 @@ pub async fn signed_in(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
+    let route = super::api::route_of(&req);
     let now = Instant::now();
     let found = cookie_value(req.headers())
         .and_then(|id| state.console.get(&id, now).map(|(p, csrf)| (id, p, csrf)));
@@ -206,6 +226,11 @@ pub async fn signed_in(
                 .is_some_and(|t| constant_time_eq(t.as_bytes(), csrf.as_bytes()));
             if !same_origin(req.headers()) || (changes && !token_ok) {
                 error(StatusCode::FORBIDDEN, "cross-site request refused")
+            } else if let Err(e) = state.auth.check_rate(&principal, now) {
+                error(
+                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                    e.label(),
+                )
             } else {
                 req.extensions_mut().insert(Operator {
                     principal,
@@ -277,13 +302,16 @@ pub async fn sign_in(
         Ok(p) => p,
         Err(e) => {
             metrics().api_request("/console/api/session", e.status());
-            tracing::info!(reason = e.label(), "console sign-in refused");
+            if let Some(held) = REFUSED_LOG.pass() {
+                tracing::info!(reason = e.label(), held, "console sign-in refused");
+            }
             return error(
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
                 e.label(),
             );
         }
     };
+    metrics().api_request("/console/api/session", 200);
     tracing::info!(operator = %principal.name, admin = principal.admin, "console sign-in");
     let (id, csrf) = state.console.open(principal.clone(), Instant::now());
     let secure = headers
@@ -339,13 +367,15 @@ pub async fn me(
 
 /// `GET /console/api/live`: the calls in progress, as server-sent events:
 /// the whole list at once and again on each change.
-pub async fn live(State(state): State<Arc<AppState>>) -> Response {
+pub async fn live(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<Operator>,
+) -> Response {
     let changes = state.ctx.live.watch();
     let shutdown = state.shutdown.clone();
-    let live = state.ctx.live.clone();
     let events = futures_util::stream::unfold(
-        (changes, shutdown, live, true),
-        |(mut changes, mut shutdown, live, first)| async move {
+        (changes, shutdown, state, op.session, true),
+        |(mut changes, mut shutdown, state, session, first)| async move {
             if !first {
                 tokio::time::sleep(LIVE_EVERY).await;
                 tokio::select! {
@@ -355,15 +385,17 @@ pub async fn live(State(state): State<Arc<AppState>>) -> Response {
                     _ = shutdown.changed() => return None,
                 }
             }
+            // Signed out or expired: the stream ends with the session.
+            state.console.get(&session, Instant::now())?;
             changes.mark_unchanged();
             let body = serde_json::json!({
                 "now_ms": crate::records::now_ms(),
-                "calls": live.snapshot(),
+                "calls": state.ctx.live.snapshot(),
             });
             let event = Event::default().event("calls").data(body.to_string());
             Some((
                 Ok::<_, std::convert::Infallible>(event),
-                (changes, shutdown, live, false),
+                (changes, shutdown, state, session, false),
             ))
         },
     );
@@ -403,7 +435,8 @@ pub struct Window {
 
 /// `GET /console/api/latency?from=&to=`: each answered turn's response
 /// latency with when its call started, its transport and agent (the page
-/// draws percentiles over time and a histogram from them).
+/// draws percentiles over time and a histogram from them); the newest
+/// points when there are too many.
 pub async fn latency(State(state): State<Arc<AppState>>, Query(w): Query<Window>) -> Response {
     let Some(store) = &state.store else {
         return error(
@@ -412,7 +445,7 @@ pub async fn latency(State(state): State<Arc<AppState>>, Query(w): Query<Window>
         );
     };
     let to = w.to.unwrap_or_else(|| crate::records::now_ms() + 1);
-    let from = w.from.unwrap_or(to - 24 * 3600 * 1000);
+    let from = w.from.unwrap_or(to.saturating_sub(24 * 3600 * 1000));
     match store.responses(from, to, MAX_POINTS).await {
         Ok(points) => Json(serde_json::json!({
             "from": from, "to": to, "points": points,
@@ -453,16 +486,27 @@ pub async fn agents(State(state): State<Arc<AppState>>) -> Response {
         .iter()
         .map(|r| serde_json::json!({ "name": r.name, "agent": r.agent, "line": r.line }))
         .collect();
-    let models = state.models.clone();
     let voices: Vec<String> = plan
         .agents
         .values()
         .filter_map(|a| a.voice.clone())
         .collect();
-    // Checking a file may hash it (once, then its stamp is trusted).
-    let files = tokio::task::spawn_blocking(move || model_files(&models, &voices))
-        .await
-        .unwrap_or_default();
+    let files = {
+        // Checking a file may hash it (a file without its stamp, or a wrong
+        // one, each time): one check at a time, its answer kept a while.
+        let mut kept = state.model_states.lock().await;
+        match kept.as_ref() {
+            Some((at, files)) if at.elapsed() < MODEL_STATES_KEPT => files.clone(),
+            _ => {
+                let models = state.models.clone();
+                let files = tokio::task::spawn_blocking(move || model_files(&models, &voices))
+                    .await
+                    .unwrap_or_default();
+                *kept = Some((Instant::now(), files.clone()));
+                files
+            }
+        }
+    };
     Json(serde_json::json!({
         "default_agent": plan.default_agent,
         "dialplan": plan.source.as_ref().map(|p| p.display().to_string()),
@@ -514,6 +558,7 @@ mod tests {
             name: "ops".into(),
             admin: false,
             via: Via::ApiKey,
+            expires_at: None,
         }
     }
 
@@ -536,11 +581,39 @@ mod tests {
         let s = Sessions::default();
         let now = Instant::now();
         let (first, _) = s.open(principal(), now);
-        for i in 1..=MAX_SESSIONS {
+        // One operator's sessions push out only that operator's oldest.
+        for i in 1..=MAX_SESSIONS_EACH {
             s.open(principal(), now + Duration::from_millis(i as u64));
         }
         assert!(s.get(&first, now).is_none());
+        assert_eq!(s.by_id.lock().unwrap().len(), MAX_SESSIONS_EACH);
+        let someone = |i: usize| Principal {
+            name: format!("op{i}"),
+            ..principal()
+        };
+        let (early, _) = s.open(someone(0), now);
+        for i in 1..=MAX_SESSIONS {
+            s.open(someone(i), now + Duration::from_secs(i as u64));
+        }
+        assert!(s.get(&early, now).is_none());
         assert_eq!(s.by_id.lock().unwrap().len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn a_session_ends_with_its_token() {
+        let s = Sessions::default();
+        let now = Instant::now();
+        let soon = crate::records::now_ms() as u64 / 1000 + 60;
+        let (id, _) = s.open(
+            Principal {
+                expires_at: Some(soon),
+                via: Via::Jwt,
+                ..principal()
+            },
+            now,
+        );
+        assert!(s.get(&id, now + Duration::from_secs(30)).is_some());
+        assert!(s.get(&id, now + Duration::from_secs(61)).is_none());
     }
 
     #[test]

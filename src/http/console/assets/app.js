@@ -111,6 +111,9 @@ function route() {
   if (!me) return;
   stopLive();
   const [page, arg] = (location.hash.slice(1) || 'live').split('/');
+  // A call from this page ends when the operator leaves the page.
+  if (talk && !talk.state.ended) talk.hangUp();
+  talk = null;
   for (const a of document.querySelectorAll('nav a')) {
     a.classList.toggle('current', a.getAttribute('href') === '#' + page);
   }
@@ -118,7 +121,7 @@ function route() {
   view.replaceChildren();
   view.dataset.page = page;
   const pages = { live: livePage, history: historyPage, call: callPage, latency: latencyPage, agents: agentsPage, talk: talkPage };
-  (pages[page] || livePage)(view, arg).catch((e) => view.append(el('p', { class: 'error' }, String(e.message || e))));
+  (Object.hasOwn(pages, page) ? pages[page] : livePage)(view, arg).catch((e) => view.append(el('p', { class: 'error' }, String(e.message || e))));
 }
 
 // Live: calls in progress, from server-sent events.
@@ -140,7 +143,11 @@ async function livePage(view) {
       el('td', { class: 'num' }, ms(c.last_response_ms)),
       el('td', {}, me.admin ? el('button', { class: 'danger', type: 'button', onclick: () => hangUp(c.id) }, 'Hang up') : null))));
   });
-  live.onerror = () => { status.textContent = 'Reconnecting…'; };
+  live.onerror = () => {
+    status.textContent = 'Reconnecting…';
+    // Closed for good (signed out, the session expired): ask who we are.
+    if (live && live.readyState === EventSource.CLOSED) api('/console/api/me').then(() => route()).catch(() => {});
+  };
 }
 
 async function hangUp(id) {
@@ -397,8 +404,14 @@ async function talkPage(view) {
 
 async function startTalk(agentName, status, ended) {
   const ctx = new AudioContext({ sampleRate: 16000 });
-  await ctx.audioWorklet.addModule('/console/worklet.js');
-  const mic = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false, channelCount: 1 } });
+  let mic;
+  try {
+    await ctx.audioWorklet.addModule('/console/worklet.js');
+    mic = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false, channelCount: 1 } });
+  } catch (e) {
+    ctx.close();
+    throw e;
+  }
   const source = ctx.createMediaStreamSource(mic);
   const capture = new AudioWorkletNode(ctx, 'izwi-capture');
   const mute = ctx.createGain();
@@ -420,7 +433,9 @@ async function startTalk(agentName, status, ended) {
       if (m.event === 'end') state.reason = m.reason;
       return;
     }
+    // The last minute of what the agent said, for checks from outside.
     received.push(new Int16Array(e.data.slice(0)));
+    if (received.length > 3000) received.shift();
     player.port.postMessage(e.data, [e.data]);
   };
   const finish = () => {
@@ -433,14 +448,19 @@ async function startTalk(agentName, status, ended) {
   };
   ws.onclose = finish;
   ws.onerror = () => { status.textContent = 'The call failed.'; };
-  await new Promise((resolve, reject) => {
-    ws.addEventListener('open', resolve, { once: true });
-    ws.addEventListener('close', () => reject(new Error('refused')), { once: true });
-  });
+  try {
+    await new Promise((resolve, reject) => {
+      ws.addEventListener('open', resolve, { once: true });
+      ws.addEventListener('close', () => reject(new Error('refused')), { once: true });
+    });
+  } catch (e) {
+    finish();
+    throw e;
+  }
   return {
     state,
     key: (k) => ws.send(JSON.stringify({ event: 'dtmf', digit: k })),
-    hangUp: () => { ws.send(JSON.stringify({ event: 'hangup' })); ws.close(1000); },
+    hangUp: () => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ event: 'hangup' })); ws.close(1000); },
     // What the agent said, as 16 kHz PCM in base64 (for checks from outside).
     receivedBase64: () => {
       const all = new Int16Array(received.reduce((n, r) => n + r.length, 0));
