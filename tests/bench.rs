@@ -24,7 +24,7 @@ fn sip_bench_measures_every_answer_from_the_packets() {
         .env("IZWI_MODELS_PROFILE", &profile)
         .env("IZWI_LOG_LEVEL", "warn")
         .args(["bench", "--sip", "--questions", "2", "--calls", "1,2"])
-        .args(["--gap", "2.5", "--json"])
+        .args(["--gap", "4", "--json"])
         .output()
         .expect("izwi bench");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -114,6 +114,32 @@ async fn wait_for(c: &Client, css: &str, secs: u64) -> fantoccini::elements::Ele
         .unwrap_or_else(|e| panic!("no `{css}` within {secs} s: {e}"))
 }
 
+/// The first live call's id and text. The list is drawn anew on each change,
+/// so an element found may be gone when read: both are read in one script.
+async fn first_live_call(c: &Client, secs: u64) -> (String, String) {
+    let start = Instant::now();
+    loop {
+        let row = c
+            .execute(
+                "const r = document.querySelector('#live-calls tr[data-call]'); \
+                 return r ? [r.getAttribute('data-call'), r.textContent] : null;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if let Some([id, text]) = row.as_array().map(Vec::as_slice)
+            && let (Some(id), Some(text)) = (id.as_str(), text.as_str())
+        {
+            return (id.to_string(), text.to_string());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "no live call listed within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn sign_in(c: &Client, izwi: &Izwi, key: &str) {
     c.goto(&format!("http://127.0.0.1:{}/console", izwi.http_port))
         .await
@@ -390,9 +416,7 @@ async fn sip_call_live_then_drawn() {
     )
     .unwrap();
     let mut call = tokio::task::block_in_place(|| MediaCall::start(&izwi, 30_000));
-    let row = wait_for(&c, "#live-calls tr[data-call]", 15).await;
-    let id = row.attr("data-call").await.unwrap().unwrap();
-    let text = row.text().await.unwrap();
+    let (id, text) = first_live_call(&c, 15).await;
     assert!(text.contains("sip") && text.contains("english"), "{text}");
     shot(&c, "live-call").await;
     // The caller asks after the greeting; the row counts the answered turn.
@@ -472,8 +496,7 @@ async fn sip_call_live_then_drawn() {
     let caller = sipp(&izwi, &scenario("bye-from-izwi.xml"), dir.path(), &[])
         .spawn()
         .expect("sipp must be installed (scripts/setup.sh)");
-    let row = wait_for(&c, "#live-calls tr[data-call]", 15).await;
-    let second = row.attr("data-call").await.unwrap().unwrap();
+    let (second, _) = first_live_call(&c, 15).await;
     assert_ne!(second, id);
     c.execute(
         &format!("document.querySelector(\"tr[data-call='{second}'] button.danger\").click();"),

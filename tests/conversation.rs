@@ -351,7 +351,7 @@ model_actions = ["end_call"]
             "desk",
             "--fast",
             "--say",
-            "Thank you, that is all. Goodbye.",
+            "Thanks, goodbye.",
             "--out",
         ])
         .arg(dir.path().join("agent.wav"))

@@ -129,10 +129,14 @@ fn system_prompt_and_earlier_turns_are_not_evaluated_again() {
 fn acting_agent() -> AgentProfile {
     let mut p = AgentProfile::new(
         "en",
-        "You are the phone receptionist of Hope Clinic. Answer in one short sentence. \
-         Examples: Caller: When do you open? You: [answer] We open at eight. \
-         Caller: Bye, thanks. You: [end_call] Goodbye! \
-         Caller: Can I talk to the nurse? You: [transfer:nurse] Of course.",
+        "You are the phone receptionist of Hope Clinic. Answer in one short sentence.\n\
+         Examples:\n\
+         Caller: When do you open?\n\
+         You: [answer] We open at eight.\n\
+         Caller: Bye, thanks.\n\
+         You: [end_call] Goodbye!\n\
+         Caller: Can I talk to the nurse?\n\
+         You: [transfer:nurse] Of course.",
         "Hello.",
     );
     p.transfer

@@ -1032,8 +1032,11 @@ impl Conversation {
                     p.complete = complete;
                 }
             }
+            ReplyEvent::FirstToken(after) => rec.llm_first_token_ms = Some(ms(after)),
             ReplyEvent::Generated(stats) => {
-                rec.llm_first_token_ms = stats.first_token.map(ms);
+                if rec.llm_first_token_ms.is_none() {
+                    rec.llm_first_token_ms = stats.first_token.map(ms);
+                }
                 rec.llm_tokens = Some(stats.tokens);
                 rec.llm_tokens_per_s = Some(stats.tokens_per_second());
                 rec.llm_prompt_tokens = Some(stats.prompt_tokens);

@@ -617,8 +617,10 @@ mod conversation_tests {
 
     #[tokio::test]
     async fn a_barge_in_stops_the_answer_and_clears_the_far_end() {
+        // The model is still writing when the caller barges in: the turn
+        // keeps the time of its first words all the same.
         let script = Script {
-            replies: vec![vec![Step::Say(SPOKEN)]],
+            replies: vec![vec![Step::Say(SPOKEN), Step::Stall]],
             ..Default::default()
         };
         let mut c = engine_core(script, quiet_profile(), true).await;
@@ -644,6 +646,7 @@ mod conversation_tests {
         assert!(answer.barged_in);
         assert_eq!(answer.outcome, TurnOutcome::Interrupted);
         assert!(answer.words_spoken < SPOKEN.split_whitespace().count());
+        assert!(answer.llm_first_token_ms.is_some(), "{answer:?}");
     }
 
     #[tokio::test]

@@ -60,6 +60,9 @@ pub enum ReplyEvent {
         synth: Duration,
         complete: bool,
     },
+    /// The model's first words, this long after it was asked. Told at once,
+    /// so that a reply cut short by a barge-in keeps the figure.
+    FirstToken(Duration),
     /// The LLM finished (or was stopped).
     Generated(GenerationStats),
     /// Nothing intelligible was said: no reply.
@@ -236,6 +239,8 @@ async fn run(
         // The model may call tools in this many steps in a row; on the
         // step after, it must speak.
         let tool_steps = agent.profile.tool_steps as usize;
+        let asked = Instant::now();
+        let mut first_told = false;
         for step in 0..=tool_steps {
             let choice = match step {
                 s if s == tool_steps => ToolChoice::None,
@@ -255,6 +260,10 @@ async fn run(
                 });
                 match event {
                     Ok(LlmEvent::Text(piece)) => {
+                        if !first_told {
+                            first_told = true;
+                            send(&actions, ReplyEvent::FirstToken(asked.elapsed())).await?;
+                        }
                         spoke = true;
                         words.push_str(&piece);
                         piece_tx.send(Some(piece)).await.map_err(|_| Cancelled)?;

@@ -29,6 +29,8 @@ pub enum Step {
     Act(ToolCall),
     /// The model fails here (a server gone, say).
     Fail,
+    /// The model is still writing (for a second) when the call moves on.
+    Stall,
 }
 
 struct LoudVad;
@@ -109,6 +111,10 @@ impl LocalSession for ScriptedSession {
                 Step::Say(t) => on_event(LlmEvent::Text(t.to_string())),
                 Step::Act(c) => on_event(LlmEvent::ToolCall(c.clone())),
                 Step::Fail => return Err(EngineError::Llm("scripted failure".into())),
+                Step::Stall => {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    ControlFlow::Continue(())
+                }
             };
             if flow.is_break() {
                 break;

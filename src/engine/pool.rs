@@ -48,9 +48,20 @@ pub struct EnginePool {
 }
 
 struct Gate {
-    free: Mutex<usize>,
+    slots: Mutex<Slots>,
     freed: Condvar,
     size: usize,
+}
+
+/// Slots are handed out in the order they were asked for: a job that needs
+/// both cores (a phrase's synthesis, on the critical path) would otherwise
+/// wait behind one-slot steps (the model's tokens) that keep taking the
+/// slot it freed, until the whole reply is written.
+struct Slots {
+    free: usize,
+    /// The next ticket to give out, and the ticket whose turn it is.
+    next: u64,
+    serving: u64,
 }
 
 /// Held while a unit of engine work runs.
@@ -61,8 +72,8 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut free = self.gate.free.lock().unwrap_or_else(|p| p.into_inner());
-        *free += self.slots;
+        let mut state = self.gate.slots.lock().unwrap_or_else(|p| p.into_inner());
+        state.free += self.slots;
         self.gate.freed.notify_all();
     }
 }
@@ -72,7 +83,11 @@ impl EnginePool {
         let size = size.max(1);
         EnginePool {
             inner: Arc::new(Gate {
-                free: Mutex::new(size),
+                slots: Mutex::new(Slots {
+                    free: size,
+                    next: 0,
+                    serving: 0,
+                }),
                 freed: Condvar::new(),
                 size,
             }),
@@ -84,18 +99,24 @@ impl EnginePool {
     }
 
     /// Blocks the calling (worker) thread until `threads` slots are free
-    /// (at most the pool's size, so a wide job can always run alone).
+    /// (at most the pool's size, so a wide job can always run alone) and
+    /// every job that asked before has its slots.
     pub fn acquire(&self, threads: usize) -> Permit {
         let slots = threads.clamp(1, self.inner.size);
-        let mut free = self.inner.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free < slots {
-            free = self
+        let mut state = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = state.next;
+        state.next += 1;
+        while state.serving != ticket || state.free < slots {
+            state = self
                 .inner
                 .freed
-                .wait(free)
+                .wait(state)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        *free -= slots;
+        state.free -= slots;
+        state.serving += 1;
+        // The next in line may fit beside this one.
+        self.inner.freed.notify_all();
         Permit {
             gate: self.inner.clone(),
             slots,
@@ -208,6 +229,43 @@ mod tests {
         );
         // A job wider than the pool still runs (alone).
         pool.run(8, || ()).await.unwrap();
+    }
+
+    #[test]
+    fn a_wide_job_is_not_starved_by_narrow_steps() {
+        // The model's tokens: one slot each, taken again at once. A phrase's
+        // synthesis asks for both slots meanwhile; it runs after the steps
+        // asked for before it, not after all of them.
+        let pool = EnginePool::new(2);
+        let steps = Arc::new(AtomicUsize::new(0));
+        let other = pool.clone();
+        let counted = steps.clone();
+        let narrow = std::thread::spawn(move || {
+            for _ in 0..60 {
+                let _p = other.acquire(1);
+                std::thread::sleep(Duration::from_millis(3));
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        // A verdict holds the other slot for a while.
+        let verdict = pool.acquire(1);
+        std::thread::sleep(Duration::from_millis(10));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wide = pool.clone();
+        let wide = std::thread::spawn(move || {
+            let _p = wide.acquire(2);
+            tx.send(()).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(10));
+        drop(verdict);
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let done = steps.load(Ordering::SeqCst);
+        assert!(
+            done < 30,
+            "the wide job waited for {done} of 60 narrow steps"
+        );
+        wide.join().unwrap();
+        narrow.join().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
