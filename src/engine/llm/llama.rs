@@ -87,8 +87,7 @@ impl LlamaLlm {
 
 /// llama.h's `LLAMA_FLASH_ATTN_TYPE_DISABLED`. On the CPU, "auto" turns
 /// flash attention on, and its kernel then took 43% of a reply's time with
-/// the bundled 135M model (perf). Without it, on 2 cores: the first token
-/// of a turn 72-123 → 37-43 ms, a token 20 → 12 ms.
+/// the bundled 135M model (perf).
 const FLASH_ATTENTION_DISABLED: i32 = 0;
 
 impl Shared {
