@@ -104,19 +104,6 @@ pub fn grammar_for(tools: &[ToolSpec], choice: &ToolChoice) -> String {
     }
 }
 
-/// A tool call as the model writes it: `[name]` or `[name:value]`.
-pub fn written(call_name: &str, arguments: &serde_json::Value, tools: &[ToolSpec]) -> String {
-    let value = tools
-        .iter()
-        .find(|t| t.name == call_name)
-        .and_then(parameter)
-        .and_then(|(p, _)| arguments.get(&p)?.as_str().map(str::to_string));
-    match value {
-        Some(v) => format!("[{call_name}:{v}]"),
-        None => format!("[{call_name}]"),
-    }
-}
-
 fn grammar_of<'a>(tools: impl Iterator<Item = &'a ToolSpec>, answer: bool) -> String {
     let alternatives: Vec<String> = tools
         .map(|t| match parameter(t) {

@@ -114,7 +114,6 @@ impl Shared {
         &self,
         system: &str,
         history: &[ChatMessage],
-        tools: &[ToolSpec],
         add_assistant: bool,
         tagged: bool,
     ) -> Result<Vec<LlamaToken>, EngineError> {
@@ -127,15 +126,11 @@ impl Shared {
         for m in history {
             match &m.speaker {
                 Speaker::User => chat.push(msg("user", &m.text)?),
-                // The bundled models' templates have no tool roles: the call
-                // as the model wrote it, the answer as something it is told.
-                Speaker::ToolCall { name, .. } => {
-                    let arguments = serde_json::from_str(&m.text).unwrap_or_default();
-                    chat.push(msg(
-                        "assistant",
-                        &bracket::written(name, &arguments, tools),
-                    )?)
-                }
+                // The bundled models' templates have no tool roles: the
+                // answer is something the model is told, and its call is
+                // left out, since shown its own `[name:value]` the 135M
+                // model recites that instead of the answer (measured).
+                Speaker::ToolCall { .. } => {}
                 Speaker::ToolResult { name, .. } => chat.push(msg(
                     "user",
                     &format!("({name}: {}) Tell me.", plain(&m.text)),
@@ -166,7 +161,7 @@ impl LlamaLlm {
         {
             return Ok(p.clone());
         }
-        let tokens = self.shared.render(system, &[], &[], false, false)?;
+        let tokens = self.shared.render(system, &[], false, false)?;
         let mut ctx = self.shared.new_context()?;
         decode_tokens(&mut ctx, &tokens, 0, None)?;
         let state = ctx
@@ -256,6 +251,10 @@ pub struct LlamaSession {
 /// off unless an agent turns it on.
 const ANSWER_BIAS: f32 = 0.5;
 
+/// How much more likely the words of a function's answer are made in the
+/// reply that follows it (in logits); see [`LlamaSession::quoting_sampler`].
+const QUOTE_BIAS: f32 = 1.5;
+
 impl LlamaSession {
     /// The reply's opening tag: only the agent's tags (the grammar), with
     /// `[answer]` favoured; greedy, so that the same words get the same act.
@@ -275,6 +274,27 @@ impl LlamaSession {
             LlamaSampler::logit_bias(model.n_vocab(), &bias),
             LlamaSampler::greedy(),
         ]))
+    }
+
+    /// The reply's words after a function's answer (`told`): its tokens are
+    /// favoured, so that a small model quotes the answer rather than
+    /// invents one. With the 135M model and the clinic's opening-hours
+    /// function, five questions got the function's time in 2 replies
+    /// without the bias and in 4 or 5 with it at 1.0 to 2.0.
+    fn quoting_sampler(&self, told: &str) -> LlamaSampler {
+        let vocab = self.shared.model.vocab();
+        let mut tokens = vocab.tokenize(told.as_bytes(), false, false);
+        tokens.extend(vocab.tokenize(format!(" {told}").as_bytes(), false, false));
+        tokens.sort_by_key(|t| t.0);
+        tokens.dedup();
+        let bias: Vec<LlamaLogitBias> = tokens
+            .into_iter()
+            .map(|t| LlamaLogitBias::new(t, QUOTE_BIAS))
+            .collect();
+        LlamaSampler::chain_simple([
+            LlamaSampler::logit_bias(self.shared.model.n_vocab(), &bias),
+            self.sampler(),
+        ])
     }
 
     /// The reply's words.
@@ -309,13 +329,9 @@ impl LocalSession for LlamaSession {
         // Oldest exchanges go first when the conversation outgrows the context.
         let mut skip = 0;
         let prompt = loop {
-            let tokens = self.shared.render(
-                &self.system,
-                &history[skip..],
-                &self.tools,
-                true,
-                self.grammar.is_some(),
-            )?;
+            let tokens =
+                self.shared
+                    .render(&self.system, &history[skip..], true, self.grammar.is_some())?;
             if tokens.len() + max_new < n_ctx || skip + 1 >= history.len() {
                 break tokens;
             }
@@ -365,6 +381,9 @@ impl LocalSession for LlamaSession {
         let mut in_tag = tagged;
         let mut sampler = if tagged {
             self.tag_sampler(&bracket::grammar_for(&self.tools, choice))?
+        } else if after_answer {
+            let told = history.last().map(|m| plain(&m.text)).unwrap_or_default();
+            self.quoting_sampler(&told)
         } else {
             self.sampler()
         };
