@@ -224,9 +224,10 @@ async fn barge_in_stops_the_agent_within_250ms_and_keeps_only_what_was_heard() {
         "the reply ({reply_len:.1} s) is too short to interrupt"
     );
 
-    // The same call again, but the caller cuts in 0.8 s into the reply.
+    // The same call again, but the caller cuts in 0.5 s into the reply:
+    // within its first phrase (four words), whatever the load.
     let cut = espeak("Wait, I have another question about my appointment.");
-    let speech_onset = reply_at + 0.8;
+    let speech_onset = reply_at + 0.5;
     let place = speech_onset - onset(&cut);
     let caller = compose(
         place + duration(&cut) + 10.0,

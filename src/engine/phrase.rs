@@ -18,8 +18,11 @@ pub struct PhraseCutter {
 }
 
 impl Default for PhraseCutter {
+    /// A first phrase of at most four words: measured with `izwi bench
+    /// --sip` (small profile, 2 cores, three runs each), turns judged
+    /// complete answered in 893 ms on average against 1002 ms at six words.
     fn default() -> Self {
-        PhraseCutter::new(3, 6, 25)
+        PhraseCutter::new(3, 4, 25)
     }
 }
 
@@ -154,7 +157,8 @@ mod tests {
 
     #[test]
     fn sentences_become_phrases_as_soon_as_they_end() {
-        let mut c = PhraseCutter::default();
+        // A cap beyond the sentence: only its end cuts it.
+        let mut c = PhraseCutter::new(3, 6, 25);
         assert!(c.push("The clinic").is_empty());
         assert!(
             c.push(" opens at nine.").is_empty(),
@@ -194,8 +198,8 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                "Sure, I can help with that,",
-                "of course.",
+                "Sure, I can help",
+                "with that, of course.",
                 "Please hold, one moment."
             ]
         );
@@ -238,8 +242,8 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                "The clinic opens at eight in",
-                "the morning on Monday.",
+                "The clinic opens at",
+                "eight in the morning on Monday.",
                 "It closes at five in the afternoon every weekday."
             ]
         );
