@@ -570,6 +570,11 @@ pub struct TurnConfig {
     pub incomplete_silence_ms: u32,
     /// Probability of completeness from which a turn counts as complete.
     pub complete_threshold: f32,
+    /// Also ask the language model (a local one) how likely the caller's
+    /// message ends after their last word; either judge at
+    /// `complete_threshold` makes the turn complete. Only where the
+    /// end-of-turn model judges.
+    pub judge_words: bool,
     /// A caller turn longer than this is cut and answered.
     pub max_utterance_ms: u32,
     /// Audio kept from before speech onset, so the first syllable reaches ASR.
@@ -1352,6 +1357,7 @@ impl Default for TurnConfig {
             complete_silence_ms: 300,
             incomplete_silence_ms: 1200,
             complete_threshold: 0.5,
+            judge_words: true,
             max_utterance_ms: 20_000,
             preroll_ms: 200,
             barge_in: true,

@@ -464,10 +464,15 @@ fn pick_agent<'a>(
 fn turn_summary(t: &izwi::config::TurnConfig) -> String {
     if t.detector {
         format!(
-            "words recognised after {} ms of silence, reply prepared after {} ms, played after {} ms when the end-of-turn model judges the turn complete, {} ms when not, {} ms in languages it does not know",
+            "words recognised after {} ms of silence, reply prepared after {} ms, played after {} ms when the end-of-turn model judges the turn complete{}, {} ms when not, {} ms in languages it does not know",
             t.transcribe_after_ms,
             t.early_endpoint_ms,
             t.complete_silence_ms,
+            if t.judge_words {
+                " (or the language model reads its words as finished)"
+            } else {
+                ""
+            },
             t.incomplete_silence_ms,
             t.endpoint_silence_ms
         )

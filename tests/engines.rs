@@ -45,6 +45,7 @@ fn reply(
                 LlmEvent::Text(t) => words.push_str(&t),
                 LlmEvent::ToolCall(c) => calls.push(c),
                 LlmEvent::Malformed(m) => panic!("malformed action {m:?}"),
+                LlmEvent::TurnEnds(_) => {}
                 LlmEvent::Done(stats) => return (words, calls, stats),
             }
         }
@@ -194,6 +195,65 @@ fn the_small_model_asks_for_end_call_and_transfer_and_only_allowed_targets_pass(
     // The default agent offers its model no action at all.
     let plain = izwi::config::Config::default().agents["english"].clone();
     assert!(action::tools(&plain).is_empty());
+}
+
+/// The model's reading of the caller's last message: how likely it ends
+/// there (None: the model gave none before its first word).
+fn turn_ends(session: &Arc<dyn LlmSession>, history: &[ChatMessage]) -> Option<f32> {
+    use futures_util::StreamExt;
+    block_on(async {
+        let mut events = session.reply(history.to_vec(), ToolChoice::Auto);
+        while let Some(event) = events.next().await {
+            match event.unwrap() {
+                LlmEvent::TurnEnds(p) => return Some(p),
+                LlmEvent::Text(_) | LlmEvent::Done(_) => return None,
+                LlmEvent::ToolCall(_) | LlmEvent::Malformed(_) => {}
+            }
+        }
+        None
+    })
+}
+
+#[test]
+fn the_model_reads_a_finished_question_as_the_end_of_the_turn_and_a_fragment_not() {
+    let cfg = config();
+    let (_, profile) = cfg.default_agent();
+    let s = session(&profile.system_prompt, action::tools(profile));
+    let user = |text: &str| ChatMessage {
+        speaker: Speaker::User,
+        text: text.into(),
+    };
+    // As Whisper writes a caller who finished, and one who paused mid-sentence.
+    let finished = [
+        "What time does the clinic open on Monday?",
+        "Is there a pharmacy inside the clinic?",
+    ];
+    let paused = ["I would like to book an", "My son has had a fever since"];
+    let mut history = Vec::new();
+    for (done, cut) in finished.iter().zip(paused) {
+        let mut asked = history.clone();
+        asked.push(user(cut));
+        let p_cut = turn_ends(&s, &asked).expect("a reading of the paused words");
+        history.push(user(done));
+        let p_done = turn_ends(&s, &history).expect("a reading of the question");
+        println!("finished {p_done:.3}, paused {p_cut:.3}");
+        assert!(p_done >= 0.5, "{done:?} read as unfinished: {p_done}");
+        assert!(p_cut < 0.1, "{cut:?} read as finished: {p_cut}");
+        // The next question comes after an answer, from the cache.
+        history.push(ChatMessage {
+            speaker: Speaker::Assistant,
+            text: "We open at eight.".into(),
+        });
+    }
+    // After a function's answer, no caller's words are read.
+    history.push(ChatMessage {
+        speaker: Speaker::ToolResult {
+            id: "call_1".into(),
+            name: "opening_hours".into(),
+        },
+        text: r#"{"opens":"8:00"}"#.into(),
+    });
+    assert_eq!(turn_ends(&s, &history), None);
 }
 
 #[test]

@@ -279,6 +279,8 @@ pub struct Conversation {
     /// Pauses are judged by the end-of-turn model (it knows the agent's language).
     judge: bool,
     complete_threshold: f32,
+    /// Let the language model's reading of the words also judge the turn.
+    judge_words: bool,
 }
 
 /// A control waiting for the words before it to be heard.
@@ -362,6 +364,7 @@ impl Conversation {
                 && engine_judges
                 && crate::engine::turn_detector::knows_language(&agent_language),
             complete_threshold: turn.complete_threshold,
+            judge_words: turn.judge_words,
         };
         c.greet();
         Ok(c)
@@ -986,6 +989,21 @@ impl Conversation {
                 let complete = probability >= self.complete_threshold;
                 if let Some(Output::PlayFrom(at)) = self.turn.step(Input::Judged { complete }) {
                     reply.play_from = at;
+                }
+            }
+            // Either judge finding the turn complete is enough: Smart Turn
+            // hears how it was said, the model reads what was said. With
+            // izwi bench --sip, Smart Turn heard 5 of 12 finished synthetic
+            // questions as unfinished; the model read several of those as
+            // finished, and none of the pauses it was asked about.
+            ReplyEvent::WordsJudged { probability } => {
+                tracing::debug!(call = %self.call_id, probability, "turn judged by its words");
+                if self.judge_words
+                    && probability >= self.complete_threshold
+                    && let Some(Output::PlayFrom(at)) =
+                        self.turn.step(Input::Judged { complete: true })
+                {
+                    reply.play_from = reply.play_from.min(at);
                 }
             }
             ReplyEvent::Heard { text, asr, audio } => {

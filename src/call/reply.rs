@@ -38,6 +38,11 @@ pub enum ReplyEvent {
         probability: f32,
         took: Duration,
     },
+    /// The language model's reading of the caller's words: the probability
+    /// that their message ends after its last word (a local model only).
+    WordsJudged {
+        probability: f32,
+    },
     /// What the caller said (kept in memory for the conversation, never logged).
     Heard {
         text: String,
@@ -277,6 +282,13 @@ async fn run(
                     }
                     Ok(LlmEvent::Malformed(_)) => {
                         send(&actions, ReplyEvent::MalformedAction).await?
+                    }
+                    // Heard only for a turn whose sound was judged: the
+                    // call then knows what the verdict is about.
+                    Ok(LlmEvent::TurnEnds(probability)) => {
+                        if judge && step == 0 {
+                            send(&actions, ReplyEvent::WordsJudged { probability }).await?;
+                        }
                     }
                     Ok(LlmEvent::Done(stats)) => break stats,
                     // Nothing said yet (a filler is no answer): the caller

@@ -465,6 +465,26 @@ mod tests {
     }
 
     #[test]
+    fn a_second_judge_finding_the_turn_complete_brings_the_reply_forward() {
+        let mut m = TurnMachine::new(TurnPolicy {
+            early_endpoint: ms(100),
+            ..policy()
+        });
+        let mut t = Duration::ZERO;
+        feed(&mut m, &mut t, 0.9, 1000);
+        feed(&mut m, &mut t, 0.0, 100);
+        // The sound sounded unfinished; the words then read as finished.
+        assert_eq!(
+            m.step(Input::Judged { complete: false }),
+            Some(Output::PlayFrom(ms(2200)))
+        );
+        assert_eq!(
+            m.step(Input::Judged { complete: true }),
+            Some(Output::PlayFrom(ms(1200)))
+        );
+    }
+
+    #[test]
     fn a_forced_cut_is_not_judged() {
         let mut m = TurnMachine::new(TurnPolicy {
             max_utterance: ms(1000),

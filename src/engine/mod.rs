@@ -252,6 +252,11 @@ pub enum LlmEvent {
     /// The model asked for an action in a form that cannot be read (cut off,
     /// malformed): refused, and the call goes on.
     Malformed(String),
+    /// How likely the model finds it that the caller's message ends where
+    /// it does: the probability of its end-of-message token right after
+    /// their last word, a reading of the words for the end-of-turn verdict.
+    /// A local model says it before its first word; a remote one never.
+    TurnEnds(f32),
     /// The last event of a reply that ran to its end.
     Done(GenerationStats),
 }

@@ -163,7 +163,7 @@ impl LlamaLlm {
         }
         let tokens = self.shared.render(system, &[], false, false)?;
         let mut ctx = self.shared.new_context()?;
-        decode_tokens(&mut ctx, &tokens, 0, None)?;
+        decode_tokens(&mut ctx, &tokens, 0, None, None)?;
         let state = ctx
             .state_seq_get(SEQ, Default::default())
             .map_err(|e| EngineError::Llm(format!("saving system prompt state: {e}")))?;
@@ -176,32 +176,52 @@ impl LlamaLlm {
     }
 }
 
-/// Evaluates `tokens` at positions from `start`, in batches, taking an engine slot per batch.
+/// Evaluates `tokens` at positions from `start`, in batches, taking an engine
+/// slot per batch. `odds_of`: the index in `tokens` of one whose probability
+/// after the tokens before it is wanted (returned), read while it is decoded.
 fn decode_tokens(
     ctx: &mut LlamaContext<'static>,
     tokens: &[LlamaToken],
     start: usize,
     pool: Option<(&EnginePool, usize)>,
-) -> Result<(), EngineError> {
+    odds_of: Option<usize>,
+) -> Result<Option<f32>, EngineError> {
     let n_batch = ctx.n_batch() as usize;
     let mut batch = LlamaBatch::new(n_batch, 1);
+    // The logits that predict `tokens[k]` are the previous token's.
+    let read_at = odds_of
+        .filter(|&k| k >= 1 && k < tokens.len())
+        .map(|k| k - 1);
+    let mut odds = None;
     let mut done = 0;
     while done < tokens.len() {
         let end = (done + n_batch).min(tokens.len());
         batch.clear();
         for (i, t) in tokens[done..end].iter().enumerate() {
             let pos = start + done + i;
-            let last = done + i + 1 == tokens.len();
+            let wanted = done + i + 1 == tokens.len() || read_at == Some(done + i);
             batch
-                .add(*t, pos as i32, &[SEQ], last)
+                .add(*t, pos as i32, &[SEQ], wanted)
                 .map_err(|e| EngineError::Llm(format!("batch: {e}")))?;
         }
         let _permit = pool.map(|(p, threads)| p.acquire(threads));
         ctx.decode(&mut batch)
             .map_err(|e| EngineError::Llm(format!("decode: {e}")))?;
+        if let Some(k) = read_at.filter(|k| (done..end).contains(k)) {
+            let logits = ctx.get_logits_ith((k - done) as i32);
+            odds = probability(logits, tokens[k + 1]);
+        }
         done = end;
     }
-    Ok(())
+    Ok(odds)
+}
+
+/// The softmax probability of `token` among `logits`.
+fn probability(logits: &[f32], token: LlamaToken) -> Option<f32> {
+    let of = *logits.get(usize::try_from(token.0).ok()?)?;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+    Some((of - max).exp() / sum)
 }
 
 impl LocalModel for LlamaLlm {
@@ -355,11 +375,23 @@ impl LocalSession for LlamaSession {
             .clear_kv_cache_seq(Some(SEQ as u32), Some(common as u32), None)
             .map_err(|e| EngineError::Llm(format!("trimming cache: {e}")))?;
         self.evaluated.truncate(common);
-        decode_tokens(
+        // The caller's message ends at the template's last end-of-message
+        // token: how likely the model found that token where it stands is
+        // its reading of whether the caller has finished.
+        let vocab = self.shared.model.vocab();
+        let message_end = match history.last().map(|m| &m.speaker) {
+            Some(Speaker::User) => prompt
+                .iter()
+                .rposition(|t| vocab.is_eog(*t))
+                .filter(|&i| i > common),
+            _ => None,
+        };
+        let turn_ends = decode_tokens(
             &mut self.ctx,
             &prompt[common..],
             common,
             Some((pool, self.shared.settings.llm_batch_threads)),
+            message_end.map(|i| i - common),
         )?;
         self.evaluated.extend_from_slice(&prompt[common..]);
 
@@ -368,6 +400,11 @@ impl LocalSession for LlamaSession {
             reused_tokens: common,
             ..Default::default()
         };
+        if let Some(p) = turn_ends
+            && on_event(LlmEvent::TurnEnds(p)).is_break()
+        {
+            return Ok(stats);
+        }
         // With actions, the reply opens with its tag; then the words.
         // Told a function's answer and held to words, a small model does
         // better untagged: forced to open with `[answer]`, the 135M one
@@ -389,7 +426,6 @@ impl LocalSession for LlamaSession {
         };
         let mut brackets = Brackets::new(if tagged { &self.tools } else { &[] });
         let mut pieces = Vec::new();
-        let vocab = self.shared.model.vocab();
         let mut pending = Vec::<u8>::new();
         let mut batch = LlamaBatch::new(1, 1);
         let decode_start = Instant::now();
