@@ -92,8 +92,10 @@ pub fn clean_transcript(raw: &str) -> String {
 
 /// A transcript that is one phrase said over and over ("How much is it? How
 /// much is it? How much") is a decoder loop, not the caller: one round is
-/// kept. A caller repeats too ("no, no", a number's "five five five"), so it
-/// takes three rounds of a phrase of two words or more, or six of one word.
+/// kept. A caller repeats too ("no, no", a number's "five five five", "see
+/// you soon, see you soon"), so it takes two rounds of a phrase of two words
+/// or more and the start of a third (where the token limit cut the loop), or
+/// six rounds of one word.
 pub fn collapse_loop(text: &str) -> String {
     let words: Vec<&str> = text.split_whitespace().collect();
     let key = |w: &str| {
@@ -103,12 +105,13 @@ pub fn collapse_loop(text: &str) -> String {
             .collect::<String>()
     };
     let keys: Vec<String> = words.iter().map(|w| key(w)).collect();
-    for period in 1..=words.len() / 3 {
-        let rounds = words.len() / period;
-        let enough = if period == 1 {
-            rounds >= 6
+    // One word said again and again is a phrase of one word, whatever the period.
+    let one_word = keys.iter().all(|k| Some(k) == keys.first());
+    for period in 1..=words.len() / 2 {
+        let enough = if period == 1 || one_word {
+            words.len() >= 6
         } else {
-            rounds >= 3
+            words.len() > 2 * period
         };
         if enough && (period..keys.len()).all(|i| keys[i] == keys[i % period]) {
             return words[..period].join(" ");
@@ -133,12 +136,24 @@ mod tests {
             collapse_loop("Hello? Hello? Hello? Hello? Hello? Hello? Hello"),
             "Hello?"
         );
+        // Two rounds and the start of a third (Whisper tiny on espeak-ng).
+        assert_eq!(
+            collapse_loop(
+                "Where can I park when I come to my clinic? Where can I park when I come to my clinic? Where can I park when I"
+            ),
+            "Where can I park when I come to my clinic?"
+        );
         // What a caller may well say twice or a few times stays.
         assert_eq!(collapse_loop("no, no"), "no, no");
         assert_eq!(collapse_loop("five five five five"), "five five five five");
+        assert_eq!(collapse_loop("no no no no no"), "no no no no no");
         assert_eq!(
             collapse_loop("see you soon, see you soon"),
             "see you soon, see you soon"
+        );
+        assert_eq!(
+            collapse_loop("I need a doctor. I need a doctor."),
+            "I need a doctor. I need a doctor."
         );
         assert_eq!(collapse_loop("yes"), "yes");
         assert_eq!(collapse_loop(""), "");
