@@ -469,7 +469,7 @@ fn turn_summary(t: &izwi::config::TurnConfig) -> String {
             t.early_endpoint_ms,
             t.complete_silence_ms,
             if t.judge_words {
-                " (or the language model reads its words as finished)"
+                " (or a local language model reads its words as finished)"
             } else {
                 ""
             },

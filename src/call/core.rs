@@ -540,12 +540,21 @@ mod conversation_tests {
         profile: AgentProfile,
         twilio: bool,
     ) -> CallCore {
+        core_turned(engine, profile, twilio, TurnConfig::default()).await
+    }
+
+    async fn core_turned(
+        engine: Arc<crate::engine::Engine>,
+        profile: AgentProfile,
+        twilio: bool,
+        turn: TurnConfig,
+    ) -> CallCore {
         let agent = Arc::new(Agent::prepare(&engine, "a", &profile).await.unwrap());
         let plan = crate::dialplan::Dialplan::single("a", &Default::default());
         let ctx = CallContext {
             engine: Some(engine.clone()),
             agents: Arc::new(super::super::agents::Agents::new(None, plan).await.unwrap()),
-            turn: TurnConfig::default(),
+            turn,
             echo: false,
             recorder: Recorder::disabled(),
             live: Default::default(),
@@ -1032,6 +1041,34 @@ mod conversation_tests {
         // The words before the pause were recognised during it and kept; only
         // the words after it were left (the fake hears the same words in each).
         assert_eq!(heard, "what time do you open what time do you open");
+    }
+
+    #[tokio::test]
+    async fn words_read_as_finished_end_a_turn_whose_sound_was_judged_unfinished() {
+        let defaults = TurnConfig::default();
+        for (words, judge_words, waits) in [
+            (0.9, true, defaults.complete_silence_ms),
+            (0.01, true, defaults.incomplete_silence_ms),
+            (0.9, false, defaults.incomplete_silence_ms),
+        ] {
+            let script = Script {
+                replies: vec![vec![Step::TurnEnds(words), Step::Say(SPOKEN)]],
+                ..Default::default()
+            };
+            // Smart Turn (the fake) hears every turn as unfinished.
+            let engine = fake::engine_judged(script, 0.1);
+            let turn = TurnConfig {
+                judge_words,
+                ..TurnConfig::default()
+            };
+            let mut c = core_turned(engine, quiet_profile(), false, turn).await;
+            let mut out = Tick::default();
+            let quiet = ask(&mut c, &mut out, 50).await as u32 * 20;
+            assert!(
+                quiet + 40 >= waits && quiet < waits + 300,
+                "words read at {words} (judged: {judge_words}): answered after {quiet} ms of silence, not {waits}"
+            );
+        }
     }
 
     #[tokio::test]

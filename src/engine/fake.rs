@@ -31,6 +31,8 @@ pub enum Step {
     Fail,
     /// The model is still writing (for a second) when the call moves on.
     Stall,
+    /// The model's reading of the caller's words: how likely their message ends.
+    TurnEnds(f32),
 }
 
 struct LoudVad;
@@ -110,6 +112,7 @@ impl LocalSession for ScriptedSession {
             let flow = match &step {
                 Step::Say(t) => on_event(LlmEvent::Text(t.to_string())),
                 Step::Act(c) => on_event(LlmEvent::ToolCall(c.clone())),
+                Step::TurnEnds(p) => on_event(LlmEvent::TurnEnds(*p)),
                 Step::Fail => return Err(EngineError::Llm("scripted failure".into())),
                 Step::Stall => {
                     std::thread::sleep(std::time::Duration::from_secs(1));

@@ -93,9 +93,10 @@ pub fn clean_transcript(raw: &str) -> String {
 /// A transcript that is one phrase said over and over ("How much is it? How
 /// much is it? How much") is a decoder loop, not the caller: one round is
 /// kept. A caller repeats too ("no, no", a number's "five five five", "see
-/// you soon, see you soon"), so it takes two rounds of a phrase of two words
-/// or more and the start of a third (where the token limit cut the loop), or
-/// six rounds of one word.
+/// you soon, see you soon", digits read in groups "4, 5, 4, 5, 4"), so it
+/// takes two rounds of a phrase of two words or more and the start of a
+/// third (where the token limit cut the loop), three rounds when the phrase
+/// is only numbers, or six rounds of one word.
 pub fn collapse_loop(text: &str) -> String {
     let words: Vec<&str> = text.split_whitespace().collect();
     let key = |w: &str| {
@@ -108,8 +109,13 @@ pub fn collapse_loop(text: &str) -> String {
     // One word said again and again is a phrase of one word, whatever the period.
     let one_word = keys.iter().all(|k| Some(k) == keys.first());
     for period in 1..=words.len() / 2 {
+        let numbers = keys[..period]
+            .iter()
+            .all(|k| k.chars().all(|c| c.is_ascii_digit()));
         let enough = if period == 1 || one_word {
             words.len() >= 6
+        } else if numbers {
+            words.len() >= 3 * period
         } else {
             words.len() > 2 * period
         };
@@ -147,6 +153,7 @@ mod tests {
         assert_eq!(collapse_loop("no, no"), "no, no");
         assert_eq!(collapse_loop("five five five five"), "five five five five");
         assert_eq!(collapse_loop("no no no no no"), "no no no no no");
+        assert_eq!(collapse_loop("4, 5, 4, 5, 4"), "4, 5, 4, 5, 4");
         assert_eq!(
             collapse_loop("see you soon, see you soon"),
             "see you soon, see you soon"

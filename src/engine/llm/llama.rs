@@ -178,7 +178,8 @@ impl LlamaLlm {
 
 /// Evaluates `tokens` at positions from `start`, in batches, taking an engine
 /// slot per batch. `odds_of`: the index in `tokens` of one whose probability
-/// after the tokens before it is wanted (returned), read while it is decoded.
+/// after the tokens before it is wanted (returned), read from the logits of
+/// the token before it.
 fn decode_tokens(
     ctx: &mut LlamaContext<'static>,
     tokens: &[LlamaToken],
@@ -377,13 +378,21 @@ impl LocalSession for LlamaSession {
         self.evaluated.truncate(common);
         // The caller's message ends at the template's last end-of-message
         // token: how likely the model found that token where it stands is
-        // its reading of whether the caller has finished.
+        // its reading of whether the caller has finished. A template that
+        // closes no user message (Mistral's `[/INST]`) has its last such
+        // token before the caller's message: it gives no reading.
         let vocab = self.shared.model.vocab();
-        let message_end = match history.last().map(|m| &m.speaker) {
-            Some(Speaker::User) => prompt
-                .iter()
-                .rposition(|t| vocab.is_eog(*t))
-                .filter(|&i| i > common),
+        let message_end = match history[skip..].split_last() {
+            Some((last, earlier)) if last.speaker == Speaker::User => {
+                let before = self
+                    .shared
+                    .render(&self.system, earlier, false, self.grammar.is_some())?
+                    .len();
+                prompt
+                    .iter()
+                    .rposition(|t| vocab.is_eog(*t))
+                    .filter(|&i| i > common.max(before))
+            }
             _ => None,
         };
         let turn_ends = decode_tokens(
