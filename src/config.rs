@@ -582,6 +582,10 @@ pub struct TurnConfig {
     pub barge_in: bool,
     /// Caller speech over the agent must last this long to interrupt it.
     pub barge_in_min_ms: u32,
+    /// Hold the agent's audio from the first frame of speech over it, and
+    /// go on from there if the speech stops short of `barge_in_min_ms`: a
+    /// barge-in is then heard at once, a cough costs a short pause.
+    pub barge_in_pause: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1362,6 +1366,7 @@ impl Default for TurnConfig {
             preroll_ms: 200,
             barge_in: true,
             barge_in_min_ms: 120,
+            barge_in_pause: true,
         }
     }
 }

@@ -842,6 +842,12 @@ impl Conversation {
                     }
                 }
             }
+            Some(Output::PauseAgent) => {
+                tracing::debug!(call = %self.call_id, "speech over the agent; its audio held");
+            }
+            Some(Output::ResumeAgent) => {
+                tracing::debug!(call = %self.call_id, "the speech over the agent stopped short of a barge-in; its audio goes on");
+            }
             Some(Output::BargeIn { onset }) => {
                 tracing::info!(call = %self.call_id, turn = self.turns.len(), "barge-in");
                 self.finish_reply(true);
@@ -905,6 +911,9 @@ impl Conversation {
         self.policies(at);
         loop {
             let reply = self.reply.as_mut()?;
+            if reply.started && self.turn.agent_held() {
+                return None;
+            }
             while reply
                 .phrases
                 .front()

@@ -513,7 +513,7 @@ mod tests {
 mod conversation_tests {
     use super::tests_support::*;
     use crate::call::action::CallControl;
-    use crate::call::conversation::TurnOutcome;
+    use crate::call::conversation::{TurnOutcome, TurnRecord};
     use crate::call::ending::AgentEnd;
     use crate::config::AgentProfile;
     use crate::engine::ToolCall;
@@ -638,10 +638,14 @@ mod conversation_tests {
         for _ in 0..25 {
             assert!(step(&mut c, &mut out, Some(&silence())).await.loud);
         }
-        // The caller talks over the answer.
-        let mut cleared_at = None;
+        // The caller talks over the answer: it is held at once, cut (and the
+        // far end cleared) once the speech has lasted barge_in_min_ms.
+        let (mut cleared_at, mut quiet_at) = (None, None);
         for i in 0..30 {
             let s = step(&mut c, &mut out, Some(&tone(160))).await;
+            if !s.loud && quiet_at.is_none() {
+                quiet_at = Some(i);
+            }
             if s.clear {
                 cleared_at = Some(i);
                 break;
@@ -649,6 +653,11 @@ mod conversation_tests {
         }
         let at = cleared_at.expect("no clear on barge-in");
         assert!(at <= 12, "barge-in took {at} ticks");
+        let quiet = quiet_at.expect("the agent talked on until the barge-in");
+        assert!(
+            quiet <= 3,
+            "the agent went quiet {quiet} ticks after the onset"
+        );
         assert!(!step(&mut c, &mut out, Some(&tone(160))).await.loud);
         let turns = c.end(Ending::CallerBye);
         let answer = turns.iter().find(|t| !t.greeting).unwrap();
@@ -656,6 +665,63 @@ mod conversation_tests {
         assert_eq!(answer.outcome, TurnOutcome::Interrupted);
         assert!(answer.words_spoken < SPOKEN.split_whitespace().count());
         assert!(answer.llm_first_token_ms.is_some(), "{answer:?}");
+    }
+
+    /// The agent's answer, with 60 ms of noise from the caller (shorter
+    /// than barge_in_min_ms) 400 ms into it or none: the loud samples of the
+    /// answer, the ticks from the noise's onset to the agent's first quiet
+    /// tick, and the answer's record.
+    async fn answer_over_a_cough(cough: bool) -> (usize, Option<usize>, TurnRecord) {
+        let script = Script {
+            replies: vec![vec![Step::Say(SPOKEN)]],
+            ..Default::default()
+        };
+        let mut c = engine_core(script, quiet_profile(), false).await;
+        let mut out = Tick::default();
+        ask(&mut c, &mut out, 50).await;
+        let loud_samples = |out: &Tick| out.audio.iter().filter(|s| s.abs() > 0.05).count();
+        let mut samples = loud_samples(&out);
+        for _ in 0..20 {
+            step(&mut c, &mut out, Some(&silence())).await;
+            samples += loud_samples(&out);
+        }
+        let mut quiet_at = None;
+        if cough {
+            for i in 0..3 {
+                let s = step(&mut c, &mut out, Some(&tone(160))).await;
+                samples += loud_samples(&out);
+                if !s.loud && quiet_at.is_none() {
+                    quiet_at = Some(i);
+                }
+            }
+        }
+        let mut quiet_ticks = 0;
+        while quiet_ticks < 10 {
+            let s = step(&mut c, &mut out, Some(&silence())).await;
+            samples += loud_samples(&out);
+            quiet_ticks = if s.loud { 0 } else { quiet_ticks + 1 };
+        }
+        let turns = c.end(Ending::CallerBye);
+        let answer = turns.into_iter().find(|t| !t.greeting).unwrap();
+        (samples, quiet_at, answer)
+    }
+
+    #[tokio::test]
+    async fn a_cough_over_the_answer_holds_it_and_loses_none_of_it() {
+        let (whole, _, _) = answer_over_a_cough(false).await;
+        let (heard, quiet_at, answer) = answer_over_a_cough(true).await;
+        let quiet = quiet_at.expect("the agent talked on over the caller's noise");
+        assert!(
+            quiet <= 2,
+            "the agent went quiet {quiet} ticks after the onset"
+        );
+        // Only the resampler's edges at the hold differ (a frame is 160 samples).
+        assert!(
+            heard.abs_diff(whole) < 40,
+            "{heard} loud samples with the hold, {whole} without"
+        );
+        assert!(!answer.barged_in, "{answer:?}");
+        assert_eq!(answer.outcome, TurnOutcome::Answered);
     }
 
     #[tokio::test]

@@ -29,6 +29,9 @@ pub struct TurnPolicy {
     pub max_utterance: Duration,
     pub barge_in: bool,
     pub barge_in_min: Duration,
+    /// Pause the agent's audio as soon as speech starts over it (resumed if
+    /// the speech stops short of `barge_in_min`).
+    pub barge_in_pause: bool,
 }
 
 impl From<&TurnConfig> for TurnPolicy {
@@ -46,6 +49,7 @@ impl From<&TurnConfig> for TurnPolicy {
             max_utterance: ms(c.max_utterance_ms),
             barge_in: c.barge_in,
             barge_in_min: ms(c.barge_in_min_ms),
+            barge_in_pause: c.barge_in_pause,
         }
     }
 }
@@ -106,6 +110,12 @@ pub enum Output {
     UserResumed,
     /// The verdict moved the time the reply may play from.
     PlayFrom(Duration),
+    /// Speech started over the agent's audio: hold it where it is until the
+    /// speech either lasts long enough to be a barge-in or stops.
+    PauseAgent,
+    /// The speech over the agent stopped short of a barge-in (a cough, an
+    /// "mm-hm"): its audio goes on from where it was held.
+    ResumeAgent,
     /// The caller spoke over the agent long enough: stop its audio now, cancel the reply.
     BargeIn { onset: Duration },
 }
@@ -127,6 +137,8 @@ pub struct TurnMachine {
     hold: bool,
     /// `Paused` was said for the current pause.
     paused: bool,
+    /// `PauseAgent` was said and neither `ResumeAgent` nor `BargeIn` since.
+    agent_held: bool,
 }
 
 impl TurnMachine {
@@ -140,6 +152,7 @@ impl TurnMachine {
             onset: Duration::ZERO,
             hold: false,
             paused: false,
+            agent_held: false,
         }
     }
 
@@ -150,6 +163,11 @@ impl TurnMachine {
     /// The caller's audio counts as speech now.
     pub fn speaking(&self) -> bool {
         self.speaking
+    }
+
+    /// The agent's audio is held for speech that may become a barge-in.
+    pub fn agent_held(&self) -> bool {
+        self.agent_held
     }
 
     pub fn policy(&self) -> &TurnPolicy {
@@ -168,6 +186,7 @@ impl TurnMachine {
                 None
             }
             Input::AgentFinished => {
+                self.agent_held = false;
                 match self.state {
                     State::AgentSpeaking => self.state = State::Listening,
                     State::Listening | State::UserSpeaking | State::Thinking => {}
@@ -175,6 +194,7 @@ impl TurnMachine {
                 None
             }
             Input::Reset => {
+                self.agent_held = false;
                 self.state = State::Listening;
                 self.speaking = false;
                 self.hold = false;
@@ -196,6 +216,7 @@ impl TurnMachine {
                 }
             },
             Input::ReplyAbandoned => {
+                self.agent_held = false;
                 match self.state {
                     State::Thinking | State::AgentSpeaking => self.state = State::Listening,
                     State::Listening | State::UserSpeaking => {}
@@ -278,9 +299,23 @@ impl TurnMachine {
                 None
             }
             State::AgentSpeaking => {
-                if self.policy.barge_in && run >= self.policy.barge_in_min {
+                if !self.policy.barge_in {
+                    return None;
+                }
+                if run >= self.policy.barge_in_min {
                     self.begin_turn(end);
                     return Some(Output::BargeIn { onset: self.onset });
+                }
+                // Waiting out barge_in_min with the agent still talking would
+                // cost the caller that long again; holding costs a cough a
+                // stutter.
+                if self.policy.barge_in_pause && self.speaking != self.agent_held {
+                    self.agent_held = self.speaking;
+                    return Some(if self.speaking {
+                        Output::PauseAgent
+                    } else {
+                        Output::ResumeAgent
+                    });
                 }
                 None
             }
@@ -288,6 +323,7 @@ impl TurnMachine {
     }
 
     fn begin_turn(&mut self, end: Duration) {
+        self.agent_held = false;
         self.state = State::UserSpeaking;
         self.paused = false;
         self.onset = self.run_start;
@@ -316,6 +352,7 @@ mod tests {
             max_utterance: ms(10_000),
             barge_in: true,
             barge_in_min: ms(120),
+            barge_in_pause: false,
         }
     }
 
@@ -587,6 +624,51 @@ mod tests {
     }
 
     #[test]
+    fn speech_over_the_agent_holds_its_audio_until_it_is_a_barge_in_or_stops() {
+        let mut m = TurnMachine::new(TurnPolicy {
+            barge_in_pause: true,
+            ..policy()
+        });
+        m.step(Input::AgentStarted);
+        let mut t = Duration::ZERO;
+        // A cough: held on its first frame, resumed on the first quiet one.
+        let out = feed(&mut m, &mut t, 0.9, 60);
+        assert_eq!(out, vec![(0, Output::PauseAgent)]);
+        assert!(m.agent_held());
+        let out = feed(&mut m, &mut t, 0.0, 100);
+        assert_eq!(out, vec![(60, Output::ResumeAgent)]);
+        assert!(!m.agent_held());
+        assert_eq!(m.state(), State::AgentSpeaking);
+        // Probabilities between release and threshold hold nothing.
+        assert!(feed(&mut m, &mut t, 0.4, 200).is_empty());
+        // Speech that lasts: held at once, a barge-in at its minimum.
+        let out = feed(&mut m, &mut t, 0.9, 300);
+        assert_eq!(
+            out,
+            vec![
+                (360, Output::PauseAgent),
+                (460, Output::BargeIn { onset: ms(360) })
+            ]
+        );
+        assert!(!m.agent_held());
+        // The agent's end forgets a hold.
+        let mut m = TurnMachine::new(TurnPolicy {
+            barge_in_pause: true,
+            ..policy()
+        });
+        m.step(Input::AgentStarted);
+        feed(&mut m, &mut t, 0.9, 40);
+        assert!(m.agent_held());
+        m.step(Input::AgentFinished);
+        assert!(!m.agent_held());
+        // Without barge_in_pause the agent talks on until the barge-in.
+        let mut m = TurnMachine::new(policy());
+        m.step(Input::AgentStarted);
+        let out = feed(&mut m, &mut t, 0.9, 200);
+        assert!(matches!(out[..], [(_, Output::BargeIn { .. })]), "{out:?}");
+    }
+
+    #[test]
     fn barge_in_can_be_disabled() {
         let mut m = TurnMachine::new(TurnPolicy {
             barge_in: false,
@@ -653,8 +735,11 @@ mod tests {
         ];
         // Drive the machine through random-ish but reproducible sequences.
         let mut seed = 12345u64;
-        for _ in 0..200 {
-            let mut m = TurnMachine::new(policy());
+        for run in 0..200 {
+            let mut m = TurnMachine::new(TurnPolicy {
+                barge_in_pause: run % 2 == 0,
+                ..policy()
+            });
             let mut t = Duration::ZERO;
             for _ in 0..300 {
                 seed = seed
@@ -698,6 +783,14 @@ mod tests {
                         assert_eq!(m.state(), State::UserSpeaking);
                         assert!(onset <= t);
                     }
+                    Some(Output::PauseAgent) => {
+                        assert_eq!(before, State::AgentSpeaking);
+                        assert!(m.agent_held());
+                    }
+                    Some(Output::ResumeAgent) => {
+                        assert_eq!(before, State::AgentSpeaking);
+                        assert!(!m.agent_held());
+                    }
                     Some(Output::PlayFrom(at)) => {
                         assert_eq!(before, State::Thinking);
                         assert_eq!(m.state(), State::Thinking);
@@ -709,6 +802,8 @@ mod tests {
                     }
                     None => {}
                 }
+                // Only the agent's audio is ever held.
+                assert!(!m.agent_held() || m.state() == State::AgentSpeaking);
             }
         }
     }
