@@ -793,6 +793,7 @@ impl Conversation {
         let out = self.turn.step(Input::Frame {
             at,
             speech_prob: self.speech_prob,
+            level: crate::audio::rms(frame),
         });
         if self.turn.speaking() {
             self.transcript.spoke();

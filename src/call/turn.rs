@@ -7,6 +7,17 @@ use std::time::Duration;
 use crate::audio::FRAME;
 use crate::config::TurnConfig;
 
+/// A frame of speech counts as voiced at this fraction of the caller's usual
+/// speech level (−20 dB): the VAD stays on for 40–120 ms after the last
+/// sound (measured on espeak-ng voices), quieter frames that a turn's end is
+/// dated back over.
+const VOICED_RATIO: f32 = 0.1;
+/// The end of speech is dated back over quiet frames by this much at most,
+/// so that a caller who trails off quietly keeps the VAD's end.
+const MAX_DATED_BACK: Duration = Duration::from_millis(200);
+/// Weight of each speech frame in the caller's usual level (about a second).
+const LEVEL_WEIGHT: f32 = 0.02;
+
 /// The configurable policies: endpointing (when the caller has finished) and
 /// barge-in (when the caller takes the floor from the agent).
 #[derive(Debug, Clone, PartialEq)]
@@ -74,8 +85,13 @@ pub enum State {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Input {
-    /// One frame of caller audio starting at `at`, with the VAD's latest speech probability.
-    Frame { at: Duration, speech_prob: f32 },
+    /// One frame of caller audio starting at `at`, with the VAD's latest
+    /// speech probability and the frame's RMS level.
+    Frame {
+        at: Duration,
+        speech_prob: f32,
+        level: f32,
+    },
     /// The first frame of an agent reply (or greeting) is being played.
     AgentStarted,
     /// The agent's last frame has been played.
@@ -128,8 +144,15 @@ pub struct TurnMachine {
     speaking: bool,
     /// Start of the current run of speech frames.
     run_start: Duration,
-    /// End of the last speech frame of the current turn.
+    /// End of the current turn's speech: its last voiced frame, or at most
+    /// [`MAX_DATED_BACK`] before the VAD's end.
     last_speech: Duration,
+    /// End of the last frame the VAD called speech.
+    vad_end: Duration,
+    /// End of the last frame of speech at the caller's level.
+    voiced_end: Duration,
+    /// The caller's usual speech level (a moving average over speech frames).
+    level: f32,
     /// Start of the caller's current turn.
     onset: Duration,
     /// After a forced cut, speech counts again only once it has paused: a caller
@@ -149,6 +172,9 @@ impl TurnMachine {
             speaking: false,
             run_start: Duration::ZERO,
             last_speech: Duration::ZERO,
+            vad_end: Duration::ZERO,
+            voiced_end: Duration::ZERO,
+            level: 0.0,
             onset: Duration::ZERO,
             hold: false,
             paused: false,
@@ -177,7 +203,11 @@ impl TurnMachine {
     /// Advances the machine by one input.
     pub fn step(&mut self, input: Input) -> Option<Output> {
         match input {
-            Input::Frame { at, speech_prob } => self.frame(at, speech_prob),
+            Input::Frame {
+                at,
+                speech_prob,
+                level,
+            } => self.frame(at, speech_prob, level),
             Input::AgentStarted => {
                 match self.state {
                     State::Listening | State::Thinking => self.state = State::AgentSpeaking,
@@ -226,7 +256,7 @@ impl TurnMachine {
         }
     }
 
-    fn frame(&mut self, at: Duration, prob: f32) -> Option<Output> {
+    fn frame(&mut self, at: Duration, prob: f32, level: f32) -> Option<Output> {
         if self.hold {
             if prob < self.policy.speech_release {
                 self.hold = false;
@@ -245,6 +275,13 @@ impl TurnMachine {
             self.run_start = at;
         }
         let end = at + FRAME;
+        if self.speaking {
+            self.level = if self.level == 0.0 {
+                level
+            } else {
+                self.level + LEVEL_WEIGHT * (level - self.level)
+            };
+        }
         let run = if self.speaking {
             end - self.run_start
         } else {
@@ -261,7 +298,13 @@ impl TurnMachine {
             }
             State::UserSpeaking => {
                 if self.speaking {
-                    self.last_speech = end;
+                    self.vad_end = end;
+                    if level >= VOICED_RATIO * self.level {
+                        self.voiced_end = end;
+                    }
+                    self.last_speech = self
+                        .voiced_end
+                        .max(self.vad_end.saturating_sub(MAX_DATED_BACK));
                     self.paused = false;
                 }
                 let forced = end - self.onset >= self.policy.max_utterance;
@@ -293,7 +336,7 @@ impl TurnMachine {
             State::Thinking => {
                 if run >= self.policy.min_speech {
                     self.state = State::UserSpeaking;
-                    self.last_speech = end;
+                    self.speech_until(end);
                     return Some(Output::UserResumed);
                 }
                 None
@@ -327,7 +370,13 @@ impl TurnMachine {
         self.state = State::UserSpeaking;
         self.paused = false;
         self.onset = self.run_start;
+        self.speech_until(end);
+    }
+
+    fn speech_until(&mut self, end: Duration) {
         self.last_speech = end;
+        self.vad_end = end;
+        self.voiced_end = end;
     }
 }
 
@@ -364,6 +413,7 @@ mod tests {
             if let Some(o) = m.step(Input::Frame {
                 at: *t,
                 speech_prob: prob,
+                level: prob / 10.0,
             }) {
                 out.push((t.as_millis() as u64, o));
             }
@@ -623,6 +673,51 @@ mod tests {
         assert!(matches!(out[0].1, Output::UserFinished { onset, .. } if onset == ms(400)));
     }
 
+    /// Feeds frames of `prob` and `level` from `*t` for `dur`.
+    fn feed_level(
+        m: &mut TurnMachine,
+        t: &mut Duration,
+        prob: f32,
+        level: f32,
+        dur: u64,
+    ) -> Vec<(u64, Output)> {
+        let mut out = Vec::new();
+        let end = *t + ms(dur);
+        while *t < end {
+            if let Some(o) = m.step(Input::Frame {
+                at: *t,
+                speech_prob: prob,
+                level,
+            }) {
+                out.push((t.as_millis() as u64, o));
+            }
+            *t += FRAME;
+        }
+        out
+    }
+
+    #[test]
+    fn the_end_of_speech_is_dated_back_over_the_vads_quiet_hangover() {
+        for (hangover, level, dated) in [
+            // The VAD stays on 100 ms after the sound: the end is the sound's.
+            (100, 0.0, 1000),
+            // A quiet tail at −14 dB is still speech.
+            (100, 0.02, 1100),
+            // Never more than 200 ms back.
+            (400, 0.0, 1200),
+        ] {
+            let mut m = TurnMachine::new(policy());
+            let mut t = Duration::ZERO;
+            feed_level(&mut m, &mut t, 0.9, 0.1, 1000);
+            feed_level(&mut m, &mut t, 0.9, level, hangover);
+            let out = feed_level(&mut m, &mut t, 0.0, 0.0, 1000);
+            let Some((_, Output::UserFinished { last_speech, .. })) = out.first() else {
+                panic!("{out:?}");
+            };
+            assert_eq!(*last_speech, ms(dated), "{hangover} ms at {level}");
+        }
+    }
+
     #[test]
     fn speech_over_the_agent_holds_its_audio_until_it_is_a_barge_in_or_stops() {
         let mut m = TurnMachine::new(TurnPolicy {
@@ -753,6 +848,7 @@ mod tests {
                     let o = m.step(Input::Frame {
                         at: t,
                         speech_prob: probs[pick % 3],
+                        level: probs[pick / 3 % 3] / 10.0,
                     });
                     t += FRAME;
                     o
