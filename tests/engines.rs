@@ -290,6 +290,69 @@ fn llm_stops_when_the_listener_goes_away() {
 }
 
 #[test]
+fn the_conversation_evaluated_ahead_leaves_the_reply_only_the_callers_words() {
+    engine();
+    let store = izwi::models::ModelStore::from_config(&config().models).unwrap();
+    let llama = izwi::engine::llm::llama::LlamaLlm::load(
+        &store.require(izwi::models::Role::Llm).unwrap(),
+        &config().engine,
+    )
+    .unwrap();
+    let pool = EnginePool::new(2);
+    let say = |speaker: Speaker, text: &str| ChatMessage {
+        speaker,
+        text: text.into(),
+    };
+    let system = "You are the receptionist of a small clinic.";
+    let mut history = vec![say(
+        Speaker::Assistant,
+        "Hello, you have reached the clinic.",
+    )];
+    let questions = [
+        "What time do you open on Monday?",
+        "Is there a pharmacy inside the clinic?",
+    ];
+    let mut ahead = llama.session(system, &[]).unwrap();
+    for question in questions {
+        let prepared = ahead.prepare(&history, &pool).unwrap();
+        assert!(prepared > 0, "nothing evaluated ahead");
+        assert_eq!(
+            ahead.prepare(&history, &pool).unwrap(),
+            0,
+            "evaluated twice"
+        );
+        history.push(say(Speaker::User, question));
+        let mut words = String::new();
+        let mut collect = |e: LlmEvent| {
+            if let LlmEvent::Text(t) = e {
+                words.push_str(&t);
+            }
+            ControlFlow::Continue(())
+        };
+        let stats = ahead
+            .generate(&history, &ToolChoice::Auto, &pool, &mut collect)
+            .unwrap();
+        // A session that evaluated nothing ahead reads the whole history.
+        let mut cold = llama.session(system, &[]).unwrap();
+        let cold_stats = cold
+            .generate(&history, &ToolChoice::Auto, &pool, &mut |_| {
+                ControlFlow::Break(())
+            })
+            .unwrap();
+        let new = stats.prompt_tokens - stats.reused_tokens;
+        let cold_new = cold_stats.prompt_tokens - cold_stats.reused_tokens;
+        println!("{question:?}: {prepared} evaluated ahead, {new} left (cold: {cold_new})");
+        assert_eq!(stats.prompt_tokens, cold_stats.prompt_tokens);
+        assert!(
+            new + prepared <= cold_new && new <= 20,
+            "{new} tokens left after {prepared} ahead; {cold_new} cold"
+        );
+        assert!(!words.trim().is_empty(), "no reply");
+        history.push(say(Speaker::Assistant, words.trim()));
+    }
+}
+
+#[test]
 fn silero_tells_speech_from_silence_and_noise() {
     let engine = engine();
     let speech = espeak("Good morning, I would like to book an appointment.");

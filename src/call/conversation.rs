@@ -1214,6 +1214,14 @@ impl Conversation {
             Some(a) => self.perform(a, Source::Model, !played.is_empty()),
             None => {}
         }
+        if !self.closing
+            && self
+                .history
+                .last()
+                .is_some_and(|m| m.speaker == Speaker::Assistant)
+        {
+            self.llm.prepare(self.history.clone());
+        }
     }
 }
 

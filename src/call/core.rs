@@ -516,8 +516,8 @@ mod conversation_tests {
     use crate::call::conversation::{TurnOutcome, TurnRecord};
     use crate::call::ending::AgentEnd;
     use crate::config::AgentProfile;
-    use crate::engine::ToolCall;
     use crate::engine::fake::{self, Script, Step};
+    use crate::engine::{Speaker, ToolCall};
 
     const SPOKEN: &str =
         "We open at eight in the morning and we close at five in the afternoon on every weekday.";
@@ -722,6 +722,37 @@ mod conversation_tests {
         );
         assert!(!answer.barged_in, "{answer:?}");
         assert_eq!(answer.outcome, TurnOutcome::Answered);
+    }
+
+    #[tokio::test]
+    async fn the_conversation_is_evaluated_ahead_once_an_answer_has_played() {
+        let script = Script {
+            replies: vec![vec![Step::Say(SPOKEN)]],
+            ..Default::default()
+        };
+        let prepared = script.prepared.clone();
+        let mut c = engine_core(script, quiet_profile(), false).await;
+        let mut out = Tick::default();
+        ask(&mut c, &mut out, 50).await;
+        assert!(prepared.lock().unwrap().is_empty(), "evaluated mid-answer");
+        while step(&mut c, &mut out, Some(&silence())).await.loud {}
+        for _ in 0..10 {
+            step(&mut c, &mut out, Some(&silence())).await;
+        }
+        let prepared = prepared.lock().unwrap();
+        let texts: Vec<(&Speaker, &str)> = prepared
+            .last()
+            .expect("nothing evaluated ahead after the answer")
+            .iter()
+            .map(|m| (&m.speaker, m.text.trim()))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                (&Speaker::User, "what time do you open"),
+                (&Speaker::Assistant, SPOKEN)
+            ]
+        );
     }
 
     #[tokio::test]

@@ -21,6 +21,8 @@ pub struct Script {
     pub replies: Vec<Vec<Step>>,
     /// Every history the model was asked to answer, for tests to read.
     pub seen: Arc<Mutex<Vec<Vec<ChatMessage>>>>,
+    /// Every history it was asked to evaluate ahead.
+    pub prepared: Arc<Mutex<Vec<Vec<ChatMessage>>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +89,15 @@ impl LocalModel for ScriptedLlm {
 }
 
 impl LocalSession for ScriptedSession {
+    fn prepare(&mut self, history: &[ChatMessage], _: &EnginePool) -> Result<usize, EngineError> {
+        self.script
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(history.to_vec());
+        Ok(history.len())
+    }
+
     fn generate(
         &mut self,
         history: &[ChatMessage],

@@ -271,6 +271,12 @@ pub trait LlmSession: Send + Sync {
     /// The assistant's next reply to `history`, which ends with the caller's
     /// words or a tool's answer.
     fn reply(&self, history: Vec<ChatMessage>, tools: ToolChoice) -> LlmReply;
+
+    /// The conversation so far (`history`, ending with the assistant's
+    /// words), evaluated ahead of the caller's next message while they
+    /// speak, so that the reply to it has only their words left to read. In
+    /// the background; nothing to do for a server.
+    fn prepare(&self, _history: Vec<ChatMessage>) {}
 }
 
 /// A language model backend: the embedded one, or a server.

@@ -337,6 +337,55 @@ impl LlamaSession {
 }
 
 impl LocalSession for LlamaSession {
+    fn prepare(
+        &mut self,
+        history: &[ChatMessage],
+        pool: &EnginePool,
+    ) -> Result<usize, EngineError> {
+        // Where the next message starts: where the prompts for two different
+        // messages part (a token the template's lead-in shares with the
+        // message's first letters is left to the reply).
+        let tagged = self.grammar.is_some();
+        let next = |text: &str| {
+            let mut h = history.to_vec();
+            h.push(ChatMessage {
+                speaker: Speaker::User,
+                text: text.into(),
+            });
+            self.shared.render(&self.system, &h, true, tagged)
+        };
+        let (a, b) = (next("a")?, next("b")?);
+        let ahead = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        // A conversation that no longer fits loses its oldest exchanges in
+        // the reply: evaluated ahead, it would be evaluated again.
+        let max_new = self.shared.settings.llm_max_reply_tokens as usize;
+        if a.len() + max_new >= self.ctx.n_ctx() as usize {
+            return Ok(0);
+        }
+        let common = self
+            .evaluated
+            .iter()
+            .zip(&a[..ahead])
+            .take_while(|(x, y)| x == y)
+            .count();
+        if common >= ahead {
+            return Ok(0);
+        }
+        self.ctx
+            .clear_kv_cache_seq(Some(SEQ as u32), Some(common as u32), None)
+            .map_err(|e| EngineError::Llm(format!("trimming cache: {e}")))?;
+        self.evaluated.truncate(common);
+        decode_tokens(
+            &mut self.ctx,
+            &a[common..ahead],
+            common,
+            Some((pool, self.shared.settings.llm_batch_threads)),
+            None,
+        )?;
+        self.evaluated.extend_from_slice(&a[common..ahead]);
+        Ok(ahead - common)
+    }
+
     fn generate(
         &mut self,
         history: &[ChatMessage],

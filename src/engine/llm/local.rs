@@ -40,6 +40,16 @@ pub trait LocalSession: Send + 'static {
         pool: &EnginePool,
         on_event: &mut dyn FnMut(LlmEvent) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError>;
+
+    /// Evaluates `history` up to where the caller's next message will
+    /// start (blocking, taking `pool` slots); the tokens evaluated.
+    fn prepare(
+        &mut self,
+        _history: &[ChatMessage],
+        _pool: &EnginePool,
+    ) -> Result<usize, EngineError> {
+        Ok(0)
+    }
 }
 
 /// A local model as a backend.
@@ -109,5 +119,18 @@ impl<S: LocalSession> LlmSession for PoolSession<S> {
             })
         };
         futures_util::stream::once(start).flatten().boxed()
+    }
+
+    fn prepare(&self, history: Vec<ChatMessage>) {
+        let session = self.session.clone();
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
+            match session.prepare(&history, &pool) {
+                Ok(tokens) => tracing::debug!(tokens, "conversation evaluated ahead"),
+                // The reply evaluates it then.
+                Err(e) => tracing::warn!(error = %e, "evaluating the conversation ahead failed"),
+            }
+        });
     }
 }

@@ -111,6 +111,10 @@ struct FallbackSession {
 }
 
 impl LlmSession for FallbackSession {
+    fn prepare(&self, history: Vec<ChatMessage>) {
+        self.primary.prepare(history);
+    }
+
     fn reply(&self, history: Vec<ChatMessage>, tools: ToolChoice) -> LlmReply {
         let mut primary = self.primary.reply(history.clone(), tools.clone());
         let fallback = self.fallback.clone();
