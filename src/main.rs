@@ -988,10 +988,11 @@ fn say(config: &Config, args: SayArgs) -> Result<()> {
 
 fn transcribe(config: &Config, file: &std::path::Path, language: &str) -> Result<()> {
     let store = ModelStore::from_config(&config.models)?;
+    // As a call hears it: with the call's encoder window.
     let asr = izwi::engine::asr::whisper::WhisperAsr::load(
         &store.require(Role::Asr)?,
         config.engine.asr_threads,
-        false,
+        config.engine.asr_fit_audio_context,
     )?;
     let (audio, rate) = wav::read_mono(file)?;
     let audio = resample(&audio, rate, izwi::audio::ENGINE_RATE)?;

@@ -37,6 +37,12 @@ const MAX_REPEAT_FRAMES: usize = 10 * 50;
 /// waits for that instead, up to [`CONFIRM_WAIT`]).
 const GRACE: Duration = Duration::from_millis(300);
 const CONFIRM_WAIT: Duration = Duration::from_secs(3);
+/// The agent's audio is held for speech over it only while the caller's
+/// audio keeps coming (a stream that stalls would hold it for the stall).
+const HOLD_FRESH: Duration = Duration::from_millis(100);
+/// Holds an answer takes that came to nothing; past them it talks on until a
+/// barge-in (a line echoing the agent would make it stutter all through).
+pub const MAX_HOLDS: u8 = 3;
 
 /// How a turn ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -163,6 +169,8 @@ struct ActiveReply {
     action: Option<Action>,
     /// The frames played so far, for `repeat`.
     kept: Vec<Frame>,
+    /// Holds for speech over it that stopped short of a barge-in.
+    holds: u8,
 }
 
 impl ActiveReply {
@@ -176,6 +184,7 @@ impl ActiveReply {
             then: None,
             action: None,
             kept: Vec::new(),
+            holds: 0,
             done: stream.is_none(),
             stream,
             phrases,
@@ -847,6 +856,9 @@ impl Conversation {
                 tracing::debug!(call = %self.call_id, "speech over the agent; its audio held");
             }
             Some(Output::ResumeAgent) => {
+                if let Some(r) = self.reply.as_mut() {
+                    r.holds = r.holds.saturating_add(1);
+                }
                 tracing::debug!(call = %self.call_id, "the speech over the agent stopped short of a barge-in; its audio goes on");
             }
             Some(Output::BargeIn { onset }) => {
@@ -912,7 +924,11 @@ impl Conversation {
         self.policies(at);
         loop {
             let reply = self.reply.as_mut()?;
-            if reply.started && self.turn.agent_held() {
+            if reply.started
+                && reply.holds < MAX_HOLDS
+                && self.turn.agent_held()
+                && at <= self.recent_end + HOLD_FRESH
+            {
                 return None;
             }
             while reply

@@ -513,7 +513,7 @@ mod tests {
 mod conversation_tests {
     use super::tests_support::*;
     use crate::call::action::CallControl;
-    use crate::call::conversation::{TurnOutcome, TurnRecord};
+    use crate::call::conversation::{MAX_HOLDS, TurnOutcome, TurnRecord};
     use crate::call::ending::AgentEnd;
     use crate::config::AgentProfile;
     use crate::engine::fake::{self, Script, Step};
@@ -725,6 +725,36 @@ mod conversation_tests {
     }
 
     #[tokio::test]
+    async fn a_hold_lasts_only_while_the_callers_audio_comes_and_three_times_an_answer() {
+        let script = Script {
+            replies: vec![vec![Step::Say(SPOKEN)]],
+            ..Default::default()
+        };
+        // A stream transport: caller frames only as its audio arrives.
+        let mut c = engine_core(script, quiet_profile(), true).await;
+        let mut out = Tick::default();
+        ask(&mut c, &mut out, 50).await;
+        let mut held = Vec::new();
+        for _ in 0..MAX_HOLDS + 1 {
+            for _ in 0..10 {
+                assert!(step(&mut c, &mut out, Some(&silence())).await.loud);
+            }
+            // 40 ms of noise, then the caller's audio stops coming.
+            let mut quiet = 0;
+            for _ in 0..2 {
+                quiet += usize::from(!step(&mut c, &mut out, Some(&tone(160))).await.loud);
+            }
+            let mut stalled = 0;
+            while !step(&mut c, &mut out, None).await.loud {
+                stalled += 1;
+                assert!(stalled < 10, "held through a stall of the caller's audio");
+            }
+            held.push(quiet + stalled > 0);
+        }
+        assert_eq!(held, [true, true, true, false], "holds of one answer");
+    }
+
+    #[tokio::test]
     async fn the_conversation_is_evaluated_ahead_once_an_answer_has_played() {
         let script = Script {
             replies: vec![vec![Step::Say(SPOKEN)]],
@@ -736,7 +766,11 @@ mod conversation_tests {
         ask(&mut c, &mut out, 50).await;
         assert!(prepared.lock().unwrap().is_empty(), "evaluated mid-answer");
         while step(&mut c, &mut out, Some(&silence())).await.loud {}
-        for _ in 0..10 {
+        // On a blocking thread: given time on a loaded machine.
+        for _ in 0..500 {
+            if !prepared.lock().unwrap().is_empty() {
+                break;
+            }
             step(&mut c, &mut out, Some(&silence())).await;
         }
         let prepared = prepared.lock().unwrap();

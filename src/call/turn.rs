@@ -151,8 +151,10 @@ pub struct TurnMachine {
     vad_end: Duration,
     /// End of the last frame of speech at the caller's level.
     voiced_end: Duration,
-    /// The caller's usual speech level (a moving average over speech frames).
+    /// The caller's usual speech level (a moving average over their turns'
+    /// speech frames, `levels` of them so far).
     level: f32,
+    levels: u32,
     /// Start of the caller's current turn.
     onset: Duration,
     /// After a forced cut, speech counts again only once it has paused: a caller
@@ -175,6 +177,7 @@ impl TurnMachine {
             vad_end: Duration::ZERO,
             voiced_end: Duration::ZERO,
             level: 0.0,
+            levels: 0,
             onset: Duration::ZERO,
             hold: false,
             paused: false,
@@ -275,12 +278,12 @@ impl TurnMachine {
             self.run_start = at;
         }
         let end = at + FRAME;
-        if self.speaking {
-            self.level = if self.level == 0.0 {
-                level
-            } else {
-                self.level + LEVEL_WEIGHT * (level - self.level)
-            };
+        if self.speaking && self.state == State::UserSpeaking {
+            // The mean of the first frames, then a moving average: one loud
+            // click at the start weighs as one frame.
+            self.levels = self.levels.saturating_add(1);
+            let weight = LEVEL_WEIGHT.max(1.0 / self.levels as f32);
+            self.level += weight * (level - self.level);
         }
         let run = if self.speaking {
             end - self.run_start
@@ -716,6 +719,19 @@ mod tests {
             };
             assert_eq!(*last_speech, ms(dated), "{hangover} ms at {level}");
         }
+        // A click as the turn opens weighs as one frame in the caller's level:
+        // their quiet tail stays speech.
+        let mut m = TurnMachine::new(policy());
+        let mut t = Duration::ZERO;
+        feed_level(&mut m, &mut t, 0.9, 0.1, 100);
+        feed_level(&mut m, &mut t, 0.9, 1.0, 20);
+        feed_level(&mut m, &mut t, 0.9, 0.1, 880);
+        feed_level(&mut m, &mut t, 0.9, 0.02, 100);
+        let out = feed_level(&mut m, &mut t, 0.0, 0.0, 1000);
+        assert!(
+            matches!(out[..], [(_, Output::UserFinished { last_speech, .. })] if last_speech == ms(1100)),
+            "{out:?}"
+        );
     }
 
     #[test]
