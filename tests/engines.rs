@@ -256,18 +256,23 @@ fn the_model_reads_a_finished_question_as_the_end_of_the_turn_and_a_fragment_not
     assert_eq!(turn_ends(&s, &history), None);
 }
 
+/// A copy of the embedded model of its own, to drive its sessions directly.
+fn own_llama() -> izwi::engine::llm::llama::LlamaLlm {
+    engine();
+    let store = izwi::models::ModelStore::from_config(&config().models).unwrap();
+    izwi::engine::llm::llama::LlamaLlm::load(
+        &store.require(izwi::models::Role::Llm).unwrap(),
+        &config().engine,
+    )
+    .unwrap()
+}
+
 #[test]
 fn llm_stops_when_the_listener_goes_away() {
     // The model itself (a second copy), to see how far it went: through a
     // session, the listener going away is the reply stream dropped, which
     // closes the channel its events go to.
-    engine();
-    let store = izwi::models::ModelStore::from_config(&config().models).unwrap();
-    let llama = izwi::engine::llm::llama::LlamaLlm::load(
-        &store.require(izwi::models::Role::Llm).unwrap(),
-        &config().engine,
-    )
-    .unwrap();
+    let llama = own_llama();
     let pool = EnginePool::new(2);
     let mut s = llama.session("You are a storyteller.", &[]).unwrap();
     let history = vec![ChatMessage {
@@ -291,13 +296,7 @@ fn llm_stops_when_the_listener_goes_away() {
 
 #[test]
 fn the_conversation_evaluated_ahead_leaves_the_reply_only_the_callers_words() {
-    engine();
-    let store = izwi::models::ModelStore::from_config(&config().models).unwrap();
-    let llama = izwi::engine::llm::llama::LlamaLlm::load(
-        &store.require(izwi::models::Role::Llm).unwrap(),
-        &config().engine,
-    )
-    .unwrap();
+    let llama = own_llama();
     let pool = EnginePool::new(2);
     let say = |speaker: Speaker, text: &str| ChatMessage {
         speaker,

@@ -408,21 +408,10 @@ mod tests {
         }
     }
 
-    /// Feeds frames of `prob` from `*t` for `dur`, collecting outputs with their frame time.
+    /// Feeds frames of `prob` from `*t` for `dur`, collecting outputs with
+    /// their frame time; a frame's level follows its probability.
     fn feed(m: &mut TurnMachine, t: &mut Duration, prob: f32, dur: u64) -> Vec<(u64, Output)> {
-        let mut out = Vec::new();
-        let end = *t + ms(dur);
-        while *t < end {
-            if let Some(o) = m.step(Input::Frame {
-                at: *t,
-                speech_prob: prob,
-                level: prob / 10.0,
-            }) {
-                out.push((t.as_millis() as u64, o));
-            }
-            *t += FRAME;
-        }
-        out
+        feed_level(m, t, prob, prob / 10.0, dur)
     }
 
     #[test]
