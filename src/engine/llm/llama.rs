@@ -277,6 +277,24 @@ const ANSWER_BIAS: f32 = 0.5;
 const QUOTE_BIAS: f32 = 1.5;
 
 impl LlamaSession {
+    /// How many of `tokens`, from the first, the context holds already.
+    fn cached(&self, tokens: &[LlamaToken]) -> usize {
+        self.evaluated
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
+    /// Drops the context's tokens from position `keep` on.
+    fn keep(&mut self, keep: usize) -> Result<(), EngineError> {
+        self.ctx
+            .clear_kv_cache_seq(Some(SEQ as u32), Some(keep as u32), None)
+            .map_err(|e| EngineError::Llm(format!("trimming cache: {e}")))?;
+        self.evaluated.truncate(keep);
+        Ok(())
+    }
+
     /// The reply's opening tag: only the agent's tags (the grammar), with
     /// `[answer]` favoured; greedy, so that the same words get the same act.
     fn tag_sampler(&self, grammar: &str) -> Result<LlamaSampler, EngineError> {
@@ -362,19 +380,11 @@ impl LocalSession for LlamaSession {
         if a.len() + max_new >= self.ctx.n_ctx() as usize {
             return Ok(0);
         }
-        let common = self
-            .evaluated
-            .iter()
-            .zip(&a[..ahead])
-            .take_while(|(x, y)| x == y)
-            .count();
+        let common = self.cached(&a[..ahead]);
         if common >= ahead {
             return Ok(0);
         }
-        self.ctx
-            .clear_kv_cache_seq(Some(SEQ as u32), Some(common as u32), None)
-            .map_err(|e| EngineError::Llm(format!("trimming cache: {e}")))?;
-        self.evaluated.truncate(common);
+        self.keep(common)?;
         decode_tokens(
             &mut self.ctx,
             &a[common..ahead],
@@ -413,18 +423,9 @@ impl LocalSession for LlamaSession {
                 prompt.len()
             )));
         }
-        let mut common = self
-            .evaluated
-            .iter()
-            .zip(&prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
         // At least one token must be decoded to get fresh logits.
-        common = common.min(prompt.len() - 1);
-        self.ctx
-            .clear_kv_cache_seq(Some(SEQ as u32), Some(common as u32), None)
-            .map_err(|e| EngineError::Llm(format!("trimming cache: {e}")))?;
-        self.evaluated.truncate(common);
+        let common = self.cached(&prompt).min(prompt.len() - 1);
+        self.keep(common)?;
         // The caller's message ends at the template's last end-of-message
         // token: how likely the model found that token where it stands is
         // its reading of whether the caller has finished. A template that
