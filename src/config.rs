@@ -524,8 +524,9 @@ pub struct EngineConfig {
     /// writes on between phrases).
     pub tts_threads: usize,
     pub vad_threads: usize,
-    /// Threads of one end-of-turn check (~30-50 ms of work each time the
-    /// caller pauses, just before the speech recognition it delays).
+    /// Threads of one end-of-turn check (~60 ms on one thread when a pause
+    /// needs a verdict). It runs beside the reply, while the local model
+    /// writes on its own thread: one leaves that model its core.
     pub turn_threads: usize,
     /// LLM context size in tokens, per call.
     pub llm_context: u32,
@@ -1334,7 +1335,7 @@ impl Default for EngineConfig {
             llm_batch_threads: cores,
             tts_threads: cores,
             vad_threads: 1,
-            turn_threads: cores,
+            turn_threads: 1,
             llm_context: 2048,
             llm_max_reply_tokens: 80,
             llm_temperature: 0.0,

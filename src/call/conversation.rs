@@ -171,6 +171,13 @@ struct ActiveReply {
     kept: Vec<Frame>,
     /// Holds for speech over it that stopped short of a barge-in.
     holds: u8,
+    /// A judge (the end-of-turn model, or the model's reading of the
+    /// words) found the turn complete: a later verdict cannot make the
+    /// reply wait longer. `None`: no verdict yet.
+    complete: Option<bool>,
+    /// A verdict is still to come, and may let the reply play sooner than
+    /// `play_from`: its events are read while it waits.
+    verdict_due: bool,
 }
 
 impl ActiveReply {
@@ -185,6 +192,8 @@ impl ActiveReply {
             action: None,
             kept: Vec::new(),
             holds: 0,
+            complete: None,
+            verdict_due: false,
             done: stream.is_none(),
             stream,
             phrases,
@@ -707,6 +716,7 @@ impl Conversation {
                 agent: self.agent.clone(),
                 history: self.history.clone(),
                 judge: false,
+                words_settle: None,
             },
         );
         let mut r = ActiveReply::new(Some(stream), VecDeque::new(), TurnRecord::new(index, false));
@@ -830,9 +840,16 @@ impl Conversation {
                 forced,
             }) => {
                 tracing::debug!(call = %self.call_id, ?onset, ?last_speech, forced, "caller turn ended");
-                self.request_reply(onset, last_speech, self.judge && !forced);
+                let judged = self.judge && !forced;
+                self.request_reply(onset, last_speech, judged);
                 if let Some(r) = self.reply.as_mut() {
-                    r.play_from = play_from;
+                    // A verdict comes beside the reply, which may be ready
+                    // first: until it comes, the turn may be a pause.
+                    r.play_from = if judged {
+                        play_from.max(last_speech + self.turn.policy().incomplete_silence)
+                    } else {
+                        play_from
+                    };
                 }
             }
             // Only a verdict moves the time a reply plays.
@@ -911,9 +928,12 @@ impl Conversation {
                 agent: self.agent.clone(),
                 history: self.history.clone(),
                 judge,
+                words_settle: self.judge_words.then_some(self.complete_threshold),
             },
         );
-        self.reply = Some(ActiveReply::new(Some(stream), VecDeque::new(), record));
+        let mut r = ActiveReply::new(Some(stream), VecDeque::new(), record);
+        r.verdict_due = judge;
+        self.reply = Some(r);
     }
 
     /// The agent's frame for audio time `at`, or `None` for silence. With
@@ -946,9 +966,13 @@ impl Conversation {
             }
             let ready = reply.phrases.front().is_some_and(|p| !p.frames.is_empty());
             if ready && !reply.started && at < reply.play_from {
-                return None;
-            }
-            if let Some(frame) = reply.phrases.front_mut().and_then(|p| p.frames.pop_front()) {
+                // The verdict comes beside the reply: it is read (waited
+                // for, in simulated time) while the reply waits.
+                if !reply.verdict_due || reply.done {
+                    return None;
+                }
+            } else if let Some(frame) = reply.phrases.front_mut().and_then(|p| p.frames.pop_front())
+            {
                 if !reply.started {
                     reply.started = true;
                     reply.record.first_audio_at_ms = Some(ms(at));
@@ -993,6 +1017,7 @@ impl Conversation {
                 None => {
                     if let Some(r) = self.reply.as_mut() {
                         r.done = true;
+                        r.verdict_due = false;
                     }
                 }
             }
@@ -1012,8 +1037,19 @@ impl Conversation {
         match event {
             ReplyEvent::Judged { probability, took } => {
                 tracing::debug!(call = %self.call_id, probability, took_ms = took.as_millis() as u64, "turn judged");
-                let complete = probability >= self.complete_threshold;
+                let complete =
+                    probability >= self.complete_threshold || reply.complete == Some(true);
+                reply.complete = Some(complete);
+                reply.verdict_due = false;
                 if let Some(Output::PlayFrom(at)) = self.turn.step(Input::Judged { complete }) {
+                    reply.play_from = at;
+                }
+            }
+            ReplyEvent::Unjudged => {
+                reply.verdict_due = false;
+                if reply.complete.is_none()
+                    && let Some(Output::PlayFrom(at)) = self.turn.step(Input::Unjudged)
+                {
                     reply.play_from = at;
                 }
             }
@@ -1024,12 +1060,14 @@ impl Conversation {
             // finished, and none of the pauses it was asked about.
             ReplyEvent::WordsJudged { probability } => {
                 tracing::debug!(call = %self.call_id, probability, "turn judged by its words");
-                if self.judge_words
-                    && probability >= self.complete_threshold
-                    && let Some(Output::PlayFrom(at)) =
+                if self.judge_words && probability >= self.complete_threshold {
+                    reply.complete = Some(true);
+                    reply.verdict_due = false;
+                    if let Some(Output::PlayFrom(at)) =
                         self.turn.step(Input::Judged { complete: true })
-                {
-                    reply.play_from = reply.play_from.min(at);
+                    {
+                        reply.play_from = reply.play_from.min(at);
+                    }
                 }
             }
             ReplyEvent::Heard { text, asr, audio } => {
@@ -1148,6 +1186,14 @@ impl Conversation {
             ReplyEvent::EngineFailed(error) => {
                 tracing::warn!(call = %self.call_id, turn = rec.index, %error, "an engine failed; the fallback phrase answers");
                 rec.outcome = TurnOutcome::Fallback;
+                // Its verdict may never come: the fallback waits no longer
+                // than the silence policy.
+                reply.verdict_due = false;
+                if reply.complete.is_none()
+                    && let Some(Output::PlayFrom(at)) = self.turn.step(Input::Unjudged)
+                {
+                    reply.play_from = reply.play_from.min(at);
+                }
             }
             ReplyEvent::Failed(error) => {
                 tracing::warn!(call = %self.call_id, turn = rec.index, %error, "reply failed");

@@ -1203,6 +1203,80 @@ mod conversation_tests {
     }
 
     #[tokio::test]
+    async fn words_read_as_finished_spare_the_end_of_turn_model() {
+        for (words, asked) in [(0.9, 0), (0.01, 1)] {
+            let script = Script {
+                replies: vec![vec![Step::TurnEnds(words), Step::Say(SPOKEN)]],
+                ..Default::default()
+            };
+            let turn = fake::FixedTurn::new(0.1);
+            let counted = turn.asked.clone();
+            let engine = fake::engine_with_turn(script, turn);
+            let mut c = core_turned(engine, quiet_profile(), false, TurnConfig::default()).await;
+            let mut out = Tick::default();
+            ask(&mut c, &mut out, 50).await;
+            assert_eq!(
+                counted.load(std::sync::atomic::Ordering::SeqCst),
+                asked,
+                "words read at {words}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_ready_before_its_verdict_plays_when_the_verdict_says() {
+        // The words read as unfinished; Smart Turn, asked beside the reply,
+        // answers ~20 ticks after it is ready: until then the turn may be a
+        // pause, and once the verdict comes it is read while the reply waits.
+        let defaults = TurnConfig::default();
+        let (complete, incomplete) = (defaults.complete_silence_ms, defaults.incomplete_silence_ms);
+        for verdict in [1.0, 0.1] {
+            let script = Script {
+                replies: vec![vec![Step::TurnEnds(0.01), Step::Say(SPOKEN)]],
+                ..Default::default()
+            };
+            let turn = fake::FixedTurn {
+                delay: std::time::Duration::from_millis(100),
+                ..fake::FixedTurn::new(verdict)
+            };
+            let engine = fake::engine_with_turn(script, turn);
+            let mut c = core_turned(engine, quiet_profile(), false, defaults.clone()).await;
+            let mut out = Tick::default();
+            let quiet = ask(&mut c, &mut out, 50).await as u32 * 20;
+            let waited = if verdict > 0.5 {
+                quiet + 40 >= complete && quiet + 300 < incomplete
+            } else {
+                quiet + 40 >= incomplete && quiet < incomplete + 300
+            };
+            assert!(
+                waited,
+                "judged {verdict}: answered after {quiet} ms of silence"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_turn_the_end_of_turn_model_cannot_judge_keeps_the_silence_policy() {
+        let script = Script {
+            replies: vec![vec![Step::TurnEnds(0.01), Step::Say(SPOKEN)]],
+            ..Default::default()
+        };
+        let turn = fake::FixedTurn {
+            verdict: None,
+            ..fake::FixedTurn::new(1.0)
+        };
+        let engine = fake::engine_with_turn(script, turn);
+        let mut c = core_turned(engine, quiet_profile(), false, TurnConfig::default()).await;
+        let mut out = Tick::default();
+        let quiet = ask(&mut c, &mut out, 50).await as u32 * 20;
+        let waits = TurnConfig::default().endpoint_silence_ms;
+        assert!(
+            quiet + 40 >= waits && quiet < waits + 300,
+            "answered after {quiet} ms of silence, not {waits}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_short_pause_keeps_no_words_of_its_own() {
         // 100 ms: recognition starts (60 ms) but no reply (150 ms); the
         // caller goes on, and the turn is recognised as one stretch.

@@ -38,6 +38,8 @@ pub enum ReplyEvent {
         probability: f32,
         took: Duration,
     },
+    /// The end-of-turn model was asked and gave no verdict (it failed).
+    Unjudged,
     /// The language model's reading of the caller's words: the probability
     /// that their message ends after its last word (a local model only).
     WordsJudged {
@@ -121,8 +123,12 @@ pub struct ReplyRequest {
     /// Who answers: language, voice, fixed phrases, tools.
     pub agent: Arc<Agent>,
     pub history: Vec<ChatMessage>,
-    /// Ask the end-of-turn model about the caller's audio first.
+    /// Ask the end-of-turn model about the caller's audio.
     pub judge: bool,
+    /// The model's reading of the caller's words (a local model's
+    /// [`LlmEvent::TurnEnds`]) at or above this probability settles the
+    /// turn as complete: the end-of-turn model is then not asked.
+    pub words_settle: Option<f32>,
 }
 
 /// The receiving end of a reply in progress; dropping it cancels the reply.
@@ -171,27 +177,16 @@ async fn run(
         agent,
         mut history,
         judge,
+        words_settle,
     } = req;
     let hearing = Hearing::of(&agent.profile);
     let voice = crate::engine::Voice::of(&agent.profile);
     let language = agent.profile.language.clone();
+    let mut judged = None;
     let text = match input {
         ReplyInput::Text(text) => text,
         ReplyInput::Speech { audio, words } => {
-            // Before the model (~30-50 ms, after the Whisper run started at the
-            // pause, which holds the pool): its verdict decides how long the
-            // reply waits, and a job squeezed in later would hold up the model.
-            if judge {
-                let t = Instant::now();
-                match engine.turn_complete(audio).await {
-                    Ok(probability) => {
-                        let took = t.elapsed();
-                        send(tx, ReplyEvent::Judged { probability, took }).await?;
-                    }
-                    // Without a verdict the silence policy decides.
-                    Err(e) => tracing::warn!(error = %e, "end-of-turn model failed"),
-                }
-            }
+            judged = judge.then_some(audio);
             let heard = match transcript::gather(engine, words, &hearing).await {
                 Ok(heard) => heard,
                 // The caller is told, and the call goes on.
@@ -223,6 +218,37 @@ async fn run(
         speaker: Speaker::User,
         text,
     });
+
+    // The end-of-turn model runs beside the reply rather than before it.
+    // A model that reads the prompt on these cores goes first (the
+    // verdict only moves when the reply plays, the prompt is on its
+    // critical path), and Smart Turn then runs on the core its token
+    // loop leaves idle; words the model reads as finished settle the turn
+    // without it. A server's model leaves the cores free from the start.
+    let (judge_now, judge_when) = tokio::sync::oneshot::channel::<bool>();
+    let mut judge_now = Some(judge_now);
+    let reads_here = llm.reads_here();
+    let judging = async move {
+        let Some(audio) = judged else {
+            return Ok(());
+        };
+        // A reply that ends before its first event is judged all the same.
+        if reads_here && judge_when.await == Ok(false) {
+            return Ok(());
+        }
+        let t = Instant::now();
+        match engine.turn_complete(audio).await {
+            Ok(probability) => {
+                let took = t.elapsed();
+                send(tx, ReplyEvent::Judged { probability, took }).await
+            }
+            // Without a verdict the silence policy decides.
+            Err(e) => {
+                tracing::warn!(error = %e, "end-of-turn model failed");
+                send(tx, ReplyEvent::Unjudged).await
+            }
+        }
+    };
 
     // `None` says: what is held is a phrase now (a tool is about to run).
     let (piece_tx, mut pieces) = mpsc::channel::<Option<String>>(QUEUE);
@@ -263,6 +289,11 @@ async fn run(
                         "the language model stopped mid-reply".into(),
                     ))
                 });
+                if let Some(now) = judge_now.take() {
+                    let settled = matches!(&event, Ok(LlmEvent::TurnEnds(p))
+                        if words_settle.is_some_and(|at| *p >= at));
+                    let _ = now.send(!settled);
+                }
                 match event {
                     Ok(LlmEvent::Text(piece)) => {
                         if !first_told {
@@ -479,11 +510,15 @@ async fn run(
         Ok::<bool, EngineError>(false)
     };
 
-    let stages = async move { tokio::join!(generate, cut) };
+    let stages = async move { tokio::join!(generate, cut, judging) };
     tokio::pin!(stages, speak);
     let generated = tokio::select! {
         spoken = &mut speak => match spoken {
-            Ok(false) => stages.await.0,
+            Ok(false) => {
+                let (generated, (), judged) = stages.await;
+                judged?;
+                generated
+            }
             // The voice failed and the fallback phrase answered: the model
             // is stopped where it is (waiting for a token, or a tool).
             Ok(true) => {
@@ -492,7 +527,8 @@ async fn run(
             }
             Err(e) => return Err(e),
         },
-        (generated, ()) = &mut stages => {
+        (generated, (), judged) = &mut stages => {
+            judged?;
             if speak.await? {
                 send(tx, ReplyEvent::Done).await?;
                 return Ok(());

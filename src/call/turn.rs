@@ -103,6 +103,9 @@ pub enum Input {
     Reset,
     /// The end-of-turn model's verdict on the turn that just paused.
     Judged { complete: bool },
+    /// It was asked about that turn and gave no verdict: the silence policy
+    /// decides.
+    Unjudged,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +247,14 @@ impl TurnMachine {
                     };
                     Some(Output::PlayFrom(self.last_speech + wait))
                 }
+                State::Thinking | State::Listening | State::UserSpeaking | State::AgentSpeaking => {
+                    None
+                }
+            },
+            Input::Unjudged => match self.state {
+                State::Thinking if !self.hold => Some(Output::PlayFrom(
+                    self.last_speech + self.policy.endpoint_silence,
+                )),
                 State::Thinking | State::Listening | State::UserSpeaking | State::AgentSpeaking => {
                     None
                 }
@@ -536,10 +547,13 @@ mod tests {
             m.step(Input::Judged { complete: false }),
             Some(Output::PlayFrom(ms(2200)))
         );
+        // No verdict after all: the silence policy's time.
+        assert_eq!(m.step(Input::Unjudged), Some(Output::PlayFrom(ms(1500))));
         let out = feed(&mut m, &mut t, 0.9, 300);
         assert_eq!(out[0].1, Output::UserResumed);
         // A late verdict about the earlier pause changes nothing.
         assert_eq!(m.step(Input::Judged { complete: true }), None);
+        assert_eq!(m.step(Input::Unjudged), None);
         assert_eq!(m.state(), State::UserSpeaking);
     }
 
@@ -832,6 +846,7 @@ mod tests {
             Input::ReplyAbandoned,
             Input::Judged { complete: true },
             Input::Judged { complete: false },
+            Input::Unjudged,
         ];
         // Drive the machine through random-ish but reproducible sequences.
         let mut seed = 12345u64;
@@ -899,6 +914,7 @@ mod tests {
                         assert!(
                             at == m.last_speech + p.complete_silence
                                 || at == m.last_speech + p.incomplete_silence
+                                || at == m.last_speech + p.endpoint_silence
                         );
                     }
                     None => {}

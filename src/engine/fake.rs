@@ -200,12 +200,31 @@ impl super::TtsBackend for Trickle {
     }
 }
 
-/// An end-of-turn detector that answers the same probability for any audio.
-pub struct FixedTurn(pub f32);
+/// An end-of-turn detector that answers the same probability for any
+/// audio (or fails, with `None`), `delay` after it is asked.
+pub struct FixedTurn {
+    pub verdict: Option<f32>,
+    pub delay: std::time::Duration,
+    /// How many times it was asked.
+    pub asked: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FixedTurn {
+    pub fn new(complete: f32) -> FixedTurn {
+        FixedTurn {
+            verdict: Some(complete),
+            delay: std::time::Duration::ZERO,
+            asked: Default::default(),
+        }
+    }
+}
 
 impl TurnDetector for FixedTurn {
     fn complete(&self, _: &[f32]) -> Result<f32, EngineError> {
-        Ok(self.0)
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        self.verdict
+            .ok_or_else(|| EngineError::Turn("the fake detector fails".into()))
     }
 }
 
@@ -216,6 +235,11 @@ pub fn engine(script: Script) -> Arc<Engine> {
 
 /// The fake engine whose end-of-turn model gives every turn `complete`.
 pub fn engine_judged(script: Script, complete: f32) -> Arc<Engine> {
+    engine_with_turn(script, FixedTurn::new(complete))
+}
+
+/// The fake engine with `turn` as its end-of-turn model.
+pub fn engine_with_turn(script: Script, turn: FixedTurn) -> Arc<Engine> {
     let pool = EnginePool::new(2);
     let local: Arc<dyn super::Llm> = Arc::new(OnPool::new(ScriptedLlm(script), pool.clone(), 1));
     let asr: Arc<dyn super::Asr> = Arc::new(SetAsr);
@@ -263,7 +287,7 @@ pub fn engine_judged(script: Script, complete: f32) -> Arc<Engine> {
             ),
         ]
         .into(),
-        turn: Some(Arc::new(FixedTurn(complete))),
+        turn: Some(Arc::new(turn)),
         pool,
         settings: EngineConfig::default(),
     })

@@ -277,6 +277,13 @@ pub trait LlmSession: Send + Sync {
     /// speak, so that the reply to it has only their words left to read. In
     /// the background; nothing to do for a server.
     fn prepare(&self, _history: Vec<ChatMessage>) {}
+
+    /// Whether the model reads the prompt on this machine's cores before
+    /// its first event (and says [`LlmEvent::TurnEnds`] there): work for the
+    /// same cores is then best started after that event.
+    fn reads_here(&self) -> bool {
+        false
+    }
 }
 
 /// A language model backend: the embedded one, or a server.
@@ -380,7 +387,7 @@ impl Engine {
             return Err(EngineError::Turn("no end-of-turn model loaded".into()));
         };
         self.pool
-            .run(self.settings.turn_threads, move || turn.complete(&audio))
+            .run_first(self.settings.turn_threads, move || turn.complete(&audio))
             .await?
     }
 

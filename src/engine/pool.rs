@@ -123,6 +123,25 @@ impl EnginePool {
         }
     }
 
+    /// As [`EnginePool::acquire`], ahead of every job in line: the slots
+    /// go to this job as soon as they are free.
+    pub fn acquire_first(&self, threads: usize) -> Permit {
+        let slots = threads.clamp(1, self.inner.size);
+        let mut state = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        while state.free < slots {
+            state = self
+                .inner
+                .freed
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        state.free -= slots;
+        Permit {
+            gate: self.inner.clone(),
+            slots,
+        }
+    }
+
     /// Runs `job`, which uses `threads` CPU threads, on a blocking thread once
     /// that many slots are free; skipped if the caller has gone by then.
     pub async fn run<R, F>(&self, threads: usize, job: F) -> Result<R, EngineError>
@@ -139,11 +158,35 @@ impl EnginePool {
         F: FnOnce(&Abandoned) -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.run_placed(false, threads, job).await
+    }
+
+    /// As [`EnginePool::run`], ahead of the line ([`EnginePool::acquire_first`]):
+    /// for short work that a reply, ready or not, waits for (an end-of-turn
+    /// verdict), which would otherwise wait behind other calls' recognition
+    /// and synthesis.
+    pub async fn run_first<R, F>(&self, threads: usize, job: F) -> Result<R, EngineError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.run_placed(true, threads, move |_| job()).await
+    }
+
+    async fn run_placed<R, F>(&self, first: bool, threads: usize, job: F) -> Result<R, EngineError>
+    where
+        F: FnOnce(&Abandoned) -> R + Send + 'static,
+        R: Send + 'static,
+    {
         let pool = self.clone();
         let abandoned = Abandoned::default();
         let guard = AbandonOnDrop(abandoned.clone());
         let result = tokio::task::spawn_blocking(move || {
-            let _permit = pool.acquire(threads);
+            let _permit = if first {
+                pool.acquire_first(threads)
+            } else {
+                pool.acquire(threads)
+            };
             if abandoned.is_set() {
                 return Err(EngineError::Worker("abandoned before it started".into()));
             }
@@ -197,6 +240,38 @@ mod tests {
             j.await.unwrap();
         }
         assert_eq!(peak.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_job_run_first_takes_a_free_slot_before_the_line() {
+        let pool = EnginePool::new(2);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // One slot busy; a job for both waits in line for it.
+        let busy = pool.acquire(1);
+        let wide = {
+            let (pool, order) = (pool.clone(), order.clone());
+            tokio::spawn(async move {
+                pool.run(2, move || order.lock().unwrap().push("wide"))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let first = {
+            let (pool, order) = (pool.clone(), order.clone());
+            tokio::spawn(async move {
+                pool.run_first(1, move || order.lock().unwrap().push("first"))
+                    .await
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), first)
+            .await
+            .expect("the job run first waited in line")
+            .unwrap()
+            .unwrap();
+        assert_eq!(*order.lock().unwrap(), ["first"]);
+        drop(busy);
+        wide.await.unwrap().unwrap();
+        assert_eq!(*order.lock().unwrap(), ["first", "wide"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -121,6 +121,10 @@ impl<S: LocalSession> LlmSession for PoolSession<S> {
         futures_util::stream::once(start).flatten().boxed()
     }
 
+    fn reads_here(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, history: Vec<ChatMessage>) {
         let session = self.session.clone();
         let pool = self.pool.clone();

@@ -115,6 +115,10 @@ impl LlmSession for FallbackSession {
         self.primary.prepare(history);
     }
 
+    fn reads_here(&self) -> bool {
+        self.primary.reads_here()
+    }
+
     fn reply(&self, history: Vec<ChatMessage>, tools: ToolChoice) -> LlmReply {
         let mut primary = self.primary.reply(history.clone(), tools.clone());
         let fallback = self.fallback.clone();
