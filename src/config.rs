@@ -524,7 +524,7 @@ pub struct EngineConfig {
     /// writes on between phrases).
     pub tts_threads: usize,
     pub vad_threads: usize,
-    /// Threads of one end-of-turn check (~60 ms on one thread when a pause
+    /// Threads of one end-of-turn check (~60–90 ms on one thread when a pause
     /// needs a verdict). It runs beside the reply, while the local model
     /// writes on its own thread: one leaves that model its core.
     pub turn_threads: usize,

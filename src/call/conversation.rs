@@ -70,7 +70,8 @@ pub struct TurnRecord {
     pub first_audio_at_ms: Option<f64>,
     /// Caller's end of speech to the agent's first audio, on the audio clock.
     pub response_ms: Option<f64>,
-    /// Wall time from the end of the turn to the first phrase ready to play.
+    /// Wall time from the end of the turn to the first phrase ready to play
+    /// (and its end-of-turn verdict in).
     pub compute_ms: Option<f64>,
     pub asr_ms: Option<f64>,
     pub asr_rtf: Option<f64>,
@@ -205,6 +206,16 @@ impl ActiveReply {
             synth: Duration::ZERO,
             synth_audio: Duration::ZERO,
             record,
+        }
+    }
+
+    /// A verdict came after the first phrase was ready: the reply could
+    /// play no sooner (on a simulated clock, the wait is counted here).
+    fn verdict_in(&mut self) {
+        if !self.started
+            && let Some(compute) = self.record.compute_ms.as_mut()
+        {
+            *compute = compute.max(ms(self.requested.elapsed()));
         }
     }
 
@@ -1041,16 +1052,23 @@ impl Conversation {
                     probability >= self.complete_threshold || reply.complete == Some(true);
                 reply.complete = Some(complete);
                 reply.verdict_due = false;
+                reply.verdict_in();
                 if let Some(Output::PlayFrom(at)) = self.turn.step(Input::Judged { complete }) {
-                    reply.play_from = at;
+                    // The fallback phrase already has its time.
+                    reply.play_from = if reply.record.outcome == TurnOutcome::Fallback {
+                        reply.play_from.min(at)
+                    } else {
+                        at
+                    };
                 }
             }
             ReplyEvent::Unjudged => {
                 reply.verdict_due = false;
+                reply.verdict_in();
                 if reply.complete.is_none()
                     && let Some(Output::PlayFrom(at)) = self.turn.step(Input::Unjudged)
                 {
-                    reply.play_from = at;
+                    reply.play_from = reply.play_from.min(at);
                 }
             }
             // Either judge finding the turn complete is enough: Smart Turn

@@ -1225,34 +1225,48 @@ mod conversation_tests {
 
     #[tokio::test]
     async fn a_reply_ready_before_its_verdict_plays_when_the_verdict_says() {
-        // The words read as unfinished; Smart Turn, asked beside the reply,
-        // answers ~20 ticks after it is ready: until then the turn may be a
-        // pause, and once the verdict comes it is read while the reply waits.
-        let defaults = TurnConfig::default();
-        let (complete, incomplete) = (defaults.complete_silence_ms, defaults.incomplete_silence_ms);
-        for verdict in [1.0, 0.1] {
-            let script = Script {
-                replies: vec![vec![Step::TurnEnds(0.01), Step::Say(SPOKEN)]],
-                ..Default::default()
-            };
-            let turn = fake::FixedTurn {
-                delay: std::time::Duration::from_millis(100),
-                ..fake::FixedTurn::new(verdict)
-            };
-            let engine = fake::engine_with_turn(script, turn);
-            let mut c = core_turned(engine, quiet_profile(), false, defaults.clone()).await;
-            let mut out = Tick::default();
-            let quiet = ask(&mut c, &mut out, 50).await as u32 * 20;
-            let waited = if verdict > 0.5 {
-                quiet + 40 >= complete && quiet + 300 < incomplete
-            } else {
-                quiet + 40 >= incomplete && quiet < incomplete + 300
-            };
+        // The words read as unfinished, and Smart Turn, asked beside the
+        // reply, is held: the reply waits (the turn may be a pause) well past
+        // the plain endpoint; once the verdict comes, complete, it is read
+        // while the reply waits, and the reply plays at once.
+        let script = Script {
+            replies: vec![vec![Step::TurnEnds(0.01), Step::Say(SPOKEN)]],
+            ..Default::default()
+        };
+        let (release, held) = std::sync::mpsc::channel();
+        let turn = fake::FixedTurn {
+            held: Some(std::sync::Mutex::new(held)),
+            ..fake::FixedTurn::new(1.0)
+        };
+        let asked = turn.asked.clone();
+        let engine = fake::engine_with_turn(script, turn);
+        let mut c = core_turned(engine, quiet_profile(), false, TurnConfig::default()).await;
+        let mut out = Tick::default();
+        for _ in 0..50 {
+            step(&mut c, &mut out, Some(&tone(160))).await;
+        }
+        // 700 ms: past the endpoint silence (400), short of 1200.
+        for i in 0..35 {
+            let loud = step(&mut c, &mut out, Some(&silence())).await.loud;
             assert!(
-                waited,
-                "judged {verdict}: answered after {quiet} ms of silence"
+                !loud,
+                "the reply played {} ms into the pause, before its verdict",
+                i * 20
             );
         }
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        release.send(()).unwrap();
+        let mut heard = None;
+        for i in 0..20 {
+            if step(&mut c, &mut out, Some(&silence())).await.loud {
+                heard = Some(i);
+                break;
+            }
+        }
+        assert!(
+            heard.is_some_and(|i| i < 10),
+            "{heard:?} ticks after the verdict"
+        );
     }
 
     #[tokio::test]

@@ -201,10 +201,10 @@ impl super::TtsBackend for Trickle {
 }
 
 /// An end-of-turn detector that answers the same probability for any
-/// audio (or fails, with `None`), `delay` after it is asked.
+/// audio (or fails, with `None`); with `held`, only once told to.
 pub struct FixedTurn {
     pub verdict: Option<f32>,
-    pub delay: std::time::Duration,
+    pub held: Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
     /// How many times it was asked.
     pub asked: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -213,7 +213,7 @@ impl FixedTurn {
     pub fn new(complete: f32) -> FixedTurn {
         FixedTurn {
             verdict: Some(complete),
-            delay: std::time::Duration::ZERO,
+            held: None,
             asked: Default::default(),
         }
     }
@@ -222,7 +222,9 @@ impl FixedTurn {
 impl TurnDetector for FixedTurn {
     fn complete(&self, _: &[f32]) -> Result<f32, EngineError> {
         self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::thread::sleep(self.delay);
+        if let Some(held) = &self.held {
+            let _ = held.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        }
         self.verdict
             .ok_or_else(|| EngineError::Turn("the fake detector fails".into()))
     }

@@ -59,6 +59,8 @@ struct Gate {
 /// slot it freed, until the whole reply is written.
 struct Slots {
     free: usize,
+    /// Jobs waiting ahead of the line: the line waits for them.
+    first: usize,
     /// The next ticket to give out, and the ticket whose turn it is.
     next: u64,
     serving: u64,
@@ -85,6 +87,7 @@ impl EnginePool {
             inner: Arc::new(Gate {
                 slots: Mutex::new(Slots {
                     free: size,
+                    first: 0,
                     next: 0,
                     serving: 0,
                 }),
@@ -98,6 +101,13 @@ impl EnginePool {
         self.inner.size
     }
 
+    /// Jobs waiting in line for their slots.
+    #[cfg(test)]
+    fn in_line(&self) -> u64 {
+        let state = self.inner.slots.lock().unwrap();
+        state.next - state.serving
+    }
+
     /// Blocks the calling (worker) thread until `threads` slots are free
     /// (at most the pool's size, so a wide job can always run alone) and
     /// every job that asked before has its slots.
@@ -106,7 +116,7 @@ impl EnginePool {
         let mut state = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         let ticket = state.next;
         state.next += 1;
-        while state.serving != ticket || state.free < slots {
+        while state.serving != ticket || state.free < slots || state.first > 0 {
             state = self
                 .inner
                 .freed
@@ -123,11 +133,12 @@ impl EnginePool {
         }
     }
 
-    /// As [`EnginePool::acquire`], ahead of every job in line: the slots
-    /// go to this job as soon as they are free.
+    /// As [`EnginePool::acquire`], ahead of every job in line: the line
+    /// waits until this job has its slots.
     pub fn acquire_first(&self, threads: usize) -> Permit {
         let slots = threads.clamp(1, self.inner.size);
         let mut state = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        state.first += 1;
         while state.free < slots {
             state = self
                 .inner
@@ -136,6 +147,9 @@ impl EnginePool {
                 .unwrap_or_else(|p| p.into_inner());
         }
         state.free -= slots;
+        state.first -= 1;
+        // The line may go on beside this one.
+        self.inner.freed.notify_all();
         Permit {
             gate: self.inner.clone(),
             slots,
@@ -255,7 +269,9 @@ mod tests {
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        while pool.in_line() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let first = {
             let (pool, order) = (pool.clone(), order.clone());
             tokio::spawn(async move {
