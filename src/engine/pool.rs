@@ -112,43 +112,34 @@ impl EnginePool {
     /// (at most the pool's size, so a wide job can always run alone) and
     /// every job that asked before has its slots.
     pub fn acquire(&self, threads: usize) -> Permit {
-        let slots = threads.clamp(1, self.inner.size);
-        let mut state = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let ticket = state.next;
-        state.next += 1;
-        while state.serving != ticket || state.free < slots || state.first > 0 {
-            state = self
-                .inner
-                .freed
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-        state.free -= slots;
-        state.serving += 1;
-        // The next in line may fit beside this one.
-        self.inner.freed.notify_all();
-        Permit {
-            gate: self.inner.clone(),
-            slots,
-        }
+        self.take(threads, false)
     }
 
-    /// As [`EnginePool::acquire`], ahead of every job in line: the line
-    /// waits until this job has its slots.
-    pub fn acquire_first(&self, threads: usize) -> Permit {
+    /// As [`EnginePool::acquire`]; with `first`, ahead of every job in
+    /// line: the line waits until this job has its slots.
+    fn take(&self, threads: usize, first: bool) -> Permit {
         let slots = threads.clamp(1, self.inner.size);
         let mut state = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-        state.first += 1;
-        while state.free < slots {
-            state = self
-                .inner
-                .freed
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
-        }
+        let ticket = if first {
+            state.first += 1;
+            None
+        } else {
+            state.next += 1;
+            Some(state.next - 1)
+        };
+        let mut state = self
+            .inner
+            .freed
+            .wait_while(state, |s| {
+                s.free < slots || ticket.is_some_and(|t| s.serving != t || s.first > 0)
+            })
+            .unwrap_or_else(|p| p.into_inner());
         state.free -= slots;
-        state.first -= 1;
-        // The line may go on beside this one.
+        match ticket {
+            Some(_) => state.serving += 1,
+            None => state.first -= 1,
+        }
+        // The next in line may fit beside this one.
         self.inner.freed.notify_all();
         Permit {
             gate: self.inner.clone(),
@@ -175,7 +166,7 @@ impl EnginePool {
         self.run_placed(false, threads, job).await
     }
 
-    /// As [`EnginePool::run`], ahead of the line ([`EnginePool::acquire_first`]):
+    /// As [`EnginePool::run`], ahead of the line (the line waits until this job has its slots):
     /// for short work that a reply, ready or not, waits for (an end-of-turn
     /// verdict), which would otherwise wait behind other calls' recognition
     /// and synthesis.
@@ -196,11 +187,7 @@ impl EnginePool {
         let abandoned = Abandoned::default();
         let guard = AbandonOnDrop(abandoned.clone());
         let result = tokio::task::spawn_blocking(move || {
-            let _permit = if first {
-                pool.acquire_first(threads)
-            } else {
-                pool.acquire(threads)
-            };
+            let _permit = pool.take(threads, first);
             if abandoned.is_set() {
                 return Err(EngineError::Worker("abandoned before it started".into()));
             }
